@@ -1,0 +1,76 @@
+"""The `cc-gpu` command line: a thin dispatcher over one module per top-level command.
+
+Each command lives in its own module under `cc_gpu.cli` exposing `add_arguments(parser)` and `run(args) -> int`.
+The module is imported only when its command runs, so `cc-gpu attest verify` never pays for importing the
+Kubernetes client and `cc-gpu discover` never pays for the attestation stack. The CLI modules are the only
+place that turns flags into configuration and builds real adapters.
+
+Exit codes: 0 success, 1 the operation ran and said no (a refused bind, rejected evidence), 2 usage or input errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+from typing import Protocol
+
+from cc_gpu import __version__
+
+# name -> (module, one-line help). Modules are imported lazily, see the module docstring.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "discover": ("cc_gpu.cli.discover", "list the node's NVIDIA GPUs, their IOMMU groups and CC mode"),
+    "vfio": ("cc_gpu.cli.vfio", "inspect, bind and restore a GPU's IOMMU group (admin tool)"),
+    "attest": ("cc_gpu.cli.attest", "verify GPU attestation evidence and verdict tokens"),
+    "plugin": ("cc_gpu.cli.plugin", "run the DRA kubelet plugin (the node daemon)"),
+    "demo": ("cc_gpu.cli.demo", "run a simulated node end to end and narrate it"),
+    "sim": ("cc_gpu.cli.sim", "run the simulated API server and other test doubles"),
+    "kata": ("cc_gpu.cli.kata", "check a node's Kata Containers configuration for confidential GPU passthrough"),
+}
+
+
+class CommandModule(Protocol):
+    """What a command module provides."""
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None: ...
+
+    def run(self, args: argparse.Namespace) -> int: ...
+
+
+def _usage() -> str:
+    width = max(len(name) for name in COMMANDS)
+    lines = [f"usage: cc-gpu <command> [options]   (cc-gpu {__version__})", "", "commands:"]
+    lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", "Run `cc-gpu <command> --help` for a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `cc-gpu` console script and of `python -m cc_gpu`."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(_usage())
+        return 0 if args else 2
+    if args[0] == "--version":
+        print(__version__)
+        return 0
+    name, rest = args[0], args[1:]
+    if name not in COMMANDS:
+        print(f"cc-gpu: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module_name, help_ = COMMANDS[name]
+    try:
+        module: CommandModule = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name != module_name:
+            raise
+        print(f"cc-gpu: command {name!r} is not available in this build", file=sys.stderr)
+        return 2
+    parser = argparse.ArgumentParser(prog=f"cc-gpu {name}", description=help_)
+    module.add_arguments(parser)
+    try:
+        parsed = parser.parse_args(rest)
+    except SystemExit as exc:  # argparse exits 2 on usage errors and 0 on --help
+        return int(exc.code or 0)
+    return module.run(parsed)

@@ -1,0 +1,33 @@
+"""The dispatcher's contract: usage on no arguments, exit 2 on unknown commands, version."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from cc_gpu import __version__
+from cc_gpu.cli import main
+
+
+def test_no_arguments_prints_usage_and_fails(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 2
+    assert "commands:" in capsys.readouterr().out
+
+
+def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for name in ("discover", "vfio", "attest", "plugin", "demo"):
+        assert name in out
+
+
+def test_unknown_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["frobnicate"]) == 2
+    assert "unknown command 'frobnicate'" in capsys.readouterr().err
+
+
+def test_python_dash_m_reports_version() -> None:
+    out = subprocess.run([sys.executable, "-m", "cc_gpu", "--version"], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == __version__
