@@ -235,3 +235,32 @@ def test_status_codes_map_to_typed_errors(code: int, body: str, expected: type[e
     assert error.code == code
     if isinstance(error, errors.ApiUnavailableError):
         assert error.retry_after == 3.0
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        pytest.param(lambda a: a.get_pod("default", ""), id="empty-pod-name"),
+        pytest.param(lambda a: a.get_node(""), id="empty-node-name"),
+        pytest.param(lambda a: a.get_resource_claim("", "gpu-claim"), id="empty-namespace"),
+        pytest.param(lambda a: a.update_config_map("default", {"metadata": {}}), id="body-without-name"),
+    ],
+)
+def test_empty_names_never_become_list_requests(api: KubernetesApi, double: ApiServerDouble, call: object) -> None:
+    double.reset_audit()
+    with pytest.raises(errors.InvalidError):
+        call(api)  # type: ignore[operator]
+    assert double.audit == []
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        pytest.param(lambda a: a.get_pod("default", "../../nodes/node-a"), id="pod"),
+        pytest.param(lambda a: a.get_node("node-a/status"), id="node-subresource"),
+        pytest.param(lambda a: a.get_resource_claim("default", "../../../../api/v1/nodes/node-a"), id="claim"),
+    ],
+)
+def test_names_cannot_escape_their_path(api: KubernetesApi, seeded: Seeded, call: object) -> None:
+    with pytest.raises(errors.NotFoundError):
+        call(api)  # type: ignore[operator]
