@@ -17,9 +17,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cc_gpu.host.binder import Binder, BindPolicy  # noqa: E402
-from cc_gpu.host.discovery import discover  # noqa: E402
-from cc_gpu.host.sim import create_sim_host, sim_kernel  # noqa: E402
+from cc_gpu.host.binder import Binder, BindPolicy
+from cc_gpu.host.discovery import discover
+from cc_gpu.host.sim import create_sim_host, sim_kernel
 
 GROUPS = list(range(10, 18))
 
