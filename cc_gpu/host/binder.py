@@ -32,6 +32,7 @@ from cc_gpu.host.errors import (
     GroupNotFoundError,
     GroupNotViableError,
     GroupOwnedError,
+    NoIommuError,
     ResetUnsupportedError,
     RestoreFailedError,
     SriovActiveError,
@@ -86,8 +87,6 @@ class Binder:
             bdfs = pci.group_members(io, roots, group)
         except FileNotFoundError:
             if not pci.iommu_enabled(io, roots):
-                from cc_gpu.host.errors import NoIommuError  # noqa: PLC0415 - error path only
-
                 raise NoIommuError(f"no IOMMU groups under {roots.iommu_groups}: the IOMMU is off") from None
             raise GroupNotFoundError(f"IOMMU group {group} does not exist on this host") from None
         return [pci.read_function(io, roots, b) for b in bdfs]

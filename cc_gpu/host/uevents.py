@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import logging
 import select
+import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Protocol
@@ -93,21 +94,19 @@ class _SubscriptionBase:
 
 
 class _Silent(_SubscriptionBase):
-    def __init__(self, clock_sleep: Any) -> None:
-        self._sleep = clock_sleep
+    def __init__(self, sleep: Callable[[float], None]) -> None:
+        self._sleep = sleep
 
     def next(self, timeout: float) -> Uevent | None:
-        self._sleep(timeout)
+        self._sleep(max(0.0, timeout))
         return None
 
 
 class PollingOnly:
     """A source that never delivers events: waiters fall back to polling sysfs at their interval."""
 
-    def __init__(self) -> None:
-        import time  # noqa: PLC0415 - the only user of sleep here
-
-        self._sleep = time.sleep
+    def __init__(self, sleep: Callable[[float], None] = time.sleep) -> None:
+        self._sleep = sleep
 
     def subscribe(self) -> UeventSubscription:
         return _Silent(self._sleep)
