@@ -355,3 +355,14 @@ def test_emulated_devices_bind_with_an_injected_policy(sim: SimFactory) -> None:
     b.restore(3, "t")
     assert drivers(host, "0000:00:03.0") == [None]
     assert b.status(3).members[0].driver_override is None
+
+
+def test_viability_is_checked_from_sysfs_not_inferred_from_the_node(sim: SimFactory) -> None:
+    # Linux creates /dev/vfio/<group> with the group's first vfio device, viable or not; the binder checks members.
+    host, _ = sim("h100-pcie-audio")
+    b = binder(host)
+    with pytest.raises(GroupNotViableError, match=rf"IOMMU group 30 is not viable: {GPU} on nvidia, {AUDIO} on snd"):
+        b._check_viable(30, None)
+    host.io.write_text(host.roots.pci_drivers / "nvidia" / "unbind", GPU)
+    host.io.write_text(host.roots.pci_drivers / "snd_hda_intel" / "unbind", AUDIO)
+    b._check_viable(30, None)
