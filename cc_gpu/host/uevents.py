@@ -77,7 +77,9 @@ class UeventSource(Protocol):
         ...
 
 
-class _SubscriptionBase:
+class SubscriptionBase:
+    """Shared context-manager plumbing of subscriptions."""
+
     def next(self, timeout: float) -> Uevent | None:
         raise NotImplementedError
 
@@ -93,7 +95,7 @@ class _SubscriptionBase:
         self.close()
 
 
-class _Silent(_SubscriptionBase):
+class _Silent(SubscriptionBase):
     def __init__(self, sleep: Callable[[float], None]) -> None:
         self._sleep = sleep
 
@@ -112,7 +114,7 @@ class PollingOnly:
         return _Silent(self._sleep)
 
 
-class _NetlinkSubscription(_SubscriptionBase):
+class _NetlinkSubscription(SubscriptionBase):
     def __init__(self, sock: Any) -> None:
         self._sock = sock
         self._pending: deque[Uevent] = deque()
