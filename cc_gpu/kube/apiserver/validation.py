@@ -302,6 +302,16 @@ def check_claim_status(old: dict[str, Any] | None, new: dict[str, Any]) -> list[
     return causes
 
 
+def check_event(obj: dict[str, Any]) -> list[Cause]:
+    """A core/v1 Event must live in the namespace of the object it is about (when that object is namespaced)."""
+    involved = obj.get("involvedObject") or {}
+    namespace = (obj.get("metadata") or {}).get("namespace", "")
+    if involved.get("namespace") and involved["namespace"] != namespace:
+        message = f'Invalid value: "{involved["namespace"]}": does not match event.namespace'
+        return [Cause("involvedObject.namespace", "FieldValueInvalid", message)]
+    return []
+
+
 def check_semantics(rt: ResourceType, old: dict[str, Any] | None, new: dict[str, Any]) -> list[Cause]:
     """All resource-specific checks for a create (`old` None) or an update."""
     causes = check_name(rt, str(get_path(new, "metadata.name") or ""))
@@ -311,6 +321,8 @@ def check_semantics(rt: ResourceType, old: dict[str, Any] | None, new: dict[str,
         causes += check_resource_slice(new)
     elif rt.kind == "ResourceClaim":
         causes += check_claim_status(old, new)
+    elif rt.kind == "Event":
+        causes += check_event(new)
     return causes
 
 
