@@ -249,3 +249,33 @@ def test_scheduler_play_builds_objects_the_schemas_accept(double: ApiServerDoubl
     )
     assert allocated["status"]["allocation"]["devices"]["results"][1]["adminAccess"] is True
     assert allocated["status"]["allocation"]["devices"]["config"] == config
+
+
+@pytest.mark.parametrize(
+    ("sent", "stored"),
+    [
+        pytest.param("2026-01-01T00:00:00Z", "2026-01-01T00:00:00Z", id="already-canonical"),
+        pytest.param("2026-01-01T00:00:00+00:00", "2026-01-01T00:00:00Z", id="numeric-offset"),
+        pytest.param("2026-01-01T02:00:00.750+02:00", "2026-01-01T00:00:00Z", id="offset-and-fraction"),
+    ],
+)
+def test_timestamps_are_stored_as_the_real_server_encodes_them(
+    raw: Http, seeded: Seeded, sent: str, stored: str
+) -> None:
+    condition = {"type": "Ready", "status": "True", "reason": "Prepared", "message": "", "lastTransitionTime": sent}
+    device = {"driver": DRIVER, "pool": NODE, "device": "gpu-0", "conditions": [condition], "data": {"time": "soon"}}
+    reply = raw("PATCH", f"{CLAIM}/status", {"status": {"devices": [device]}}, "application/merge-patch+json")
+    assert reply.code == 200, reply.body
+    assert reply.body["status"]["devices"][0]["conditions"][0]["lastTransitionTime"] == stored
+    assert reply.body["status"]["devices"][0]["data"] == {"time": "soon"}  # free-form data is never reinterpreted
+    version = reply.body["metadata"]["resourceVersion"]
+    again = raw("PATCH", f"{CLAIM}/status", {"status": {"devices": [device]}}, "application/merge-patch+json")
+    assert again.body["metadata"]["resourceVersion"] == version
+
+
+def test_an_unparseable_timestamp_is_a_bad_request(raw: Http, seeded: Seeded) -> None:
+    condition = {"type": "Ready", "status": "True", "reason": "R", "message": "", "lastTransitionTime": "yesterday"}
+    device = {"driver": DRIVER, "pool": NODE, "device": "gpu-0", "conditions": [condition]}
+    reply = raw("PATCH", f"{CLAIM}/status", {"status": {"devices": [device]}}, "application/merge-patch+json")
+    assert reply.code == 400
+    assert "status.devices[0].conditions[0].lastTransitionTime" in reply.body["message"]

@@ -143,11 +143,11 @@ class Handler(BaseHTTPRequestHandler):
             code, reply = self._serve(verb, route, query, raw)
         except ApiStatus as e:
             code, reply = e.code, e.to_status()
-        self._send(code, reply)
-        if route is not None:
+        if route is not None:  # recorded before replying, so a client that saw the reply also sees the entry
             self.double.record(
                 method, verb, route, code, user_agent=self.headers.get("User-Agent", ""), started=started
             )
+        self._send(code, reply)
 
     def _serve(self, verb: str, route: Route, query: dict[str, str], raw: bytes) -> tuple[int, JsonObject]:
         store, rt, ns = self.double.store, route.rt, route.namespace or ""

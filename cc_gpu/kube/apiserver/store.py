@@ -22,7 +22,7 @@ from typing import Any
 
 from cc_gpu.kube.apiserver.resources import ResourceType
 from cc_gpu.kube.apiserver.status import STALE, ApiStatus, already_exists, bad_request, conflict, not_found
-from cc_gpu.kube.apiserver.validation import validate_object
+from cc_gpu.kube.apiserver.validation import normalize_times, validate_object
 
 JsonObject = dict[str, Any]
 Clock = Callable[[], datetime]
@@ -114,7 +114,7 @@ class Store:
     # -- writes --------------------------------------------------------------------------------------------------
 
     def create(self, rt: ResourceType, namespace: str, body: JsonObject, *, dry_run: bool = False) -> JsonObject:
-        obj = copy.deepcopy(body)
+        obj: JsonObject = normalize_times(copy.deepcopy(body))
         _stamp_type(rt, obj)
         meta = obj.setdefault("metadata", {})
         if not isinstance(meta, dict):
@@ -185,6 +185,7 @@ class Store:
             requested = build(copy.deepcopy(current))
             if not isinstance(requested, dict) or not isinstance(requested.get("metadata", {}), dict):
                 raise bad_request("the body must be an object with object metadata")
+            requested = normalize_times(copy.deepcopy(requested))
             _stamp_type(rt, requested)
             meta = requested.setdefault("metadata", {})
             if meta.get("name", name) != name:
