@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import copy
 import socket
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
+from kubernetes import client, config, watch
 
 from cc_gpu.errors import ConfigError, TemporaryError
 from cc_gpu.kube import errors
@@ -264,3 +266,21 @@ def test_empty_names_never_become_list_requests(api: KubernetesApi, double: ApiS
 def test_names_cannot_escape_their_path(api: KubernetesApi, seeded: Seeded, call: object) -> None:
     with pytest.raises(errors.NotFoundError):
         call(api)  # type: ignore[operator]
+
+
+def test_the_official_watch_consumes_the_doubles_stream(kubeconfig: Path, double: ApiServerDouble) -> None:
+    configuration = client.Configuration()
+    config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
+    with client.ApiClient(configuration) as api_client:
+        resources = client.ResourceV1Api(api_client)
+        double.create(slice_body("before"))
+        later = threading.Timer(0.3, lambda: double.create(slice_body("after")))
+        later.start()
+        seen = []
+        stream = watch.Watch().stream(
+            resources.list_resource_slice, field_selector=f"spec.nodeName={NODE}", timeout_seconds=1
+        )
+        for event in stream:
+            seen.append((event["type"], event["object"].metadata.name))
+        later.join()
+    assert seen == [("ADDED", "before"), ("ADDED", "after")]
