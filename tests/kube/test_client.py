@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import socket
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from kubernetes import client, config, watch
 from cc_gpu.errors import ConfigError, TemporaryError
 from cc_gpu.kube import errors
 from cc_gpu.kube.apiserver import ApiServerDouble
+from cc_gpu.kube.apiserver import cluster as c
 from cc_gpu.kube.client import KubernetesApi, error_from_status
 from tests.kube.conftest import DRIVER, NODE, Seeded, slice_body
 
@@ -284,3 +286,23 @@ def test_the_official_watch_consumes_the_doubles_stream(kubeconfig: Path, double
             seen.append((event["type"], event["object"].metadata.name))
         later.join()
     assert seen == [("ADDED", "before"), ("ADDED", "after")]
+
+
+def test_one_client_serves_many_threads(api: KubernetesApi, double: ApiServerDouble) -> None:
+    double.create(c.device_class("vfio-gpu", DRIVER))
+    pod = double.create(c.pod("default", "vm", node_name=NODE, runtime_class_name=None))
+    for i in range(8):
+        claim = double.create(c.resource_claim("default", f"claim-{i}", device_class_name="vfio-gpu"))
+        c.allocate(double.store, claim, [c.Allocated("gpu", DRIVER, NODE, f"gpu-{i}")], [pod], node_name=NODE)
+
+    def prepare(i: int) -> str:
+        claim = api.get_resource_claim("default", f"claim-{i}")
+        api.get_pod("default", "vm")
+        device = {"driver": DRIVER, "pool": NODE, "device": f"gpu-{i}"}
+        patched = api.patch_resource_claim_status("default", f"claim-{i}", {"status": {"devices": [device]}})
+        assert patched["metadata"]["uid"] == claim["metadata"]["uid"]
+        return str(patched["status"]["devices"][0]["device"])
+
+    with ThreadPoolExecutor(8) as pool:
+        assert sorted(pool.map(prepare, range(8))) == [f"gpu-{i}" for i in range(8)]
+    assert double.writes("patch", "resourceclaims", succeeded=True) == 8
