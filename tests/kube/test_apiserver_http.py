@@ -279,3 +279,15 @@ def test_an_unparseable_timestamp_is_a_bad_request(raw: Http, seeded: Seeded) ->
     reply = raw("PATCH", f"{CLAIM}/status", {"status": {"devices": [device]}}, "application/merge-patch+json")
     assert reply.code == 400
     assert "status.devices[0].conditions[0].lastTransitionTime" in reply.body["message"]
+
+
+def test_delete_collection_by_field_selector_as_the_kubelet_does_at_start(raw: Http, double: ApiServerDouble) -> None:
+    for name, node in [("mine-1", NODE), ("mine-2", NODE), ("theirs", "node-b")]:
+        body = slice_body(name)
+        body["spec"]["nodeName"] = node
+        raw("POST", SLICES, body)
+    reply = raw("DELETE", f"{SLICES}?fieldSelector=spec.nodeName%3D{NODE}")
+    assert reply.code == 200
+    assert sorted(i["metadata"]["name"] for i in reply.body["items"]) == ["mine-1", "mine-2"]
+    assert _names(raw("GET", SLICES).body) == ["theirs"]
+    assert double.writes("deletecollection", "resourceslices") == 1

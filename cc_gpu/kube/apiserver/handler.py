@@ -195,6 +195,21 @@ class Handler(BaseHTTPRequestHandler):
                 raise bad_request("preconditions must be an object")
             gone = store.get(rt, ns, route.name) if dry_run else store.delete(rt, ns, route.name, preconditions)
             return 200, success_status(rt, route.name, gone["metadata"]["uid"])
+        if verb == "deletecollection":
+            label = parse_label_selector(query.get("labelSelector", ""))
+            field = parse_field_selector(query.get("fieldSelector", ""), rt)
+            items, _ = store.list_matching(rt, route.namespace, lambda o: label(o) and field(o))
+            deleted = []
+            for item in items:
+                if dry_run:
+                    deleted.append(item)
+                    continue
+                try:
+                    deleted.append(store.delete(rt, item["metadata"].get("namespace", ""), item["metadata"]["name"]))
+                except ApiStatus as e:
+                    if e.code != 404:  # deleted meanwhile by someone else: as upstream, not an error
+                        raise
+            return 200, {"kind": f"{rt.kind}List", "apiVersion": rt.api_version, "metadata": {}, "items": deleted}
         raise method_not_allowed(verb, self.path)
 
     def _watch(self, route: Route, query: dict[str, str]) -> None:
@@ -275,6 +290,8 @@ def _verb(method: str, route: Route, query: dict[str, str]) -> str:
         if route.namespace is None and route.rt.namespaced:
             raise method_not_allowed(method, f"/{route.rt.plural}")
         return "create"
+    if method == "DELETE" and not route.name:
+        return "deletecollection"
     verbs = {"PUT": "update", "PATCH": "patch", "DELETE": "delete"}
     if method in verbs and route.name:
         return verbs[method]

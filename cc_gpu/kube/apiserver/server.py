@@ -23,7 +23,7 @@ from cc_gpu.kube.apiserver.resources import RESOURCE_TYPES, ResourceType, by_kin
 from cc_gpu.kube.apiserver.status import bad_request
 from cc_gpu.kube.apiserver.store import HISTORY, Clock, Store
 
-WRITE_VERBS = frozenset({"create", "update", "patch", "delete"})
+WRITE_VERBS = frozenset({"create", "update", "patch", "delete", "deletecollection"})
 DEFAULT_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 
 
