@@ -291,3 +291,14 @@ def test_delete_collection_by_field_selector_as_the_kubelet_does_at_start(raw: H
     assert sorted(i["metadata"]["name"] for i in reply.body["items"]) == ["mine-1", "mine-2"]
     assert _names(raw("GET", SLICES).body) == ["theirs"]
     assert double.writes("deletecollection", "resourceslices") == 1
+
+
+def test_a_stopped_double_can_start_again_and_serve_watches() -> None:
+    double = ApiServerDouble()
+    double.start()
+    double.stop()
+    with double:
+        raw = Http(double.url)
+        raw("POST", SLICES, slice_body("x"))
+        events = _watch_lines(double, f"{SLICES}?watch=1&timeoutSeconds=1", 1)
+        assert events[0]["type"] == "ADDED"

@@ -43,6 +43,11 @@ class AuditEntry:
     seconds: float
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 128  # the default backlog of 5 drops SYNs when a client opens many connections at once
+
+
 class ApiServerDouble:
     """The API-server double. `port=0` picks a free port; `url` tells which."""
 
@@ -69,8 +74,8 @@ class ApiServerDouble:
     def start(self) -> ApiServerDouble:
         """Listen and serve on a background thread; returns self."""
         handler = type("BoundHandler", (Handler,), {"double": self})
-        self._httpd = ThreadingHTTPServer(self._address, handler)
-        self._httpd.daemon_threads = True
+        self.store.closed = False
+        self._httpd = _Server(self._address, handler)
         self._thread = threading.Thread(
             target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="apiserver-double", daemon=True
         )

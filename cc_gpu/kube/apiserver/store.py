@@ -29,7 +29,7 @@ Clock = Callable[[], datetime]
 Key = tuple[str, str, str]  # plural, namespace ("" when cluster-scoped), name
 
 _GENERATE_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # the real server's: no vowels, no look-alikes
-HISTORY = 4096
+HISTORY = 1024  # watch history, in changes; each keeps a copy of the object
 
 
 @dataclass(frozen=True)
