@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kubernetes import client, config, watch
+from kubernetes import client, config, dynamic, watch
 
 from cc_gpu.errors import ConfigError, TemporaryError
 from cc_gpu.kube import errors
@@ -306,3 +306,14 @@ def test_one_client_serves_many_threads(api: KubernetesApi, double: ApiServerDou
     with ThreadPoolExecutor(8) as pool:
         assert sorted(pool.map(prepare, range(8))) == [f"gpu-{i}" for i in range(8)]
     assert double.writes("patch", "resourceclaims", succeeded=True) == 8
+
+
+def test_the_official_dynamic_client_discovers_and_lists(kubeconfig: Path, double: ApiServerDouble) -> None:
+    double.create(slice_body("a"))
+    with config.new_client_from_config(config_file=str(kubeconfig)) as api_client:
+        api = dynamic.DynamicClient(api_client)
+        slices = api.resources.get(api_version="resource.k8s.io/v1", kind="ResourceSlice")
+        assert [item.metadata.name for item in slices.get().items] == ["a"]
+        runtime_classes = api.resources.get(api_version="node.k8s.io/v1", kind="RuntimeClass")
+        runtime_classes.create(body={"metadata": {"name": "kata"}, "handler": "kata-qemu-nvidia-gpu-snp"})
+        assert runtime_classes.get(name="kata").handler == "kata-qemu-nvidia-gpu-snp"

@@ -91,6 +91,35 @@ def _discovery(path: str) -> JsonObject | None:
                 for g, v in groups
             ],
         }
+    parts = path.strip("/").split("/")
+    if parts == ["api", "v1"] or (len(parts) == 3 and parts[0] == "apis"):
+        group, version = ("", "v1") if parts[0] == "api" else (parts[1], parts[2])
+        served = [rt for rt in RESOURCE_TYPES if (rt.group, rt.version) == (group, version)]
+        if not served:
+            return None
+        verbs = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
+        resources: list[JsonObject] = []
+        for rt in served:
+            resources.append(
+                {
+                    "name": rt.plural,
+                    "singularName": rt.kind.lower(),
+                    "namespaced": rt.namespaced,
+                    "kind": rt.kind,
+                    "verbs": verbs,
+                }
+            )
+            if rt.status_subresource:
+                resources.append(
+                    {
+                        "name": f"{rt.plural}/status",
+                        "singularName": "",
+                        "namespaced": rt.namespaced,
+                        "kind": rt.kind,
+                        "verbs": ["get", "patch", "update"],
+                    }
+                )
+        return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": rt.api_version, "resources": resources}
     return None
 
 
