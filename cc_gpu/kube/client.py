@@ -1,10 +1,11 @@
 """`KubeApi` over the official `kubernetes` Python client: the only production path to the API server.
 
 The client is imported inside the constructor, never at module import, so commands and code paths that never talk
-to a cluster (discovery, attestation, the simulated host) do not pay for it. Requests go through the client's
-typed APIs (`ResourceV1Api`, `CoreV1Api`, `NodeV1Api`); bodies are handed over as wire-form dicts, which the client
-checks against its own models before sending, and replies are read with `_preload_content=False` and decoded from
-JSON, so callers get the server's exact wire form rather than the client's model objects.
+to a cluster (discovery, attestation, the simulated host) do not pay for it. Requests go through the client's typed
+APIs (`ResourceV1Api`, `NodeV1Api`; core/v1 through the client's generic request path, see `_core`). Bodies are
+wire-form dicts, checked against the client's own models before sending; replies are read with
+`_preload_content=False` and decoded from JSON, so callers get the server's exact wire form rather than the client's
+model objects.
 
 Writes ask the server for strict field validation (`fieldValidation=Strict`): an unknown field is an error, not a
 silently dropped value. Every failure is translated into `cc_gpu.kube.errors` with the original exception chained.
@@ -13,7 +14,6 @@ silently dropped value. Every failure is translated into `cc_gpu.kube.errors` wi
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,8 +32,6 @@ from cc_gpu.kube.errors import (
     KubeConfigError,
     NotFoundError,
 )
-
-log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 STRICT = "Strict"
@@ -54,7 +52,7 @@ class KubernetesApi:
                 config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
         except (config.ConfigException, yaml.YAMLError, OSError, ValueError, TypeError, KeyError) as e:
             where = str(kubeconfig) if kubeconfig is not None else "the in-cluster service account"
-            raise KubeConfigError(f"cannot load Kubernetes client configuration from {where}: {e}") from e
+            raise KubeConfigError(f"cannot load Kubernetes client configuration from {where}: {_safe(e)}") from e
         self._api_client = client.ApiClient(configuration)
         self._api_client.user_agent = user_agent
         self._resource = client.ResourceV1Api(self._api_client)
@@ -213,6 +211,16 @@ class KubernetesApi:
     def _call(self, call: Callable[[], T]) -> T:
         with _translated_errors():
             return call()
+
+
+def _safe(error: Exception) -> str:
+    """An error's message without quoting the file: a YAML error's snippet could show a token or a key."""
+    mark = getattr(error, "problem_mark", None)
+    if mark is not None:
+        return f"{getattr(error, 'problem', 'syntax error')} at line {mark.line + 1}, column {mark.column + 1}"
+    if isinstance(error, OSError):
+        return str(error.strerror or error)
+    return f"{type(error).__name__}: {error}"
 
 
 def _require(*names: str) -> None:

@@ -211,6 +211,15 @@ def test_bad_kubeconfig_is_a_config_error(tmp_path: Path, content: str | None) -
     assert isinstance(caught.value, ConfigError)
 
 
+def test_kubeconfig_errors_never_quote_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "kubeconfig"
+    path.write_text("users:\n- name: u\n  user:\n    token: s3cr3t-t0ken\n  [broken\n")
+    with pytest.raises(errors.KubeConfigError) as caught:
+        KubernetesApi(path)
+    assert "s3cr3t" not in str(caught.value)
+    assert "line" in str(caught.value)
+
+
 def test_no_in_cluster_service_account_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     with pytest.raises(errors.KubeConfigError):
