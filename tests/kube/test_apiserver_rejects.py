@@ -270,6 +270,9 @@ def test_allocation_cannot_be_changed_once_set(raw: Http, seeded: Seeded) -> Non
         pytest.param("GET", f"{SLICES}?labelSelector=a%20in%20b", None, "", 400, id="bad-label-selector"),
         pytest.param("POST", f"{SLICES}?dryRun=Some", {}, "application/json", 400, id="bad-dry-run"),
         pytest.param("GET", f"{SLICES}/x/status", None, "", 404, id="no-such-object"),
+        pytest.param("GET", f"{SLICES}?watch=1&timeoutSeconds=soon", None, "", 400, id="watch-bad-timeout"),
+        pytest.param("GET", f"{SLICES}?watch=1&resourceVersion=abc", None, "", 400, id="watch-bad-version"),
+        pytest.param("GET", f"{SLICES}?watch=1&fieldSelector=spec.devices%3Dx", None, "", 400, id="watch-bad-field"),
     ],
 )
 def test_malformed_requests(raw: Http, method: str, path: str, body: Any, content_type: str, code: int) -> None:
@@ -301,3 +304,16 @@ def test_pod_runtime_class_cannot_change(raw: Http, seeded: Seeded) -> None:
     )
     assert reply.code == 422
     assert reply.body["details"]["causes"][0]["field"] == "spec.runtimeClassName"
+
+
+def test_a_failure_inside_the_double_is_a_500_and_the_server_keeps_serving(
+    raw: Http, double: ApiServerDouble, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(double.store, "get", broken)
+    reply = raw("GET", f"{SLICES}/x")
+    assert (reply.code, reply.body["reason"]) == (500, "InternalError")
+    monkeypatch.undo()
+    assert raw("GET", f"{SLICES}/x").code == 404
