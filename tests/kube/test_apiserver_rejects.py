@@ -317,3 +317,67 @@ def test_a_failure_inside_the_double_is_a_500_and_the_server_keeps_serving(
     assert (reply.code, reply.body["reason"]) == (500, "InternalError")
     monkeypatch.undo()
     assert raw("GET", f"{SLICES}/x").code == 404
+
+
+def _claim_with(mutate: Mutate) -> dict[str, Any]:
+    claim = c.resource_claim(
+        "default",
+        "new-claim",
+        device_class_name="vfio-gpu",
+        requests=("gpu", "other"),
+        config=[{"requests": ["gpu"], "opaque": {"driver": DRIVER, "parameters": {"kind": "GpuConfig"}}}],
+    )
+    mutate(claim)
+    return claim
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field"),
+    [
+        pytest.param(_set("spec.devices.requests.0.name", "Not_A_Label"), "spec.devices.requests[0].name", id="name"),
+        pytest.param(_set("spec.devices.requests.1.name", "gpu"), "spec.devices.requests[1].name", id="duplicate"),
+        pytest.param(
+            _set("spec.devices.requests.0.firstAvailable", [{"name": "a", "deviceClassName": "vfio-gpu"}]),
+            "spec.devices.requests[0]",
+            id="exactly-and-first-available",
+        ),
+        pytest.param(
+            _set("spec.devices.requests.0.exactly.allocationMode", "Some"),
+            "spec.devices.requests[0].exactly.allocationMode",
+            id="allocation-mode",
+        ),
+        pytest.param(
+            _set("spec.devices.requests.0.exactly.count", 0), "spec.devices.requests[0].exactly.count", id="count-zero"
+        ),
+        pytest.param(
+            _set("spec.devices.config.0.requests", ["missing"]),
+            "spec.devices.config[0].requests[0]",
+            id="config-request",
+        ),
+        pytest.param(
+            _set("spec.devices.config.0.opaque.parameters", {"blob": "x" * 10240}),
+            "spec.devices.config[0].opaque.parameters",
+            id="parameters-over-10KiB",
+        ),
+        pytest.param(
+            _set("spec.devices.config.0.opaque.driver", "UPPER.example.com"),
+            "spec.devices.config[0].opaque.driver",
+            id="config-driver",
+        ),
+    ],
+)
+def test_claim_spec_rules(raw: Http, seeded: Seeded, mutate: Mutate, field: str) -> None:
+    reply = raw("POST", CLAIMS, _claim_with(mutate))
+    assert reply.code == 422, reply.body
+    assert field in [cause["field"] for cause in reply.body["details"]["causes"]]
+
+
+def test_a_valid_claim_with_config_is_accepted(raw: Http, seeded: Seeded) -> None:
+    assert raw("POST", CLAIMS, _claim_with(lambda claim: None)).code == 201
+
+
+def test_device_class_config_rules(raw: Http) -> None:
+    body = c.device_class("big", DRIVER, {"blob": "x" * 10240})
+    reply = raw("POST", "/apis/resource.k8s.io/v1/deviceclasses", body)
+    assert reply.code == 422
+    assert reply.body["details"]["causes"][0]["field"] == "spec.config[0].opaque.parameters"
