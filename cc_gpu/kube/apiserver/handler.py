@@ -27,6 +27,7 @@ from cc_gpu.kube.apiserver.status import (
     success_status,
     unsupported_media_type,
 )
+from cc_gpu.kube.apiserver.store import WatchEvent
 
 if TYPE_CHECKING:
     from cc_gpu.kube.apiserver.server import ApiServerDouble
@@ -283,8 +284,9 @@ class Handler(BaseHTTPRequestHandler):
                         route.namespace is not None and event.namespace != route.namespace
                     ):
                         continue
-                    if match(event.object):
-                        self._chunk({"type": event.type, "object": event.object})
+                    kind = _filtered_event_type(event, match)
+                    if kind is not None:
+                        self._chunk({"type": kind, "object": event.object})
             self.wfile.write(b"0\r\n\r\n")
         except (BrokenPipeError, ConnectionResetError):
             pass
@@ -316,6 +318,19 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
+
+
+def _filtered_event_type(event: WatchEvent, match: Predicate) -> str | None:
+    """The event a selector-filtered watch sends: an object entering the selection is ADDED, one leaving it DELETED."""
+    now = match(event.object)
+    if event.type != "MODIFIED" or event.previous is None:
+        return event.type if now else None
+    before = match(event.previous)
+    if now and before:
+        return "MODIFIED"
+    if now:
+        return "ADDED"
+    return "DELETED" if before else None
 
 
 def _verb(method: str, route: Route, query: dict[str, str]) -> str:
