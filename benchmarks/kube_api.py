@@ -40,6 +40,10 @@ CASES = {
         "api = KubernetesApi(Path(sys.argv[1]))\napi.get_node('node-a')\n"
         "api.list_resource_slices('d.example.com', 'node-a')"
     ),
+    "(for comparison) KubernetesApi plus the generated CoreV1Api": (
+        "from pathlib import Path\nfrom kubernetes import client\nfrom cc_gpu.kube.client import KubernetesApi\n"
+        "KubernetesApi(Path(sys.argv[1]))\nclient.CoreV1Api()"
+    ),
     "API-server double imported": "import cc_gpu.kube.apiserver",
 }
 
