@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import http.client
 from collections.abc import Callable
 from typing import Any
 
@@ -381,3 +382,16 @@ def test_device_class_config_rules(raw: Http) -> None:
     reply = raw("POST", "/apis/resource.k8s.io/v1/deviceclasses", body)
     assert reply.code == 422
     assert reply.body["details"]["causes"][0]["field"] == "spec.config[0].opaque.parameters"
+
+
+def test_an_oversized_body_is_refused(double: ApiServerDouble) -> None:
+    host, port = double.url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    conn.putrequest("POST", SLICES)
+    conn.putheader("Content-Type", "application/json")
+    conn.putheader("Content-Length", str(4 * 1024 * 1024))
+    conn.endheaders()
+    response = conn.getresponse()
+    assert response.status == 413
+    response.read()
+    conn.close()

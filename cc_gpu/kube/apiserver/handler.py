@@ -302,6 +302,7 @@ class Handler(BaseHTTPRequestHandler):
     def _read_body(self) -> bytes:
         length = int(self.headers.get("Content-Length") or 0)
         if length > MAX_BODY:
+            self.close_connection = True  # the unread body would otherwise be parsed as the next request
             raise ApiStatus(413, "RequestEntityTooLarge", "the request body is too large")
         return self.rfile.read(length) if length else b""
 
