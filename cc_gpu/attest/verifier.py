@@ -342,4 +342,5 @@ class Verifier:
             run.set(P.CHECK_MEASUREMENTS, PASS, f"{result.compared} measurements match{skipped}")
         else:
             run.mismatches = result.mismatches
-            run.set(P.CHECK_MEASUREMENTS, FAIL, f"mismatching indexes: {list(result.mismatches)}")
+            conflicts = f"; indexes in both RIMs: {list(result.conflicts)}" if result.conflicts else ""
+            run.set(P.CHECK_MEASUREMENTS, FAIL, f"mismatching indexes: {list(result.mismatches)}{conflicts}")
