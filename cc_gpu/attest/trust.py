@@ -2,7 +2,7 @@
 
 Anchors come from configuration, never from evidence. The default store holds NVIDIA's two public roots, shipped as
 package data byte-identical to the files in NVIDIA's published verifier (provenance and SHA-256 fingerprints are in
-`cc_gpu/attest/trust/README.md` and checked by a test). Admins can point the verifier at their own directory
+`cc_gpu/attest/roots/README.md` and checked by a test). Admins can point the verifier at their own directory
 instead. Roots minted by the simulated-evidence generator carry a marker organisation name, and every store refuses
 them unless it was built with `allow_simulated=True`, which only tests and the demo do.
 """
@@ -67,7 +67,7 @@ class TrustStore:
     @classmethod
     def default(cls) -> TrustStore:
         """NVIDIA's public roots as shipped in this package."""
-        pkg = resources.files("cc_gpu.attest") / "trust"
+        pkg = resources.files("cc_gpu.attest.roots")
         return cls(
             device_roots=_load_pems(pkg.joinpath(DEVICE_ROOT_FILE).read_bytes(), DEVICE_ROOT_FILE),
             rim_roots=_load_pems(pkg.joinpath(RIM_ROOT_FILE).read_bytes(), RIM_ROOT_FILE),
