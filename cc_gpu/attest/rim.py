@@ -23,7 +23,7 @@ from types import MappingProxyType
 from cryptography import x509
 from lxml import etree  # type: ignore[import-untyped]
 from signxml.algorithms import DigestAlgorithm, SignatureMethod
-from signxml.exceptions import InvalidInput, InvalidSignature
+from signxml.exceptions import SignXMLException
 from signxml.verifier import SignatureConfiguration, XMLVerifier
 
 from cc_gpu.attest.certs import ChainError, ValidatedChain, validate_chain
@@ -180,7 +180,7 @@ def verify_rim(content: bytes, trust: TrustStore, at: datetime) -> VerifiedRim:
     )
     try:
         result = XMLVerifier().verify(root, x509_cert=chain.leaf, expect_config=config, parser=hardened_parser())
-    except (InvalidSignature, InvalidInput) as e:
+    except (SignXMLException, etree.LxmlError) as e:  # lxml raises e.g. C14NError on relative namespace URIs
         raise RimSignatureError(f"RIM signature does not verify: {e}") from e
     signed = result.signed_xml if not isinstance(result, list) else None
     if signed is None:
