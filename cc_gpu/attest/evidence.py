@@ -230,8 +230,8 @@ def decode_report_text(text: str | bytes) -> bytes:
     """Turn the hex text NVML tools write (whitespace allowed) into bytes; raw bytes pass through unchanged."""
     if isinstance(text, bytes):
         stripped = text.strip()
-        if not stripped or any(c not in b"0123456789abcdefABCDEF \t\r\n" for c in stripped):
-            return text
+        if not stripped or stripped.translate(None, b"0123456789abcdefABCDEF \t\r\n"):
+            return text  # not hex text: raw report bytes
         text = stripped.decode("ascii")
     compact = "".join(text.split())
     if len(compact) % 2:

@@ -15,7 +15,7 @@ import base64
 import binascii
 import hashlib
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from types import MappingProxyType
@@ -162,12 +162,20 @@ def _golden(root: etree._Element) -> tuple[str, str, str | None, dict[int, Golde
     return root.get("tagId", ""), version, manufacturer, golden
 
 
-def verify_rim(content: bytes, trust: TrustStore, at: datetime) -> VerifiedRim:
-    """Parse and verify one RIM. Raises RimError (malformed) or RimSignatureError (does not verify)."""
+ChainValidator = Callable[[Sequence[x509.Certificate], Sequence[x509.Certificate], datetime, int], ValidatedChain]
+
+
+def verify_rim(
+    content: bytes, trust: TrustStore, at: datetime, chain_validator: ChainValidator = validate_chain
+) -> VerifiedRim:
+    """Parse and verify one RIM. Raises RimError (malformed) or RimSignatureError (does not verify).
+
+    `chain_validator` lets a caller reuse validated chains (driver and VBIOS RIMs share one signing chain).
+    """
     root = _parse(content)
     certs = _check_signature_shape(root)
     try:
-        chain = validate_chain(certs, trust.rim_roots, at, RIM_CHAIN_LENGTH)
+        chain = chain_validator(certs, trust.rim_roots, at, RIM_CHAIN_LENGTH)
     except ChainError as e:
         raise RimSignatureError(f"RIM signing chain: {e.reason}") from e
     config = SignatureConfiguration(
@@ -204,13 +212,20 @@ class RimCache:
         self._lock = threading.Lock()
         self._max = max_entries
 
-    def verify(self, content: bytes, trust: TrustStore, at: datetime, trust_id: str | None = None) -> VerifiedRim:
+    def verify(
+        self,
+        content: bytes,
+        trust: TrustStore,
+        at: datetime,
+        trust_id: str | None = None,
+        chain_validator: ChainValidator = validate_chain,
+    ) -> VerifiedRim:
         key = (hashlib.sha256(content).hexdigest(), trust_id or trust.fingerprint())
         with self._lock:
             hit = self._entries.get(key)
         if hit is not None and hit.chain.valid_at(at):
             return hit
-        rim = verify_rim(content, trust, at)
+        rim = verify_rim(content, trust, at, chain_validator)
         with self._lock:
             if len(self._entries) >= self._max:
                 self._entries.pop(next(iter(self._entries)))

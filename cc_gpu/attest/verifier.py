@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from cryptography import x509
+from cryptography.hazmat.primitives.hashes import SHA256
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from cc_gpu.attest import policy as P
@@ -26,6 +27,7 @@ from cc_gpu.attest.certs import (
     common_name,
     leaf_fwid,
     load_pem_chain,
+    signed_by,
     validate_chain,
     verify_report_signature,
 )
@@ -92,6 +94,7 @@ class Verifier:
         self._rims = RimCache()
         self._pem_cache: dict[bytes, tuple[x509.Certificate, ...]] = {}
         self._chain_cache: dict[bytes, ValidatedChain] = {}
+        self._links: dict[tuple[bytes, bytes], bool] = {}
         self._lock = threading.Lock()
 
     # -- public API ----------------------------------------------------------------------------------------------
@@ -173,16 +176,37 @@ class Verifier:
                 self._pem_cache[cert_chain] = hit
         return hit
 
-    def _validated(self, certs: Sequence[x509.Certificate], at: datetime) -> ValidatedChain:
-        key = hashlib.sha256(b"".join(c.public_bytes(Encoding.DER) for c in certs)).digest()
+    def _validated(
+        self,
+        certs: Sequence[x509.Certificate],
+        anchors: Sequence[x509.Certificate],
+        at: datetime,
+        expected_length: int,
+    ) -> ValidatedChain:
+        """`validate_chain` with a cache by chain content; the trust store is fixed per verifier."""
+        h = hashlib.sha256(expected_length.to_bytes(1, "big"))
+        for cert in (*anchors, None, *certs):
+            h.update(b"|" if cert is None else cert.public_bytes(Encoding.DER))
+        key = h.digest()
         with self._lock:
             hit = self._chain_cache.get(key)
         if hit is not None and hit.valid_at(at):
             return hit
-        chain = validate_chain(certs, self.trust.device_roots, at, DEVICE_CHAIN_LENGTH)
+        chain = validate_chain(certs, anchors, at, expected_length, self._signed_by)
         with self._lock:
             self._chain_cache[key] = chain
         return chain
+
+    def _signed_by(self, cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+        """Memoised issuer-signature check: RIM signing chains share their upper certificates."""
+        key = (cert.fingerprint(SHA256()), issuer.fingerprint(SHA256()))
+        with self._lock:
+            known = self._links.get(key)
+        if known is None:
+            known = signed_by(cert, issuer)
+            with self._lock:
+                self._links[key] = known
+        return known
 
     def _revoked(self, run: _Run, chain: ValidatedChain, indexes: range, label: str) -> str | None:
         """Checks OCSP for `chain.path[i]` per policy; returns a failure reason or None."""
@@ -216,7 +240,7 @@ class Verifier:
             return None
         chain: ValidatedChain | None = None
         try:
-            chain = self._validated(certs, run.at)
+            chain = self._validated(certs, self.trust.device_roots, run.at, DEVICE_CHAIN_LENGTH)
         except ChainError as e:
             run.set(P.CHECK_CHAIN, FAIL, e.reason)
         if chain is not None:
@@ -299,7 +323,7 @@ class Verifier:
             return None
         step("fetched", PASS, rim_id or "")
         try:
-            rim = self._rims.verify(content, self.trust, run.at, self._trust_id)
+            rim = self._rims.verify(content, self.trust, run.at, self._trust_id, self._validated)
         except RimError as e:
             step("schema-validated", FAIL, str(e))
             return None
