@@ -77,12 +77,16 @@ def _is_self_issued(cert: x509.Certificate) -> bool:
     return cert.issuer == cert.subject
 
 
-def _check_algorithms(cert: x509.Certificate, label: str) -> None:
+def _label(cert: x509.Certificate, position: int) -> str:
+    return f"certificate {position} ({common_name(cert)!r})"
+
+
+def _check_algorithms(cert: x509.Certificate, position: int) -> None:
     if not isinstance(cert.signature_hash_algorithm, hashes.SHA384):
-        raise ChainError(f"{label} is not signed with SHA-384")
+        raise ChainError(f"{_label(cert, position)} is not signed with SHA-384")
     key = cert.public_key()
     if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP384R1):
-        raise ChainError(f"{label} does not carry a P-384 key")
+        raise ChainError(f"{_label(cert, position)} does not carry a P-384 key")
 
 
 def signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
@@ -139,14 +143,13 @@ def validate_chain(
     if len(path) != expected_length:
         raise ChainError(f"chain has {len(path)} certificates including the root, expected {expected_length}")
     for i, cert in enumerate(path):
-        label = f"certificate {i} ({common_name(cert)!r})"
-        _check_algorithms(cert, label)
+        _check_algorithms(cert, i)
         if i > 0 and not _is_ca(cert):
-            raise ChainError(f"{label} issues certificates but is not a CA")
+            raise ChainError(f"{_label(cert, i)} issues certificates but is not a CA")
         if not cert.not_valid_before_utc <= at <= cert.not_valid_after_utc:
             raise ChainError(
-                f"{label} is not valid at {at.isoformat()} (valid {cert.not_valid_before_utc.isoformat()} .. "
-                f"{cert.not_valid_after_utc.isoformat()})"
+                f"{_label(cert, i)} is not valid at {at.isoformat()} (valid {cert.not_valid_before_utc.isoformat()} "
+                f".. {cert.not_valid_after_utc.isoformat()})"
             )
     return ValidatedChain(
         path=path,

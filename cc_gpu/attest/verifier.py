@@ -280,17 +280,21 @@ class Verifier:
                 ok = False
             run.set(name, PASS if ok else FAIL, value if ok else f"{value} is below the minimum {minimum}")
 
-    def _route_explicit(self, rims: Sequence[bytes]) -> dict[str, bytes]:
+    def _route_explicit(self, rims: Sequence[bytes], at: datetime) -> dict[str, bytes]:
+        """Sorts explicitly given RIMs into driver and VBIOS by their version's form (VBIOS: five hex pairs)."""
         routed: dict[str, bytes] = {}
         for content in rims:
-            version = peek_version(content) or ""
+            try:  # a RIM that verifies is routed by its signed version (and is cached for the check that follows)
+                version = self._rims.verify(content, self.trust, at, self._trust_id, self._validated).version
+            except CcGpuError:  # one that does not is routed by its unverified version, then fails its checks
+                version = peek_version(content) or ""
             routed.setdefault("vbios" if is_vbios_version(version) else "driver", content)
         return routed
 
     def _check_rims(
         self, run: _Run, report: AttestationReport, rims: Sequence[bytes]
     ) -> tuple[VerifiedRim | None, VerifiedRim | None]:
-        explicit = self._route_explicit(rims) if rims else {}
+        explicit = self._route_explicit(rims, run.at) if rims else {}
         found: dict[str, VerifiedRim | None] = {}
         for kind, rim_id, version in (
             ("driver", driver_rim_id(report), report.opaque.driver_version),
