@@ -10,7 +10,7 @@ import pytest
 
 from cc_gpu.attest import policy as P
 from cc_gpu.attest.errors import RimFetchError
-from cc_gpu.attest.evidence import decode_report_text, parse_report
+from cc_gpu.attest.evidence import AttestationReport, OpaqueData, decode_report_text, parse_report
 from cc_gpu.attest.ocsp import RevocationMode
 from cc_gpu.attest.policy import Policy
 from cc_gpu.attest.sources import (
@@ -122,3 +122,10 @@ def test_chained_source_first_hit_wins(rim_dir: Path, nvidia_211: Sample) -> Non
     assert service.urls == []
     assert chained.fetch("NV_GPU_DRIVER_GH100_1.0") is None
     assert len(service.urls) == 1
+
+
+def test_blackwell_driver_rim_id_uses_chip_info() -> None:
+    opaque = OpaqueData({3: b"570.124.06\0", 35: b"GB100\0"})
+    report = AttestationReport(b"", bytes(32), 0, 1, 0xFF, 0, 0, (), bytes(32), opaque, bytes(96))
+    assert driver_rim_id(report) == "NV_GPU_CC_DRIVER_GB100_570.124.06"
+    assert vbios_rim_id(report) is None  # project/SKU fields absent: no id to ask for
