@@ -42,6 +42,8 @@ RIM_CHAIN_LENGTH = 4
 MAX_RIM_BYTES = 4 * 1024 * 1024
 
 _NS = {"swid": SWID_NS, "ds": DSIG_NS}
+_HASH_ATTRS = tuple(f"{{{HASH_NS}}}Hash{n}" for n in range(64))
+_RESOURCE = f"{{{SWID_NS}}}Resource"
 _SIG_CONFIG_METHODS = frozenset({SignatureMethod.ECDSA_SHA384})
 _SIG_CONFIG_DIGESTS = frozenset({DigestAlgorithm.SHA384})
 
@@ -133,7 +135,7 @@ def _golden(root: etree._Element) -> tuple[str, str, str | None, dict[int, Golde
     if payload is None:
         raise RimError("RIM has no Payload")
     golden: dict[int, GoldenMeasurement] = {}
-    for res in payload.findall("swid:Resource", _NS):
+    for res in payload.iterchildren(_RESOURCE):
         try:
             index = int(res.get("index", ""))
             count = int(res.get("alternatives", ""))
@@ -149,7 +151,7 @@ def _golden(root: etree._Element) -> tuple[str, str, str | None, dict[int, Golde
             raise RimError(f"RIM lists index {index} twice")
         values = []
         for n in range(count):
-            text = res.get(f"{{{HASH_NS}}}Hash{n}")
+            text = res.get(_HASH_ATTRS[n])
             if text is None or len(text) != 96:
                 raise RimError(f"RIM Resource {index} lacks a 48-byte Hash{n}")
             try:
