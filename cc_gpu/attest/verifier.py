@@ -14,6 +14,7 @@ import hmac
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 from datetime import UTC, datetime
 
 from cryptography import x509
@@ -42,6 +43,14 @@ from cc_gpu.attest.verdict import FAIL, NOT_APPLICABLE, PASS, SKIPPED, UNVERIFIA
 from cc_gpu.errors import CcGpuError
 
 DEVICE_CHAIN_LENGTH = 5
+CACHE_LIMIT = 4096  # entries per cache; a node has a handful of GPUs, so only junk input ever reaches it
+
+
+def _remember(cache: dict[Any, Any], key: object, value: object) -> None:
+    """Insert, dropping everything first when full (caches hold only re-derivable results)."""
+    if len(cache) >= CACHE_LIMIT:
+        cache.clear()
+    cache[key] = value
 
 
 def utc_now() -> datetime:
@@ -173,7 +182,7 @@ class Verifier:
         if hit is None:
             hit = load_pem_chain(cert_chain)
             with self._lock:
-                self._pem_cache[cert_chain] = hit
+                _remember(self._pem_cache, cert_chain, hit)
         return hit
 
     def _validated(
@@ -194,7 +203,7 @@ class Verifier:
             return hit
         chain = validate_chain(certs, anchors, at, expected_length, self._signed_by)
         with self._lock:
-            self._chain_cache[key] = chain
+            _remember(self._chain_cache, key, chain)
         return chain
 
     def _signed_by(self, cert: x509.Certificate, issuer: x509.Certificate) -> bool:
@@ -205,7 +214,7 @@ class Verifier:
         if known is None:
             known = signed_by(cert, issuer)
             with self._lock:
-                self._links[key] = known
+                _remember(self._links, key, known)
         return known
 
     def _revoked(self, run: _Run, chain: ValidatedChain, indexes: range, label: str) -> str | None:
