@@ -142,3 +142,15 @@ def test_bundle_import(tmp_path: Path, nvidia_211: Sample) -> None:
     args = [a for a in verify_args(nvidia_211) if a not in ("--rim", nvidia_211.dir / DRIVER, nvidia_211.dir / VBIOS)]
     verified = cc_gpu(*args, "--rim-dir", tmp_path / "s" / "rims")
     assert verified.returncode == 0, verified.stdout
+
+
+def test_cli_module_import_is_light() -> None:
+    code = "import sys, cc_gpu.cli.attest; print(sorted(m for m in ('cryptography', 'lxml', 'signxml', 'jwt') if m in sys.modules))"
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert out.stdout.strip() == "[]"
