@@ -182,4 +182,7 @@ class Checkpoint:
         self.update(lambda claims: claims.__setitem__(entry.uid, entry))
 
     def drop(self, uid: str) -> None:
-        self.update(lambda claims: claims.pop(uid, None) and None)
+        def change(claims: dict[str, ClaimEntry]) -> None:
+            claims.pop(uid, None)
+
+        self.update(change)

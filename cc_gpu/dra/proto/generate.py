@@ -17,7 +17,7 @@ PROTOS = ("pluginregistration.proto", "dra_v1.proto", "dra_v1beta1.proto", "dra_
 
 def generate(out_dir: Path) -> list[Path]:
     """Generate the `_pb2` and `_pb2_grpc` modules into `out_dir` (mirroring the package path); return their paths."""
-    from grpc_tools import protoc  # noqa: PLC0415  (a build-time tool: imported only when generating)
+    from grpc_tools import protoc  # type: ignore[import-untyped]  # noqa: PLC0415  (a build-time tool: imported only when generating)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     rel = [str((PROTO_DIR / name).relative_to(REPO_ROOT)) for name in PROTOS]
