@@ -12,7 +12,13 @@ from pathlib import Path
 
 PROTO_DIR = Path(__file__).resolve().parent
 REPO_ROOT = PROTO_DIR.parents[2]
-PROTOS = ("pluginregistration.proto", "dra_v1.proto", "dra_v1beta1.proto", "dra_health_v1alpha1.proto")
+PROTOS = (
+    "pluginregistration.proto",
+    "dra_v1.proto",
+    "dra_v1beta1.proto",
+    "dra_health_v1alpha1.proto",
+    "grpc_health_v1.proto",
+)
 
 
 def generate(out_dir: Path) -> list[Path]:
