@@ -73,7 +73,7 @@ def views_from(inventory: Inventory, selection: Selection, label_value: str | No
             product_name=first.product_name,
             architecture=first.architecture,
             numa_node=first.numa_node if first.numa_node is not None else -1,
-            pcie_root=first.pcie_root,
+            pcie_root=first.pcie_root.split("/", 1)[0],  # the root complex, as resource.kubernetes.io/pcieRoot
             iommufd=all(g.iommufd_cdev for g in gpus) or inventory.iommufd,
             cc_capable=first.cc_mode not in ("unsupported", "unknown"),
             cc_mode=modes.pop() if len(modes) == 1 else "mixed",
@@ -124,9 +124,7 @@ class HostAdapter:
     def bind(self, group: int, owner: str, iommu_mode: str) -> BoundNodes:
         bound = self._binder(self._backend_for(iommu_mode)).bind(group, owner)
         originals = {d.bdf: d.original_driver for d in bound.devices}
-        nodes = tuple(self.host.roots.host_dev_path(Path(self.host.roots.dev / n.removeprefix("/dev/")))
-                      if n.startswith("/dev/") else n for n in bound.device_nodes)
-        return BoundNodes(nodes=nodes, original_drivers=originals, mode=bound.backend)
+        return BoundNodes(nodes=tuple(bound.device_nodes), original_drivers=originals, mode=bound.backend)
 
     def restore(self, group: int, owner: str, reset: bool) -> None:
         binder = self._binder("legacy")
