@@ -128,3 +128,24 @@ def test_prepare_is_idempotent_and_survives_restart(node: Node) -> None:
     assert node.driver_of(_bdf(devs[0])) == "nvidia"
     assert node.driver_of(_bdf(devs[1])) == "nvidia"
     assert node.kubelet.unprepare(DRIVER, [claim]) == {claim[2]: ""}, "unknown claims are a no-op"
+
+
+def test_pod_annotation_spec_for_released_kata(node: Node) -> None:
+    """A pod annotated `cdi.k8s.io/cc-gpu: cc-gpu.io/vfio=pod-<uid>` gets a per-pod spec with all its claims' nodes."""
+    node.start_plugin()
+    devs = node.devices()
+    vm = node.pod("vm-annotated", annotations={"cdi.k8s.io/cc-gpu": "cc-gpu.io/vfio=pod-4a7e"})
+    a = node.claim("a", [devs[0]], [vm])
+    b = node.claim("b", [devs[1]], [vm])
+    pod_spec = node.cdi_root / "cc-gpu.io-vfio_pod-4a7e.json"
+    assert node.kubelet.prepare(DRIVER, [a])[a[2]].error == ""
+    spec = json.loads(pod_spec.read_text())
+    validate_cdi(spec)
+    assert spec["devices"][0]["name"] == "pod-4a7e"
+    assert len(spec["devices"][0]["containerEdits"]["deviceNodes"]) == 1
+    assert node.kubelet.prepare(DRIVER, [b])[b[2]].error == ""
+    assert len(json.loads(pod_spec.read_text())["devices"][0]["containerEdits"]["deviceNodes"]) == 2
+    node.kubelet.unprepare(DRIVER, [a])
+    assert len(json.loads(pod_spec.read_text())["devices"][0]["containerEdits"]["deviceNodes"]) == 1
+    node.kubelet.unprepare(DRIVER, [b])
+    assert not pod_spec.exists()
