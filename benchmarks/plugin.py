@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from cc_gpu.dra.kubelet import KubeletDouble  # noqa: E402
-from cc_gpu.host.sim import SimKernel  # noqa: E402
+from cc_gpu.host.sim import SimKernel, create_sim_host  # noqa: E402
 from cc_gpu.kube.apiserver import ApiServerDouble, cluster  # noqa: E402
 from cc_gpu.kube.client import KubernetesApi  # noqa: E402
 
@@ -44,6 +44,9 @@ class Bench:
         self.server.create(cluster.device_class("vfio-gpu", DRIVER))
         self.kubelet = KubeletDouble(root / "registry")
         self.kubelet.start()
+        # A node's sysfs exists before the plugin starts: build the simulated tree first, so start-to-published
+        # measures the plugin, not the simulator writing its files.
+        create_sim_host("dgx-h100", root / "sim", state=root / "plugin" / "host-state")
         self.proc: subprocess.Popen[bytes] | None = None
         self.n = 0
 
