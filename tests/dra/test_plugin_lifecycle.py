@@ -148,3 +148,58 @@ def test_health_stream(node: Node) -> None:
         assert {d.health for d in first.devices} == {health_pb.HEALTHY}
         assert {d.device.pool_name for d in first.devices} == {NODE}
         stream.cancel()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_metrics_logs_and_liveness(node: Node) -> None:
+    import urllib.request
+
+    from cc_gpu.dra.proto import grpc_health_v1_pb2 as probe_pb
+    from cc_gpu.dra.proto import grpc_health_v1_pb2_grpc as probe_grpc
+
+    metrics_port, probe_port = _free_port(), _free_port()
+    node.start_plugin("--metrics-port", str(metrics_port), "--probe-port", str(probe_port))
+    devs = node.devices()
+    good = node.vm_pod_claim([devs[0]])
+    bad = node.vm_pod_claim([devs[1]], runtime_class="runc")
+    node.kubelet.prepare(DRIVER, [good, bad])
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics") as resp:
+        text = resp.read().decode()
+    assert 'cc_gpu_dra_operations_total{op="prepare",result="ok"} 1.0' in text
+    assert 'cc_gpu_dra_errors_total{op="prepare",reason="runtime-class"} 1.0' in text
+    assert "cc_gpu_dra_prepared_devices 1.0" in text
+    assert 'cc_gpu_dra_operation_seconds_count{op="prepare"} 2.0' in text
+    with grpc.insecure_channel(f"127.0.0.1:{probe_port}") as channel:
+        stub = probe_grpc.HealthStub(channel)  # type: ignore[no-untyped-call]
+        assert stub.Check(probe_pb.HealthCheckRequest(), timeout=5).status == probe_pb.HealthCheckResponse.SERVING
+    lines = [json.loads(line) for line in node.log_path.read_text().splitlines()]
+    assert any(rec.get("claim_uid") == good[2] and rec["msg"] == "prepared" for rec in lines)
+    assert any(rec.get("claim_uid") == bad[2] and rec["msg"] == "prepare failed" for rec in lines)
+
+
+@pytest.mark.parametrize(
+    ("name", "flags", "label", "count"),
+    [
+        ("by PCI address", ["--select-pci", "0000:18:00.0,0000:2a:00.0"], None, 2),
+        ("by node label", ["--select-label", "cc-gpu.io/passthrough"], "18-00-0_0000-2a-00-0_3a-00-0", 3),
+        ("label missing: nothing", ["--select-label", "cc-gpu.io/other"], "18-00-0", 0),
+    ],
+)
+def test_device_selection(node: Node, name: str, flags: list[str], label: str | None, count: int) -> None:
+    if label is not None:
+        import urllib.request
+
+        body = json.dumps({"metadata": {"labels": {"cc-gpu.io/passthrough": label}}}).encode()
+        req = urllib.request.Request(f"{node.server.url}/api/v1/nodes/{NODE}", data=body, method="PATCH",
+                                     headers={"Content-Type": "application/merge-patch+json"})
+        urllib.request.urlopen(req).close()
+    node.start_plugin(*flags)
+    (s,) = node.api.list_resource_slices(DRIVER, NODE)
+    assert len(s["spec"]["devices"]) == count, name
