@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import socket
 import time
+import urllib.request
 
 import grpc
 import pytest
@@ -11,6 +13,8 @@ import pytest
 from cc_gpu.dra.kubelet import KubeletDouble
 from cc_gpu.dra.proto import dra_health_v1alpha1_pb2 as health_pb
 from cc_gpu.dra.proto import dra_health_v1alpha1_pb2_grpc as health_grpc
+from cc_gpu.dra.proto import grpc_health_v1_pb2 as probe_pb
+from cc_gpu.dra.proto import grpc_health_v1_pb2_grpc as probe_grpc
 from tests.dra.harness import DRIVER, NODE, Node
 
 
@@ -151,19 +155,12 @@ def test_health_stream(node: Node) -> None:
 
 
 def _free_port() -> int:
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
 def test_metrics_logs_and_liveness(node: Node) -> None:
-    import urllib.request
-
-    from cc_gpu.dra.proto import grpc_health_v1_pb2 as probe_pb
-    from cc_gpu.dra.proto import grpc_health_v1_pb2_grpc as probe_grpc
-
     metrics_port, probe_port = _free_port(), _free_port()
     node.start_plugin("--metrics-port", str(metrics_port), "--probe-port", str(probe_port))
     devs = node.devices()
@@ -194,8 +191,6 @@ def test_metrics_logs_and_liveness(node: Node) -> None:
 )
 def test_device_selection(node: Node, name: str, flags: list[str], label: str | None, count: int) -> None:
     if label is not None:
-        import urllib.request
-
         body = json.dumps({"metadata": {"labels": {"cc-gpu.io/passthrough": label}}}).encode()
         req = urllib.request.Request(f"{node.server.url}/api/v1/nodes/{NODE}", data=body, method="PATCH",
                                      headers={"Content-Type": "application/merge-patch+json"})
