@@ -147,16 +147,22 @@ class HostAdapter:
 
     def restore(self, group: int, owner: str, reset: bool) -> None:
         binder = self._binder("legacy")
+        status = binder.status(group)
+        if status.owner is None:
+            return  # nothing recorded: the bind never started, or the group is already back
+        if status.owner != owner:
+            # Another claim holds this group (a bind of ours was refused because of it): not ours to touch.
+            log.warning("group held by another claim; left alone", extra={"group": group, "holder": status.owner,
+                                                                          "claim_uid": owner})
+            return
         if reset:
-            status = binder.status(group)
-            if status.owner == owner:
-                for member in status.members:
-                    if member.is_bridge or not (member.driver or "").startswith("vfio"):
-                        continue
-                    try:
-                        binder.reset_function(member.bdf)
-                    except ResetUnsupportedError as e:
-                        log.warning("function not reset", extra={"bdf": member.bdf, "error": str(e)})
+            for member in status.members:
+                if member.is_bridge or not (member.driver or "").startswith("vfio"):
+                    continue
+                try:
+                    binder.reset_function(member.bdf)
+                except ResetUnsupportedError as e:
+                    log.warning("function not reset", extra={"bdf": member.bdf, "error": str(e)})
         binder.restore(group, owner)
 
 

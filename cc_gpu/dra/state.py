@@ -274,11 +274,16 @@ class DeviceState:
                     self._refresh_pod_spec(entry.pod_uid, entry.pod_cdi_device)
                 counts["dropped_other_boot"] += 1
             elif entry.state != PREPARE_COMPLETED:
-                with self.locks.hold(d.iommu_group for d in entry.devices):
-                    current = self.checkpoint.get(entry.uid)
-                    if current is not None and current.state != PREPARE_COMPLETED:
-                        self._rollback(current)
-                        counts["rolled_back"] += 1
+                try:
+                    with self.locks.hold(d.iommu_group for d in entry.devices):
+                        current = self.checkpoint.get(entry.uid)
+                        if current is not None and current.state != PREPARE_COMPLETED:
+                            self._rollback(current)
+                            counts["rolled_back"] += 1
+                except CcGpuError as e:
+                    # Keep serving: the entry stays, the kubelet's next unprepare (or prepare) retries the rollback.
+                    log.error("rollback at startup failed", extra={"claim_uid": entry.uid, "error": str(e)})
+                    counts["rollback_failed"] = counts.get("rollback_failed", 0) + 1
                 crashpoint("reconcile-after-rollback")
             else:
                 counts["kept"] += 1
