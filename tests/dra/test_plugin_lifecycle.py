@@ -198,3 +198,28 @@ def test_device_selection(node: Node, name: str, flags: list[str], label: str | 
     node.start_plugin(*flags)
     (s,) = node.api.list_resource_slices(DRIVER, NODE)
     assert len(s["spec"]["devices"]) == count, name
+
+
+def test_rolling_update_two_instances_share_state(node: Node) -> None:
+    """The old and the new plugin pod serve at once; the new one unprepares what the old one prepared."""
+    node.start_plugin("--pod-uid", "old")
+    devs = node.devices()
+    claim = node.vm_pod_claim([devs[0]])
+    assert node.kubelet.prepare(DRIVER, [claim])[claim[2]].error == ""
+    seen = node.kubelet.registrations
+    new = node.spawn_plugin("--pod-uid", "new")
+    try:
+        plugin = node.kubelet.wait_registered(DRIVER, timeout=30, after=seen)
+        assert plugin.endpoint.endswith("dra-new.sock"), "the kubelet talks to the newest registration"
+        assert node.kubelet.prepare(DRIVER, [claim])[claim[2]].error == "", "the new instance sees the checkpoint"
+        assert node.proc is not None
+        node.proc.terminate()  # the old pod goes away: no device is unbound
+        assert node.proc.wait(timeout=20) == 0
+        node.proc = None
+        assert node.driver_of(_bdf(devs[0])) == "vfio-pci"
+        assert node.kubelet.plugins[DRIVER].endpoint.endswith("dra-new.sock")
+        assert node.kubelet.unprepare(DRIVER, [claim]) == {claim[2]: ""}
+        assert node.driver_of(_bdf(devs[0])) == "nvidia"
+    finally:
+        new.terminate()
+        new.wait(timeout=20)
