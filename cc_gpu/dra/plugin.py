@@ -74,13 +74,12 @@ class Plugin:
             for d in c.devices
         }
         out = []
-        for found in self.host.devices():
-            owner = prepared.get(found.name)
-            if owner and not (found.driver or "").startswith("vfio"):
-                found = replace(found, healthy=False, health_message=(  # noqa: PLW2901
-                    f"prepared for claim {owner} but the GPU is on driver {found.driver or 'none'}: "
-                    "rebound outside the plugin"))
-            out.append(found)
+        for view in self.host.devices():
+            owner = prepared.get(view.name)
+            rebound = bool(owner) and not (view.driver or "").startswith("vfio")
+            out.append(replace(view, healthy=False, health_message=(
+                f"prepared for claim {owner} but the GPU is on driver {view.driver or 'none'}: "
+                "rebound outside the plugin")) if rebound else view)
         return out
 
     def refresh(self) -> int:
