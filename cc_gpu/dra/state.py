@@ -251,15 +251,19 @@ class DeviceState:
     # ---- the per-pod CDI spec (released-Kata annotation path) -----------------------------------------------------
 
     def _refresh_pod_spec(self, pod_uid: str, pod_device: str) -> None:
-        claims = self.checkpoint.read().values()
-        nodes: list[str] = []
-        for c in sorted(claims, key=lambda c: c.uid):
-            if c.pod_uid == pod_uid and c.pod_cdi_device == pod_device and c.state == PREPARE_COMPLETED:
-                nodes += [n for d in c.devices for n in d.device_nodes if n not in nodes]
-        if nodes:
-            self.cdi_writer.write_pod(pod_device, nodes)
-        else:
-            self.cdi_writer.remove_pod(pod_device)
+        """Rewrite the pod's spec from the checkpoint, under its lock, so concurrent claims of one pod never race."""
+
+        def write(claims: dict[str, ClaimEntry]) -> None:
+            nodes: list[str] = []
+            for c in sorted(claims.values(), key=lambda c: c.uid):
+                if c.pod_uid == pod_uid and c.pod_cdi_device == pod_device and c.state == PREPARE_COMPLETED:
+                    nodes += [n for d in c.devices for n in d.device_nodes if n not in nodes]
+            if nodes:
+                self.cdi_writer.write_pod(pod_device, nodes)
+            else:
+                self.cdi_writer.remove_pod(pod_device)
+
+        self.checkpoint.while_locked(write)
 
     # ---- startup reconciliation ----------------------------------------------------------------------------------
 

@@ -172,3 +172,14 @@ def test_two_claims_on_one_group_serialise(node: Node) -> None:
     assert node.driver_of(_bdf(devs[0])) == "vfio-pci", "the loser's cleanup never touches the winner's group"
     assert node.kubelet.unprepare(DRIVER, [winner]) == {winner[2]: ""}
     assert node.driver_of(_bdf(devs[0])) == "nvidia"
+
+
+def test_pod_spec_holds_every_claim_prepared_in_one_request(node: Node) -> None:
+    node.start_plugin()
+    devs = node.devices()
+    vm = node.pod("vm-two", annotations={"cdi.k8s.io/cc-gpu": "cc-gpu.io/vfio=pod-77"})
+    claims = [node.claim(f"two-{i}", [devs[i]], [vm]) for i in range(4)]
+    results = node.kubelet.prepare(DRIVER, claims)
+    assert all(not r.error for r in results.values())
+    spec = json.loads((node.cdi_root / "cc-gpu.io-vfio_pod-77.json").read_text())
+    assert len(spec["devices"][0]["containerEdits"]["deviceNodes"]) == 4
