@@ -248,3 +248,29 @@ def test_prepared_gpu_rebound_behind_our_back_is_unhealthy(node: Node) -> None:
 def _device(node: Node, name: str) -> dict[str, object]:
     (s,) = node.api.list_resource_slices(DRIVER, NODE)
     return dict(next(d for d in s["spec"]["devices"] if d["name"] == name))
+
+
+def test_admin_policy_from_config_file(node: Node) -> None:
+    """The TOML file's policy reaches the real process: here the admin also allows the non-CC Kata GPU handler."""
+    config = node.root / "plugin.toml"
+    config.write_text(
+        '[policy]\nallowed_handlers = ["kata-qemu-nvidia-gpu", "kata-qemu-nvidia-gpu-snp"]\n'
+        'confidential_handlers = ["kata-qemu-nvidia-gpu-snp"]\n'
+    )
+    node.server.create({"apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass",
+                        "metadata": {"name": "kata-qemu-nvidia-gpu"}, "handler": "kata-qemu-nvidia-gpu"})
+    node.start_plugin("--config", str(config))
+    devs = node.devices()
+    plain = node.vm_pod_claim([devs[0]], runtime_class="kata-qemu-nvidia-gpu")
+    tdx = node.vm_pod_claim([devs[1]], runtime_class="kata-qemu-nvidia-gpu-tdx")
+    results = node.kubelet.prepare(DRIVER, [plain, tdx])
+    assert results[plain[2]].error == ""
+    assert "not allowed" in results[tdx[2]].error, "the admin's list replaced the default"
+
+
+def test_bad_config_file_stops_the_plugin(node: Node) -> None:
+    config = node.root / "plugin.toml"
+    config.write_text("[policy]\nallowed_handler = []\n")
+    proc = node.spawn_plugin("--config", str(config))
+    assert proc.wait(timeout=30) == 2
+    assert "config key policy.allowed_handler: unknown" in node.log_path.read_text()
