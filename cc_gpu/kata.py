@@ -320,7 +320,7 @@ def _confidential_findings(hypervisor: Mapping[str, Any], kind: RuntimeClassKind
 
 def check_containerd(containerd: Mapping[str, Any] | None, handler: str) -> list[Finding]:
     """Checks that containerd passes the pod's CDI annotation to the Kata runtime `handler`."""
-    fix = f'set pod_annotations = ["io.katacontainers.*", "cdi.k8s.io/*"] on the {handler} runtime'
+    fix = f'set pod_annotations = ["io.katacontainers.*", "{CDI_POD_ANNOTATION}"] on the {handler} runtime'
     if containerd is None:
         return [Finding("containerd-unchecked", Severity.WARNING, "containerd pod_annotations",
                         f"containerd's configuration was not checked: it must pass {CDI_POD_ANNOTATION} to Kata",

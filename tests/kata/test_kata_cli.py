@@ -40,7 +40,8 @@ def install_fixes(root: Path) -> None:
     dropins.mkdir()
     shutil.copy(REPO / "kata/config.d/50-cc-gpu-vfio.toml", dropins)
     config = root / "etc/containerd/config.toml"
-    config.write_text(config.read_text().replace('["io.katacontainers.*"]', '["io.katacontainers.*", "cdi.k8s.io/*"]'))
+    allowed = '["io.katacontainers.*", "cdi.k8s.io/cc-gpu"]'
+    config.write_text(config.read_text().replace('["io.katacontainers.*"]', allowed))
 
 
 def test_kata_deploy_defaults_fail_with_fixes(node: Path) -> None:
