@@ -90,8 +90,8 @@ def test_one_bad_spec_fails_every_pod_on_the_node(consumer: Consumer, cdi_root: 
 
 def test_the_same_device_in_two_files_conflicts(consumer: Consumer, cdi_root: Path) -> None:
     ids = write_claim_spec(cdi_root, CLAIM_A, {"gpu-0": legacy_nodes(7)})
-    copy = cdi_root / "cc-gpu.io-vfio_copy.yaml"
-    copy.write_text((cdi_root / f"cc-gpu.io-vfio_{CLAIM_A}.yaml").read_text())
+    copy = cdi_root / "cc-gpu.io-vfio_copy.json"
+    copy.write_text((cdi_root / f"cc-gpu.io-vfio_{CLAIM_A}.json").read_text())
     with pytest.raises(ConsumerError, match="conflict"):
         consumer.inject(cdi_root, devices=ids, nodes=legacy_nodes(7))
 
@@ -102,5 +102,7 @@ def test_specs_match_the_cdi_json_schema(cdi_root: Path) -> None:
     schema = json.loads((CDI_SCHEMA_DIR / "schema.json").read_text())
     defs = Resource.from_contents(json.loads((CDI_SCHEMA_DIR / "defs.json").read_text()), default_specification=DRAFT7)
     validator = jsonschema.Draft7Validator(schema, registry=Registry().with_resource("defs.json", defs))
-    for path in sorted(cdi_root.iterdir()):
-        validator.validate(yaml.safe_load(path.read_text()))
+    paths = sorted(cdi_root.iterdir())
+    assert len(paths) == 2
+    for path in paths:
+        validator.validate(json.loads(path.read_text()))

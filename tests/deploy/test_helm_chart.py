@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from typing import Any
 
 import helm_python as helm
@@ -9,6 +10,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from cc_gpu.cli import plugin
 from tests.deploy.chart import CHART, NAMESPACE, REPO, notes, one, render
 
 K8S_VERSION = "1.37.0"
@@ -126,6 +128,17 @@ def test_daemonset_mounts_and_privileges() -> None:
     assert annotations["prometheus.io/scrape"] == "true"
 
 
+@pytest.mark.parametrize("name", ["defaults", "custom driver name"])
+def test_plugin_arguments_are_accepted_by_the_plugin_command(name: str) -> None:
+    container = one(render(VARIANTS[name]), "DaemonSet")["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"][0] == "plugin"
+    parser = argparse.ArgumentParser(exit_on_error=False)
+    plugin.add_arguments(parser)
+    args = parser.parse_args([a.replace("$(NODE_NAME)", "node-a") for a in container["args"][1:]])
+    assert (args.node_name, args.metrics_port, args.probe_port) == ("node-a", 9400, 51515)
+    assert {e["name"] for e in container["env"]} == {"NODE_NAME", "POD_UID"}
+
+
 def test_rbac_is_least_privilege() -> None:
     rules = one(render(), "ClusterRole")["rules"]
     granted = {(g, r, v) for rule in rules for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
@@ -169,7 +182,7 @@ def test_notes_tell_how_to_check_the_install() -> None:
 BAD_VALUES = [
     ("driver name not a DNS name", {"driverName": "GPU_Driver"}, "driverName"),
     ("unknown key", {"replicas": 3}, "replicas"),
-    ("port out of range", {"healthPort": 70000}, "healthPort"),
+    ("port out of range", {"probePort": 70000}, "probePort"),
     ("relative kubelet dir", {"kubeletDir": "var/lib/kubelet"}, "kubeletDir"),
     ("not a CDI directory", {"cdiRoot": "/tmp/cdi"}, "cdiRoot"),
     ("not a PEM key", {"attestation": {"verdictPublicKey": "ssh-ed25519 AAAA"}}, "verdictPublicKey"),
