@@ -200,3 +200,12 @@ def test_bad_values_are_rejected_by_the_schema(values: dict[str, Any], key: str)
         assert key in str(caught.value)
         with pytest.raises(helm.HelmError):
             chart.render(values, name="cc-gpu", namespace=NAMESPACE)
+
+
+def test_a_bad_values_file_names_every_fault() -> None:
+    values = helm.values_from_yaml("driverName: gpu_cc\nrollingUpdate:\n  surge: yes-please\nreplicas: 2\n")
+    with helm.Chart.load(CHART) as chart, pytest.raises(helm.HelmValuesError) as caught:
+        chart.validate_schema(chart.merge_values(values))
+    message = str(caught.value)
+    for fault in ("/driverName", "/rollingUpdate/surge", "'replicas' not allowed"):
+        assert fault in message
