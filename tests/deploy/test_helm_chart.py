@@ -168,8 +168,12 @@ def test_verdict_key_configmap_and_service_monitor() -> None:
     service = one(objects, "Service")
     assert service["spec"]["selector"] == one(objects, "DaemonSet")["spec"]["selector"]["matchLabels"]
     assert monitor["spec"]["endpoints"][0]["port"] == service["spec"]["ports"][0]["name"]
-    image = one(objects, "DaemonSet")["spec"]["template"]["spec"]["containers"][0]["image"]
-    assert image == "ghcr.io/cc-gpu/cc-gpu@sha256:" + "a" * 64
+    pod = one(objects, "DaemonSet")["spec"]["template"]["spec"]
+    assert pod["containers"][0]["image"] == "ghcr.io/cc-gpu/cc-gpu@sha256:" + "a" * 64
+    key = next(v for v in pod["volumes"] if v["name"] == "verdict-key")
+    assert key["secret"] == {"secretName": "cc-gpu-verdict-key", "defaultMode": 0o400}
+    mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "verdict-key")
+    assert mount["readOnly"] is True
 
 
 def test_notes_tell_how_to_check_the_install() -> None:

@@ -1,0 +1,232 @@
+"""`cc-gpu attest`: verify GPU evidence, inspect a report, check a verdict token, import an offline bundle.
+
+    cc-gpu attest verify --report FILE --cert-chain FILE --nonce HEX [--rim FILE ...] [--rim-dir DIR]
+                         [--rim-url URL] [--ocsp-dir DIR] [--trust-dir DIR] [--policy FILE] [--at ISO-8601]
+                         [--revocation online|cached|off] [--json] [--token-key PEM --token-kid KID [--token-out FILE]]
+    cc-gpu attest inspect --report FILE [--json]
+    cc-gpu attest check-token --token FILE --public-key KID=PEM [...] [--nonce HEX] [--at ISO-8601]
+    cc-gpu attest bundle import --bundle DIR --store DIR [--trust-dir DIR] [--at ISO-8601]
+
+Exit codes: 0 the evidence satisfies the policy (or the token is valid), 1 it was rejected (the failing checks are
+named), 2 usage errors or input that cannot be read. This module is the only place that builds the real network
+adapter, and only when the policy's revocation mode is online or a RIM mirror URL is given.
+"""
+
+# Imports of the attestation stack sit inside the handlers on purpose: see cc_gpu.cli (lazy, light startup).
+# ruff: noqa: PLC0415
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+EXIT_OK, EXIT_REJECTED, EXIT_USAGE = 0, 1, 2
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="action", required=True)
+
+    verify = sub.add_parser("verify", help="verify one GPU's attestation evidence against policy")
+    verify.add_argument("--report", type=Path, required=True, help="SPDM report (hex text as NVML writes it, or raw)")
+    verify.add_argument("--cert-chain", type=Path, required=True, help="PEM device certificate chain, leaf first")
+    verify.add_argument("--nonce", required=True, help="the 32-byte nonce issued for this report, as hex")
+    verify.add_argument("--rim", type=Path, action="append", default=[], help="a driver or VBIOS RIM file")
+    verify.add_argument("--rim-dir", type=Path, help="directory of RIMs named by RIM id")
+    verify.add_argument("--rim-url", help="mirror of NVIDIA's RIM service (base URL)")
+    verify.add_argument("--ocsp-dir", type=Path, help="OCSP response cache directory (used by --revocation cached)")
+    verify.add_argument("--trust-dir", type=Path, help="trust store directory (device/*.pem, rim/*.pem)")
+    verify.add_argument("--policy", type=Path, help="policy TOML file (default: the strict built-in policy)")
+    verify.add_argument("--at", help="verification time, ISO-8601 with offset (default: now)")
+    verify.add_argument("--revocation", choices=("online", "cached", "off"), help="override the policy's mode")
+    verify.add_argument("--json", action="store_true", help="print the verdict as JSON")
+    verify.add_argument("--token-key", type=Path, help="PEM P-384 private key to sign a verdict token with")
+    verify.add_argument("--token-kid", help="key id of --token-key")
+    verify.add_argument("--token-out", type=Path, help="write the token here (default: stdout)")
+
+    inspect = sub.add_parser("inspect", help="print the decoded fields of a report")
+    inspect.add_argument("--report", type=Path, required=True)
+    inspect.add_argument("--json", action="store_true")
+
+    check = sub.add_parser("check-token", help="verify a verdict token offline (for workloads)")
+    check.add_argument("--token", type=Path, required=True, help="file holding the token ('-' for stdin)")
+    check.add_argument("--public-key", action="append", required=True, metavar="KID=PEM", help="trusted key")
+    check.add_argument("--nonce", help="expected nonce (hex)")
+    check.add_argument("--at", help="time to judge expiry at (default: now)")
+
+    bundle = sub.add_parser("bundle", help="offline bundles for air-gapped clusters")
+    bundle_sub = bundle.add_subparsers(dest="bundle_action", required=True)
+    imp = bundle_sub.add_parser("import", help="verify and import RIMs and OCSP responses into a local store")
+    imp.add_argument("--bundle", type=Path, required=True)
+    imp.add_argument("--store", type=Path, required=True, help="store directory (gets rims/ and ocsp/)")
+    imp.add_argument("--trust-dir", type=Path)
+    imp.add_argument("--at", help="time to verify RIM signatures at (default: now)")
+
+
+class _Usage(Exception):
+    """A usage or unreadable-input error: exit 2 with this message."""
+
+
+def _time(text: str | None) -> datetime:
+    if text is None:
+        return datetime.now(UTC)
+    try:
+        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as e:
+        raise _Usage(f"--at {text!r} is not ISO-8601") from e
+    if value.tzinfo is None:
+        raise _Usage("--at needs a UTC offset (e.g. 2025-01-15T00:00:00Z)")
+    return value
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return sys.stdin.buffer.read() if str(path) == "-" else path.read_bytes()
+    except OSError as e:
+        raise _Usage(f"cannot read {path}: {e}") from e
+
+
+def _nonce(text: str) -> bytes:
+    try:
+        value = bytes.fromhex(text)
+    except ValueError as e:
+        raise _Usage("--nonce is not hex") from e
+    if len(value) != 32:
+        raise _Usage(f"--nonce must be 32 bytes, got {len(value)}")
+    return value
+
+
+def run(args: argparse.Namespace) -> int:
+    from cc_gpu.errors import CcGpuError
+
+    handlers = {"verify": _verify, "inspect": _inspect, "check-token": _check_token, "bundle": _bundle}
+    try:
+        return handlers[args.action](args)
+    except _Usage as e:
+        print(f"cc-gpu attest: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except CcGpuError as e:
+        print(f"cc-gpu attest: {e}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _trust(path: Path | None) -> Any:
+    from cc_gpu.attest.trust import TrustStore
+
+    return TrustStore.from_directory(path) if path else TrustStore.default()
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from cc_gpu.attest.ocsp import DirectoryOcspStore, RevocationChecker, RevocationMode
+    from cc_gpu.attest.policy import Policy, load_policy
+    from cc_gpu.attest.sources import ChainedRimSource, DirectoryRimSource, HttpRimSource, RimSource
+    from cc_gpu.attest.verifier import Verifier
+
+    nonce = _nonce(args.nonce)
+    at = _time(args.at)
+    report, chain = _read(args.report), _read(args.cert_chain)
+    rims = [_read(p) for p in args.rim]
+    policy = load_policy(args.policy) if args.policy else Policy()
+    if args.revocation:
+        policy = policy.with_revocation(RevocationMode(args.revocation))
+    if bool(args.token_key) != bool(args.token_kid):
+        raise _Usage("--token-key and --token-kid go together")
+    transport = None
+    if policy.revocation is RevocationMode.ONLINE or args.rim_url:
+        from cc_gpu.attest.transport import UrllibTransport
+
+        transport = UrllibTransport()
+    sources: list[RimSource] = []
+    if args.rim_dir:
+        sources.append(DirectoryRimSource(args.rim_dir))
+    if args.rim_url and transport is not None:
+        sources.append(HttpRimSource(transport, args.rim_url))
+    store = DirectoryOcspStore(args.ocsp_dir) if args.ocsp_dir else None
+    verifier = Verifier(
+        _trust(args.trust_dir),
+        rim_source=ChainedRimSource(sources) if sources else None,
+        revocation=RevocationChecker(store=store, transport=transport),
+    )
+    verdict = verifier.verify(report, chain, nonce, policy, at=at, rims=rims)
+    if args.json:
+        print(json.dumps(verdict.to_json(), indent=2))
+    else:
+        for check in verdict.checks:
+            mark = "ok  " if check.satisfied else ("FAIL" if check.required else "note")
+            print(f"{mark} {check.name:<55} {check.status:<15} {check.detail}")
+        print("ACCEPTED" if verdict.ok else "REJECTED: " + ", ".join(c.name for c in verdict.failed))
+    if args.token_key:
+        from cc_gpu.attest.token import TokenSigner, load_signing_key
+
+        token = TokenSigner(load_signing_key(args.token_key), args.token_kid).sign(verdict)
+        if args.token_out:
+            args.token_out.write_text(token + "\n", encoding="ascii")
+        else:
+            print(token)
+    return EXIT_OK if verdict.ok else EXIT_REJECTED
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from cc_gpu.attest.errors import EvidenceParseError
+    from cc_gpu.attest.evidence import decode_report_text, parse_report
+
+    try:
+        report = parse_report(decode_report_text(_read(args.report)))
+    except EvidenceParseError as e:
+        print(f"cc-gpu attest: {e}", file=sys.stderr)
+        return EXIT_REJECTED
+    fields: dict[str, Any] = {
+        "nonce": report.nonce.hex(),
+        "slot_id": report.slot_id,
+        "measurement_blocks": len(report.measurements),
+        "measurements": {b.index: b.digest.hex() for b in report.measurements if any(b.digest)},
+        "opaque": report.opaque.describe(),
+        "unknown_opaque_types": list(report.opaque.unknown_types),
+    }
+    if args.json:
+        print(json.dumps(fields, indent=2))
+    else:
+        for key, value in fields.items():
+            if isinstance(value, dict):
+                print(f"{key}:")
+                for k, v in value.items():
+                    print(f"  {k}: {v}")
+            else:
+                print(f"{key}: {value}")
+    return EXIT_OK
+
+
+def _check_token(args: argparse.Namespace) -> int:
+    from cc_gpu.attest.errors import TokenError
+    from cc_gpu.attest.token import TokenVerifier, load_public_key
+
+    keys = {}
+    for spec in args.public_key:
+        kid, sep, path = spec.partition("=")
+        if not sep or not kid or not path:
+            raise _Usage(f"--public-key takes KID=PEM, got {spec!r}")
+        keys[kid] = load_public_key(Path(path))
+    token = _read(args.token).decode("ascii", "replace").strip()
+    try:
+        claims = TokenVerifier(keys).verify(token, _time(args.at), nonce=args.nonce)
+    except TokenError as e:
+        print(f"token rejected: {e}", file=sys.stderr)
+        return EXIT_REJECTED
+    print(json.dumps(claims, indent=2, sort_keys=True))
+    return EXIT_OK
+
+
+def _bundle(args: argparse.Namespace) -> int:
+    from cc_gpu.attest.bundle import import_bundle
+
+    result = import_bundle(args.bundle, args.store, _trust(args.trust_dir), _time(args.at))
+    for name in result.rims:
+        print(f"imported RIM {name}")
+    for key in result.ocsp:
+        print(f"imported OCSP response {key}")
+    for path, reason in result.rejected:
+        print(f"rejected {path}: {reason}", file=sys.stderr)
+    return EXIT_REJECTED if result.rejected else EXIT_OK
