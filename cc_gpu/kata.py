@@ -1,0 +1,391 @@
+"""Checks a node's Kata Containers configuration for what a VFIO GPU needs to reach a confidential VM.
+
+A GPU that cc-gpu prepares perfectly still never reaches the guest when Kata is configured for hot plug only, asks the
+kubelet's PodResources API (which released Kata reads only for device-plugin results, not DRA), has too few PCIe root
+ports, or runs an SNP/TDX class without its confidential-guest flags. Those failures surface late, as a pod stuck in
+sandbox creation, far from their cause. This module names each one with its fix, before any pod is scheduled.
+
+It is pure: it takes parsed TOML (Kata's configuration, and optionally containerd's) plus the number of GPUs a pod may
+get, and returns a frozen report. Reading files is the caller's job (`cc-gpu kata check`, the plugin at startup).
+The keys and limits follow the Kata Go runtime (`src/runtime`): `cold_plug_vfio`/`hot_plug_vfio` take `no-port`,
+`bridge-port`, `root-port` or `switch-port`; with cold plug the runtime sizes root ports from the cold-plugged devices
+but never beyond 16; an empty `pod_resource_api_sock` makes it cold-plug the devices named in `cdi.k8s.io/*` sandbox
+annotations instead of asking the kubelet.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from cc_gpu.errors import ConfigError
+
+#: Kata's Go runtime refuses a VM with more PCIe root ports (or switch ports) than this (`maxPCIeRootPort`).
+MAX_PCIE_PORTS = 16
+
+#: The pod annotation that carries the pod's CDI device on the released-Kata path (set at admission, see deploy/).
+CDI_POD_ANNOTATION = "cdi.k8s.io/cc-gpu"
+
+_PORT_VALUES = ("no-port", "bridge-port", "root-port", "switch-port")
+_CRI_PLUGINS = ("io.containerd.grpc.v1.cri", "io.containerd.cri.v1.runtime")
+
+
+class KataConfigError(ConfigError):
+    """A Kata or containerd configuration file could not be parsed."""
+
+
+class RuntimeClassKind(StrEnum):
+    """Which of the three NVIDIA GPU runtime classes a configuration serves."""
+
+    PLAIN = "plain"
+    SNP = "snp"
+    TDX = "tdx"
+
+    @property
+    def confidential(self) -> bool:
+        return self is not RuntimeClassKind.PLAIN
+
+    @property
+    def handler(self) -> str:
+        """The containerd runtime handler (and RuntimeClass name) kata-deploy creates for this class."""
+        return "kata-qemu-nvidia-gpu" if self is RuntimeClassKind.PLAIN else f"kata-qemu-nvidia-gpu-{self.value}"
+
+
+class ColdPlugPath(StrEnum):
+    """How the GPU becomes known to Kata when it creates the VM."""
+
+    #: Released Kata: no PodResources socket; devices named in `cdi.k8s.io/*` sandbox annotations are cold-plugged.
+    CDI_ANNOTATIONS = "cdi-annotations"
+    #: Kata that reads DRA results from the kubelet's PodResources API (kata-containers#13322, not yet released).
+    POD_RESOURCES = "pod-resources"
+
+
+class Severity(StrEnum):
+    ERROR = "error"  # the GPU will not reach the VM, or the VM will not start
+    WARNING = "warning"  # works, but something is unchecked or fragile
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One setting that stops (or may stop) a VFIO GPU from reaching the VM, with its fix."""
+
+    code: str
+    severity: Severity
+    setting: str
+    message: str
+    fix: str
+
+
+@dataclass(frozen=True)
+class KataCheckReport:
+    """The result of checking one runtime class's configuration."""
+
+    runtime_class: RuntimeClassKind
+    path: ColdPlugPath
+    gpus: int
+    findings: tuple[Finding, ...]
+
+    @property
+    def errors(self) -> tuple[Finding, ...]:
+        return tuple(f for f in self.findings if f.severity is Severity.ERROR)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    @property
+    def summary(self) -> str:
+        """A short verdict that fits a ResourceSlice string attribute (at most 64 characters)."""
+        if self.ok:
+            return "ok"
+        codes = ",".join(sorted({f.code for f in self.errors}))
+        return codes if len(codes) <= 64 else f"{len(self.errors)} errors"
+
+
+def parse_toml(name: str, text: str) -> dict[str, Any]:
+    """Parses one TOML document; `name` only labels the error."""
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise KataConfigError(f"{name}: not valid TOML: {e}") from e
+
+
+def merge_layers(layers: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Merges a base configuration with drop-ins, later wins: tables merge key by key, other values are replaced.
+
+    This is how Kata applies the files of `config.d/` (in name order) over its configuration file, and how containerd
+    applies imported files.
+    """
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        _merge_into(merged, layer)
+    return merged
+
+
+def _merge_into(target: dict[str, Any], layer: Mapping[str, Any]) -> None:
+    for key, value in layer.items():
+        if isinstance(value, Mapping) and isinstance(target.get(key), dict):
+            _merge_into(target[key], value)
+        elif isinstance(value, Mapping):
+            target[key] = {}
+            _merge_into(target[key], value)
+        else:
+            target[key] = value
+
+
+def infer_runtime_class(config: Mapping[str, Any], file_name: str = "") -> RuntimeClassKind:
+    """Guesses the class from the configuration's file name (kata-deploy's naming), then from its flags."""
+    lowered = file_name.lower()
+    if "snp" in lowered:
+        return RuntimeClassKind.SNP
+    if "tdx" in lowered:
+        return RuntimeClassKind.TDX
+    _, hypervisor = _hypervisor(config)
+    if hypervisor.get("sev_snp_guest") is True:
+        return RuntimeClassKind.SNP
+    if hypervisor.get("confidential_guest") is True:
+        return RuntimeClassKind.TDX
+    return RuntimeClassKind.PLAIN
+
+
+def _hypervisor(config: Mapping[str, Any]) -> tuple[str, Mapping[str, Any]]:
+    tables = config.get("hypervisor")
+    if not isinstance(tables, Mapping) or not tables:
+        return "", {}
+    name = next(iter(tables))
+    table = tables[name]
+    return name, table if isinstance(table, Mapping) else {}
+
+
+def check_kata_config(
+    config: Mapping[str, Any],
+    *,
+    gpus: int,
+    runtime_class: RuntimeClassKind,
+    path: ColdPlugPath = ColdPlugPath.CDI_ANNOTATIONS,
+    ports_per_gpu: int = 1,
+    containerd: Mapping[str, Any] | None = None,
+    handler: str | None = None,
+) -> KataCheckReport:
+    """Checks a merged Kata configuration for one runtime class.
+
+    `gpus` is the most GPUs one pod may get (the plugin passes its node's count); `ports_per_gpu` the PCIe functions
+    in one GPU's IOMMU group (2 when an audio function shares it), each of which takes a root port. `containerd` is
+    containerd's merged configuration: on the CDI-annotation path its `pod_annotations` decide whether the pod's CDI
+    annotation reaches Kata at all. `handler` defaults to kata-deploy's handler name for the class.
+    """
+    if gpus < 1 or ports_per_gpu < 1:
+        raise ValueError("gpus and ports_per_gpu must be at least 1")
+    findings: list[Finding] = []
+    name, hypervisor = _hypervisor(config)
+    if not name:
+        findings.append(Finding("no-hypervisor", Severity.ERROR, "[hypervisor.qemu]",
+                                "the configuration has no [hypervisor.*] table",
+                                "check the file is the Kata configuration the runtime class's shim loads"))
+    elif name != "qemu":
+        findings.append(Finding("not-qemu", Severity.ERROR, f"[hypervisor.{name}]",
+                                f"hypervisor {name!r}: confidential GPU passthrough needs QEMU",
+                                "use kata-deploy's qemu-nvidia-gpu configurations"))
+    runtime = config.get("runtime")
+    runtime = runtime if isinstance(runtime, Mapping) else {}
+
+    cold = _port(hypervisor, "cold_plug_vfio", findings)
+    hot = _port(hypervisor, "hot_plug_vfio", findings)
+    findings += _plug_findings(runtime_class, cold, hot)
+    findings += _port_count_findings(hypervisor, cold, hot, gpus * ports_per_gpu, runtime_class)
+    if cold not in ("no-port", None):
+        findings += _socket_findings(runtime, path)
+    findings += _confidential_findings(hypervisor, runtime_class)
+    mode = runtime.get("vfio_mode", "guest-kernel")
+    if mode != "guest-kernel":
+        findings.append(Finding("vfio-mode", Severity.WARNING, "runtime.vfio_mode",
+                                f"vfio_mode is {mode!r}: the GPU driver in the guest does not own the device",
+                                'set vfio_mode = "guest-kernel" under [runtime]'))
+    if path is ColdPlugPath.CDI_ANNOTATIONS and cold not in ("no-port", None):
+        findings += check_containerd(containerd, handler or runtime_class.handler)
+    return KataCheckReport(runtime_class, path, gpus, tuple(findings))
+
+
+def _port(hypervisor: Mapping[str, Any], key: str, findings: list[Finding]) -> str | None:
+    value = hypervisor.get(key, "no-port")
+    if value in _PORT_VALUES:
+        return str(value)
+    findings.append(Finding("bad-port-value", Severity.ERROR, f"hypervisor.qemu.{key}",
+                            f"{key} = {value!r} is not one of {', '.join(_PORT_VALUES)}",
+                            f'set {key} = "root-port" (cold plug) or "no-port"'))
+    return None
+
+
+def _plug_findings(kind: RuntimeClassKind, cold: str | None, hot: str | None) -> list[Finding]:
+    findings: list[Finding] = []
+    if cold not in ("no-port", None) and hot not in ("no-port", None):
+        findings.append(Finding("hot-and-cold-plug", Severity.ERROR, "hypervisor.qemu.hot_plug_vfio",
+                                "both hot_plug_vfio and cold_plug_vfio are set; Kata accepts only one",
+                                'set hot_plug_vfio = "no-port"'))
+    if cold == "no-port":
+        if kind.confidential and hot not in ("no-port", None):
+            findings.append(Finding("hot-plug-only", Severity.ERROR, "hypervisor.qemu.cold_plug_vfio",
+                                    "VFIO is hot plug only: a confidential guest cannot accept hot-plugged devices",
+                                    'set cold_plug_vfio = "root-port" and hot_plug_vfio = "no-port"'))
+        elif kind.confidential or hot == "no-port":
+            findings.append(Finding("no-vfio-plug", Severity.ERROR, "hypervisor.qemu.cold_plug_vfio",
+                                    "neither cold nor hot plug of VFIO devices is enabled",
+                                    'set cold_plug_vfio = "root-port"'))
+    if "bridge-port" in (cold, hot):
+        key = "cold_plug_vfio" if cold == "bridge-port" else "hot_plug_vfio"
+        findings.append(Finding("bridge-port", Severity.ERROR, f"hypervisor.qemu.{key}",
+                                "a PCI bridge port cannot map a GPU's large 64-bit BARs",
+                                f'set {key} = "root-port"'))
+    return findings
+
+
+def _port_count_findings(hypervisor: Mapping[str, Any], cold: str | None, hot: str | None,
+                         needed: int, kind: RuntimeClassKind) -> list[Finding]:
+    findings: list[Finding] = []
+    for key in ("pcie_root_port", "pcie_switch_port"):
+        configured = hypervisor.get(key, 0)
+        if not isinstance(configured, int) or isinstance(configured, bool) or configured < 0:
+            findings.append(Finding("bad-port-count", Severity.ERROR, f"hypervisor.qemu.{key}",
+                                    f"{key} = {configured!r} is not a non-negative integer", f"set {key} = 0"))
+        elif configured > MAX_PCIE_PORTS:
+            findings.append(Finding("too-many-ports", Severity.ERROR, f"hypervisor.qemu.{key}",
+                                    f"{key} = {configured}: Kata refuses more than {MAX_PCIE_PORTS}",
+                                    f"set {key} to at most {MAX_PCIE_PORTS}"))
+    if cold in ("root-port", "switch-port") and needed > MAX_PCIE_PORTS:
+        findings.append(Finding("too-many-devices", Severity.ERROR, "hypervisor.qemu.cold_plug_vfio",
+                                f"{needed} PCIe functions to cold plug; Kata creates at most {MAX_PCIE_PORTS} ports",
+                                "limit the GPUs per pod (claim count) or functions per IOMMU group"))
+    if hot in ("root-port", "switch-port") and not kind.confidential:  # confidential: hot plug is already an error
+        key = "pcie_root_port" if hot == "root-port" else "pcie_switch_port"
+        configured = hypervisor.get(key, 0)
+        if isinstance(configured, int) and configured < needed:
+            findings.append(Finding("too-few-ports", Severity.ERROR, f"hypervisor.qemu.{key}",
+                                    f"{key} = {configured}, but a pod may get {needed} hot-plugged PCIe functions",
+                                    f"set {key} = {min(needed, MAX_PCIE_PORTS)}"))
+    return findings
+
+
+def _socket_findings(runtime: Mapping[str, Any], path: ColdPlugPath) -> list[Finding]:
+    sock = runtime.get("pod_resource_api_sock", "")
+    if path is ColdPlugPath.CDI_ANNOTATIONS:
+        if sock:
+            return [Finding("pod-resources-socket-set", Severity.ERROR, "runtime.pod_resource_api_sock",
+                            "with a PodResources socket, released Kata cold-plugs only device-plugin devices and "
+                            "ignores the pod's cdi.k8s.io annotation, so a DRA-allocated GPU never reaches the VM",
+                            'set pod_resource_api_sock = "" (or check with --path pod-resources on a Kata that '
+                            "reads DRA results)")]
+        return []
+    if not sock:
+        return [Finding("no-pod-resources-socket", Severity.ERROR, "runtime.pod_resource_api_sock",
+                        "no PodResources socket: Kata cannot learn the pod's devices from the kubelet",
+                        'set pod_resource_api_sock = "/var/lib/kubelet/pod-resources/kubelet.sock"')]
+    sources = runtime.get("pod_resource_device_sources")
+    if isinstance(sources, list) and "dra" not in sources:
+        return [Finding("dra-source-off", Severity.ERROR, "runtime.pod_resource_device_sources",
+                        "the PodResources device sources do not include DRA claims",
+                        'set pod_resource_device_sources = ["device-plugin", "dra"]')]
+    if sources is None:
+        return [Finding("dra-support-unknown", Severity.WARNING, "runtime.pod_resource_api_sock",
+                        "released Kata reads only device-plugin results from PodResources; DRA GPUs are cold-plugged "
+                        "only by a Kata build with DRA support (kata-containers#13322)",
+                        "use the cdi-annotations path on released Kata")]
+    return []
+
+
+def _confidential_findings(hypervisor: Mapping[str, Any], kind: RuntimeClassKind) -> list[Finding]:
+    findings: list[Finding] = []
+    confidential = hypervisor.get("confidential_guest", False) is True
+    snp = hypervisor.get("sev_snp_guest", False) is True
+    if kind.confidential and not confidential:
+        findings.append(Finding("not-confidential", Severity.ERROR, "hypervisor.qemu.confidential_guest",
+                                f"the {kind.value} class would start an ordinary VM: confidential_guest is off",
+                                "set confidential_guest = true"))
+    if kind is RuntimeClassKind.SNP and not snp:
+        findings.append(Finding("snp-off", Severity.ERROR, "hypervisor.qemu.sev_snp_guest",
+                                "sev_snp_guest is off: the guest would run as plain SEV, not SEV-SNP",
+                                "set sev_snp_guest = true"))
+    if kind is RuntimeClassKind.TDX and snp:
+        findings.append(Finding("snp-on-tdx", Severity.ERROR, "hypervisor.qemu.sev_snp_guest",
+                                "sev_snp_guest is set in a TDX configuration", "remove sev_snp_guest"))
+    if kind is RuntimeClassKind.PLAIN and confidential:
+        findings.append(Finding("plain-is-confidential", Severity.WARNING, "hypervisor.qemu.confidential_guest",
+                                "the plain GPU class has confidential_guest on",
+                                "use the snp or tdx class for confidential pods"))
+    return findings
+
+
+def check_containerd(containerd: Mapping[str, Any] | None, handler: str) -> list[Finding]:
+    """Checks that containerd passes the pod's CDI annotation to the Kata runtime `handler`."""
+    fix = f'set pod_annotations = ["io.katacontainers.*", "{CDI_POD_ANNOTATION}"] on the {handler} runtime'
+    if containerd is None:
+        return [Finding("containerd-unchecked", Severity.WARNING, "containerd pod_annotations",
+                        f"containerd's configuration was not checked: it must pass {CDI_POD_ANNOTATION} to Kata",
+                        f"pass containerd's configuration too, or {fix}")]
+    runtime = _containerd_runtime(containerd, handler)
+    if runtime is None:
+        return [Finding("no-containerd-runtime", Severity.ERROR, f"containerd runtimes.{handler}",
+                        f"containerd has no runtime handler {handler!r}",
+                        "install the NVIDIA GPU runtime classes with kata-deploy")]
+    patterns = runtime.get("pod_annotations", [])
+    if not isinstance(patterns, list) or not any(
+        isinstance(p, str) and go_path_match(p, CDI_POD_ANNOTATION) for p in patterns
+    ):
+        return [Finding("cdi-annotation-filtered", Severity.ERROR, f"containerd runtimes.{handler}.pod_annotations",
+                        f"containerd drops the {CDI_POD_ANNOTATION} pod annotation before Kata sees it", fix)]
+    return []
+
+
+def _containerd_runtime(containerd: Mapping[str, Any], handler: str) -> Mapping[str, Any] | None:
+    plugins = containerd.get("plugins")
+    if not isinstance(plugins, Mapping):
+        return None
+    for plugin in _CRI_PLUGINS:
+        found = _dig(plugins, plugin, "containerd", "runtimes", handler)
+        if isinstance(found, Mapping):
+            return found
+    return None
+
+
+def _dig(table: Mapping[str, Any], *keys: str) -> object:
+    node: object = table
+    for key in keys:
+        if not isinstance(node, Mapping):
+            return None
+        node = node.get(key)
+    return node
+
+
+def go_path_match(pattern: str, name: str) -> bool:
+    """Go's `path.Match`, which containerd uses for `pod_annotations`: `*` and `?` never match `/`.
+
+    Hand-written because `fnmatch` lets `*` cross `/`, which would report `*` as passing `cdi.k8s.io/cc-gpu`
+    when containerd drops it.
+    """
+    out: list[str] = []
+    i = 0
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "*":
+            out.append("[^/]*")
+        elif c == "?":
+            out.append("[^/]")
+        elif c == "\\" and i + 1 < len(pattern):
+            i += 1
+            out.append(re.escape(pattern[i]))
+        elif c == "[":
+            end = pattern.find("]", i + 1)
+            if end < 0:
+                return False  # Go reports ErrBadPattern; containerd then matches nothing
+            body = pattern[i + 1 : end]
+            negate = body.startswith("^")
+            body = body[1:] if negate else body
+            out.append("[" + ("^" if negate else "") + body.replace("\\", "\\\\") + "]")
+            i = end
+        else:
+            out.append(re.escape(c))
+        i += 1
+    return re.fullmatch("".join(out), name) is not None

@@ -1,0 +1,108 @@
+"""cc-gpu's CDI specs as a real consumer sees them: the Go CDI library resolves our ids and the pod annotation.
+
+The consumer is the Go CDI library 0.5.2 (Debian), older and stricter than the 0.6.0 Kata loads: what it accepts,
+Kata accepts. Every test runs it over a CDI root holding our specs and asserts the `linux.devices` it injects.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT7
+
+from tests.cdi.consumer import CDI_SCHEMA_DIR, Consumer, ConsumerError, device_paths
+from tests.cdi.shapes import iommufd_nodes, legacy_nodes, write_claim_spec, write_pod_spec
+
+CLAIM_A = "6f1e2d3c-0000-4aaa-8bbb-111111111111"
+CLAIM_B = "6f1e2d3c-0000-4aaa-8bbb-222222222222"
+ADMISSION_UID = "0b1f3c2e-1111-4222-8333-944455556666"
+NULL = os.stat("/dev/null").st_rdev
+
+
+CASES = [
+    ("legacy group", {"gpu-0": legacy_nodes(7)}, ["/dev/vfio/7", "/dev/vfio/vfio"]),
+    ("iommufd", {"gpu-0": iommufd_nodes(0)}, ["/dev/vfio/devices/vfio0", "/dev/iommu"]),
+    ("two devices in one claim", {"gpu-0": legacy_nodes(7), "gpu-1": legacy_nodes(9)},
+     ["/dev/vfio/7", "/dev/vfio/9", "/dev/vfio/vfio"]),
+]
+
+
+@pytest.mark.parametrize(("devices", "expected"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_claim_ids_returned_to_the_kubelet_resolve(consumer: Consumer, cdi_root: Path,
+                                                   devices: dict[str, list[str]], expected: list[str]) -> None:
+    ids = write_claim_spec(cdi_root, CLAIM_A, devices)
+    nodes = [n for ns in devices.values() for n in ns]
+    spec = consumer.inject(cdi_root, devices=ids, nodes=nodes)
+    assert sorted(device_paths(spec)) == sorted(expected)  # each node once, whatever the order
+    for device in spec["linux"]["devices"]:
+        assert device["type"] == "c"
+        assert (device["major"], device["minor"]) == (os.major(NULL), os.minor(NULL))
+
+
+def test_pod_annotation_resolves_to_all_the_pods_claims(consumer: Consumer, cdi_root: Path) -> None:
+    """The released-Kata path: the sandbox's cdi.k8s.io/cc-gpu annotation names the per-pod device."""
+    claim_ids = write_claim_spec(cdi_root, CLAIM_A, {"gpu-0": legacy_nodes(7)})
+    claim_ids += write_claim_spec(cdi_root, CLAIM_B, {"gpu-0": legacy_nodes(9)})
+    pod_id = write_pod_spec(cdi_root, ADMISSION_UID, [legacy_nodes(7), legacy_nodes(9)])
+    nodes = legacy_nodes(7) + legacy_nodes(9)
+    annotations = {"cdi.k8s.io/cc-gpu": pod_id, "io.katacontainers.config.hypervisor.default_memory": "16384"}
+
+    sandbox = consumer.inject(cdi_root, annotations=annotations, nodes=nodes)
+    assert sorted(device_paths(sandbox)) == ["/dev/vfio/7", "/dev/vfio/9", "/dev/vfio/vfio"]
+
+    # The container's CDI ids (what the kubelet passes) resolve to the same nodes, alongside the per-pod spec.
+    container = consumer.inject(cdi_root, devices=claim_ids, nodes=nodes)
+    assert sorted(device_paths(container)) == sorted(device_paths(sandbox))
+
+
+def test_unknown_pod_device_fails_the_sandbox(consumer: Consumer, cdi_root: Path) -> None:
+    """A pod annotated at admission whose spec was never written does not start: nothing is silently dropped."""
+    write_claim_spec(cdi_root, CLAIM_A, {"gpu-0": legacy_nodes(7)})
+    with pytest.raises(ConsumerError, match="unresolvable CDI devices"):
+        consumer.inject(cdi_root, annotations={"cdi.k8s.io/cc-gpu": f"cc-gpu.io/vfio=pod-{ADMISSION_UID}"},
+                        nodes=legacy_nodes(7))
+
+
+BROKEN = [
+    ("a newer cdiVersion than the library knows", {"cdiVersion": "0.6.0"}, "invalid version"),
+    ("an unknown field", {"deviceNodes": []}, "unknown field"),
+    ("a device with no edits", {"devices": [{"name": "empty", "containerEdits": {}}]}, "empty"),
+]
+
+
+@pytest.mark.parametrize(("change", "message"), [c[1:] for c in BROKEN], ids=[c[0] for c in BROKEN])
+def test_one_bad_spec_fails_every_pod_on_the_node(consumer: Consumer, cdi_root: Path, change: dict[str, object],
+                                                  message: str) -> None:
+    """The failure mode our writer must never cause: one bad file makes the refresh, hence every pod, fail."""
+    ids = write_claim_spec(cdi_root, CLAIM_A, {"gpu-0": legacy_nodes(7)})
+    bad = {"cdiVersion": "0.5.0", "kind": "other.example/gpu",
+           "devices": [{"name": "x", "containerEdits": {"deviceNodes": [{"path": "/dev/null"}]}}]} | change
+    (cdi_root / "other.example-gpu.yaml").write_text(yaml.safe_dump(bad))
+    with pytest.raises(ConsumerError, match=message):
+        consumer.inject(cdi_root, devices=ids, nodes=legacy_nodes(7))
+
+
+def test_the_same_device_in_two_files_conflicts(consumer: Consumer, cdi_root: Path) -> None:
+    ids = write_claim_spec(cdi_root, CLAIM_A, {"gpu-0": legacy_nodes(7)})
+    copy = cdi_root / "cc-gpu.io-vfio_copy.json"
+    copy.write_text((cdi_root / f"cc-gpu.io-vfio_{CLAIM_A}.json").read_text())
+    with pytest.raises(ConsumerError, match="conflict"):
+        consumer.inject(cdi_root, devices=ids, nodes=legacy_nodes(7))
+
+
+def test_specs_match_the_cdi_json_schema(cdi_root: Path) -> None:
+    write_claim_spec(cdi_root, CLAIM_A, {"gpu-0": legacy_nodes(7), "gpu-1": iommufd_nodes(1)})
+    write_pod_spec(cdi_root, ADMISSION_UID, [legacy_nodes(7)])
+    schema = json.loads((CDI_SCHEMA_DIR / "schema.json").read_text())
+    defs = Resource.from_contents(json.loads((CDI_SCHEMA_DIR / "defs.json").read_text()), default_specification=DRAFT7)
+    validator = jsonschema.Draft7Validator(schema, registry=Registry().with_resource("defs.json", defs))
+    paths = sorted(cdi_root.iterdir())
+    assert len(paths) == 2
+    for path in paths:
+        validator.validate(json.loads(path.read_text()))
