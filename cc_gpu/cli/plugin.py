@@ -1,0 +1,130 @@
+"""`cc-gpu plugin`: the DRA kubelet plugin, the node daemon.
+
+Flags follow the command-line contract; every flag has an environment mirror (`CC_GPU_<FLAG>`, and `NODE_NAME` for
+`--node-name`), and `--config FILE` reads a TOML file with the same keys (underscores) plus `[selection]` and
+`[policy]` tables. Precedence: defaults < file < environment < flags. This module is the only place that builds the
+real adapters: the host under the given roots (or a simulated one with `--sim`) and the Kubernetes client.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+# flag -> (settings field, kind)
+FLAGS: dict[str, tuple[str, str]] = {
+    "--node-name": ("node_name", "str"),
+    "--driver-name": ("driver_name", "str"),
+    "--sim": ("sim", "str"),
+    "--sim-root": ("sim_root", "path"),
+    "--sysfs-root": ("sysfs_root", "path"),
+    "--dev-root": ("dev_root", "path"),
+    "--proc-root": ("proc_root", "path"),
+    "--kubeconfig": ("kubeconfig", "path"),
+    "--plugin-dir": ("plugin_dir", "path"),
+    "--registry-dir": ("registry_dir", "path"),
+    "--cdi-root": ("cdi_root", "path"),
+    "--pod-uid": ("pod_uid", "str"),
+    "--metrics-port": ("metrics_port", "int"),
+    "--probe-port": ("probe_port", "int"),
+    "--rescan-seconds": ("rescan_seconds", "float"),
+    "--log-level": ("log_level", "str"),
+}
+HELP = {
+    "--node-name": "this node's name (env NODE_NAME)",
+    "--driver-name": "the DRA driver name (default gpu.cc-gpu.io)",
+    "--sim": "run on a simulated host with this topology (dgx-h100, ...) instead of the real one",
+    "--sim-root": "directory of the simulated host (default: <plugin-dir>/sim)",
+    "--sysfs-root": "sysfs root (default /sys)",
+    "--dev-root": "/dev root (default /dev)",
+    "--proc-root": "/proc root (default /proc)",
+    "--kubeconfig": "kubeconfig file (default: in-cluster config)",
+    "--plugin-dir": "plugin directory: DRA socket, checkpoint, locks (default /var/lib/kubelet/plugins/<driver>)",
+    "--registry-dir": "kubelet plugin registry directory (default /var/lib/kubelet/plugins_registry)",
+    "--cdi-root": "directory for transient CDI specs (default /var/run/cdi)",
+    "--pod-uid": "this plugin pod's UID: enables rolling-update socket names (env POD_UID)",
+    "--metrics-port": "serve Prometheus /metrics on this port (0: off)",
+    "--probe-port": "serve the gRPC health liveness probe on this TCP port (0: off)",
+    "--rescan-seconds": "rescan the hardware at least this often",
+    "--log-level": "debug, info, warning or error",
+}
+ENV_ALIASES = {"node_name": "NODE_NAME", "pod_uid": "POD_UID"}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="TOML configuration file (env CC_GPU_CONFIG)")
+    for flag, (dest, kind) in FLAGS.items():
+        parser.add_argument(flag, dest=dest, default=None, help=HELP[flag],
+                            type={"str": str, "path": Path, "int": int, "float": float}[kind])
+    parser.add_argument("--select-pci", dest="select_pci", default=None,
+                        help="manage only these GPUs: comma-separated PCI addresses (env CC_GPU_SELECT_PCI)")
+    parser.add_argument("--select-label", dest="select_label", default=None,
+                        help="manage the GPUs listed in this node label's value (env CC_GPU_SELECT_LABEL)")
+
+
+def _env_name(dest: str) -> str:
+    return "CC_GPU_" + dest.upper()
+
+
+def _convert(kind: str, value: str) -> Any:
+    return {"str": str, "path": Path, "int": int, "float": float}[kind](value)
+
+
+def settings_from(args: argparse.Namespace, environ: dict[str, str]) -> Any:
+    """Merge defaults, file, environment and flags into validated `PluginSettings`."""
+    from cc_gpu.dra.settings import PluginSettings, Selection, load_toml  # noqa: PLC0415
+    from cc_gpu.errors import ConfigError  # noqa: PLC0415
+
+    settings = PluginSettings()
+    config = args.config or (Path(environ["CC_GPU_CONFIG"]) if environ.get("CC_GPU_CONFIG") else None)
+    if config:
+        settings = load_toml(config, settings)
+    changes: dict[str, Any] = {}
+    for _flag, (dest, kind) in FLAGS.items():
+        env_value = environ.get(_env_name(dest)) or environ.get(ENV_ALIASES.get(dest, ""), "")
+        flag_value = getattr(args, dest)
+        try:
+            if flag_value is not None:
+                changes[dest] = flag_value
+            elif env_value:
+                changes[dest] = _convert(kind, env_value)
+        except ValueError as e:
+            raise ConfigError(f"environment {_env_name(dest)}: {e}") from e
+    settings = replace(settings, **changes)
+    pci = args.select_pci or environ.get("CC_GPU_SELECT_PCI")
+    label = args.select_label or environ.get("CC_GPU_SELECT_LABEL")
+    if pci and label:
+        raise ConfigError("choose GPUs by PCI address or by node label, not both")
+    if pci:
+        settings = replace(settings, selection=Selection("pci", tuple(a.strip().lower() for a in pci.split(","))))
+    elif label:
+        settings = replace(settings, selection=Selection("label", label=label))
+    return settings.validate()
+
+
+def run(args: argparse.Namespace) -> int:
+    from cc_gpu.dra.observe import setup_json_logging  # noqa: PLC0415
+    from cc_gpu.dra.plugin import Plugin  # noqa: PLC0415
+    from cc_gpu.errors import CcGpuError  # noqa: PLC0415
+
+    try:
+        settings = settings_from(args, dict(os.environ))
+    except CcGpuError as e:
+        print(f"cc-gpu plugin: {e}", file=sys.stderr)
+        return 2
+    setup_json_logging(settings.log_level)
+    try:
+        from cc_gpu.dra.hostport import build_host  # noqa: PLC0415
+        from cc_gpu.kube.client import KubernetesApi  # noqa: PLC0415
+
+        kube = KubernetesApi(settings.kubeconfig)
+        host_port, wait_for_change = build_host(settings, kube)
+        plugin = Plugin(settings, host_port, kube, wait_for_change)
+        return plugin.run_until_signalled()
+    except CcGpuError as e:
+        print(f"cc-gpu plugin: {e}", file=sys.stderr)
+        return 1

@@ -1,0 +1,188 @@
+"""The plugin's checkpoint: which claims are prepared, with what, and how far each got.
+
+Unprepare must work when the claim is gone, and a restart must know which devices sit under a running VM, so every
+prepare records its progress here: `PrepareStarted` (with the node's boot id) before any side effect, `PrepareCompleted`
+(with each device's original driver and the CDI ids) after the CDI spec exists. The file lives on the host under the
+plugin directory so both pods of a rolling update share it.
+
+On disk: `{"version": "v1", "checksum": <sha256 of the data bytes>, "data": "<json text>"}`. The checksum covers the
+bytes exactly as written, so adding fields never breaks verification. Writes go to a temp file in the same directory,
+are fsynced and renamed over the old file. Read-modify-write happens under an exclusive flock on a sibling lock file,
+held only for the update itself (never across a bind), so claims on different groups still prepare in parallel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cc_gpu.dra.errors import CheckpointCorruptError
+
+VERSION = "v1"
+PREPARE_STARTED = "PrepareStarted"
+PREPARE_COMPLETED = "PrepareCompleted"
+
+
+@dataclass(frozen=True)
+class PreparedDevice:
+    """One allocated device of a claim and what preparing it did."""
+
+    request: str
+    pool: str
+    device: str
+    iommu_group: int
+    members: tuple[str, ...] = ()  # PCI addresses bound together with it
+    original_drivers: Mapping[str, str | None] = field(default_factory=dict)  # bdf -> driver before bind
+    device_nodes: tuple[str, ...] = ()  # host paths put into the CDI spec
+    cdi_ids: tuple[str, ...] = ()
+    reset_on_release: bool = True
+
+
+@dataclass(frozen=True)
+class ClaimEntry:
+    """The state of one claim."""
+
+    uid: str
+    namespace: str
+    name: str
+    state: str
+    boot_id: str
+    devices: tuple[PreparedDevice, ...] = ()
+    pod_uid: str = ""
+    pod_cdi_device: str = ""  # the pod-level CDI device (annotation path) this claim contributes to, if any
+
+
+def _device_from(raw: Mapping[str, Any]) -> PreparedDevice:
+    return PreparedDevice(
+        request=str(raw["request"]),
+        pool=str(raw["pool"]),
+        device=str(raw["device"]),
+        iommu_group=int(raw["iommu_group"]),
+        members=tuple(raw.get("members", ())),
+        original_drivers=dict(raw.get("original_drivers", {})),
+        device_nodes=tuple(raw.get("device_nodes", ())),
+        cdi_ids=tuple(raw.get("cdi_ids", ())),
+        reset_on_release=bool(raw.get("reset_on_release", True)),
+    )
+
+
+def _entry_from(raw: Mapping[str, Any]) -> ClaimEntry:
+    # Our own persisted data: fields added by later versions are ignored and missing optional ones defaulted, so a
+    # downgrade or upgrade across minor changes keeps working. Unknown *versions* are refused in `decode`.
+    return ClaimEntry(
+        uid=str(raw["uid"]),
+        namespace=str(raw.get("namespace", "")),
+        name=str(raw.get("name", "")),
+        state=str(raw["state"]),
+        boot_id=str(raw.get("boot_id", "")),
+        devices=tuple(_device_from(d) for d in raw.get("devices", ())),
+        pod_uid=str(raw.get("pod_uid", "")),
+        pod_cdi_device=str(raw.get("pod_cdi_device", "")),
+    )
+
+
+def encode(claims: Mapping[str, ClaimEntry]) -> bytes:
+    """Serialise the claim map into the on-disk envelope."""
+    data = json.dumps({"claims": {uid: asdict(e) for uid, e in sorted(claims.items())}}, sort_keys=True)
+    digest = hashlib.sha256(data.encode()).hexdigest()
+    return json.dumps({"version": VERSION, "checksum": digest, "data": data}, indent=1).encode() + b"\n"
+
+
+def decode(raw: bytes) -> dict[str, ClaimEntry]:
+    """Parse and verify the envelope; any doubt is a `CheckpointCorruptError`."""
+    try:
+        envelope = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CheckpointCorruptError(f"checkpoint is not JSON: {e}") from e
+    if not isinstance(envelope, dict) or envelope.get("version") != VERSION:
+        version = envelope.get("version") if isinstance(envelope, dict) else None
+        raise CheckpointCorruptError(f"checkpoint version {version!r} is not supported (want {VERSION})")
+    data = envelope.get("data")
+    if not isinstance(data, str) or hashlib.sha256(data.encode()).hexdigest() != envelope.get("checksum"):
+        raise CheckpointCorruptError("checkpoint checksum mismatch")
+    try:
+        claims = json.loads(data)["claims"]
+        return {str(uid): _entry_from(e) for uid, e in claims.items()}
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise CheckpointCorruptError(f"checkpoint data is malformed: {e}") from e
+
+
+def write_atomic(path: Path, content: bytes, mode: int = 0o600) -> None:
+    """Write `content` to `path` so a reader sees the old file or the new one, never a partial one."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(content)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+class Checkpoint:
+    """The checkpoint file plus its lock; every update is a read-modify-write under the lock."""
+
+    def __init__(self, directory: Path, name: str = "checkpoint.json") -> None:
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.path = directory / name
+        self._lock_path = directory / f"{name}.lock"
+        self._thread_lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        with self._thread_lock:
+            fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                yield
+            finally:
+                os.close(fd)
+
+    def _read_unlocked(self) -> dict[str, ClaimEntry]:
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return {}
+        return decode(raw)
+
+    def read(self) -> dict[str, ClaimEntry]:
+        """The current claim map (empty when no checkpoint exists yet)."""
+        with self._locked():
+            return self._read_unlocked()
+
+    def get(self, uid: str) -> ClaimEntry | None:
+        return self.read().get(uid)
+
+    def update(self, change: Callable[[dict[str, ClaimEntry]], None]) -> dict[str, ClaimEntry]:
+        """Apply `change` to the claim map in place and persist it atomically; return the new map."""
+        with self._locked():
+            claims = self._read_unlocked()
+            change(claims)
+            write_atomic(self.path, encode(claims))
+            return claims
+
+    def put(self, entry: ClaimEntry) -> None:
+        self.update(lambda claims: claims.__setitem__(entry.uid, entry))
+
+    def drop(self, uid: str) -> None:
+        def change(claims: dict[str, ClaimEntry]) -> None:
+            claims.pop(uid, None)
+
+        self.update(change)

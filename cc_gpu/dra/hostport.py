@@ -1,0 +1,184 @@
+"""Adapts the host layer (`cc_gpu.host`) to the plugin's `HostPort`: discovery into advertised devices, the binder.
+
+Device names are derived from the PCI address (`gpu-0000-3b-00-0`), which is stable across reboots and driver
+changes; when several GPUs share one IOMMU group they are one device, named after the first of them, because VFIO can
+only hand the group out as a whole. Device selection happens here too: the admin picks all GPUs, a list of PCI
+addresses, or those named in a node label, so another driver can keep the rest of the node's GPUs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+from cc_gpu.dra.ports import BoundNodes, GpuView
+from cc_gpu.dra.settings import PluginSettings, Selection
+from cc_gpu.host import Host
+from cc_gpu.host.binder import Binder, BindPolicy
+from cc_gpu.host.discovery import Gpu, Inventory, discover
+from cc_gpu.host.errors import ResetUnsupportedError
+from cc_gpu.host.tee import read_host_tee
+from cc_gpu.kube.api import KubeApi
+from cc_gpu.kube.errors import ApiError
+
+log = logging.getLogger("cc_gpu.dra.hostport")
+BOOT_ID = Path("sys/kernel/random/boot_id")
+
+
+def device_name_for(bdf: str) -> str:
+    """The DNS-label device name for a PCI address: `0000:3b:00.0` -> `gpu-0000-3b-00-0`."""
+    return "gpu-" + bdf.lower().replace(":", "-").replace(".", "-")
+
+
+def _label_tokens(value: str) -> set[str]:
+    """A node label value lists GPUs as `_`-separated short addresses: `3b-00-0_0000-86-00-0` (or `all`)."""
+    return {t for t in value.lower().split("_") if t}
+
+
+def _selected(bdf: str, selection: Selection, label_value: str | None) -> bool:
+    if selection.mode == "all":
+        return True
+    if selection.mode == "pci":
+        return bdf.lower() in selection.pci
+    if not label_value:
+        return False
+    tokens = _label_tokens(label_value)
+    short = bdf.lower().replace(":", "-").replace(".", "-")
+    return "all" in tokens or short in tokens or short.removeprefix("0000-") in tokens
+
+
+def views_from(inventory: Inventory, selection: Selection, label_value: str | None = None) -> list[GpuView]:
+    """The advertised devices: one per IOMMU group holding selected GPUs (a group is advertised whole or not at all)."""
+    out: list[GpuView] = []
+    for unit in inventory.units:
+        gpus = [g for b in unit.gpus if (g := inventory.gpu(b)) is not None]
+        if not gpus or not all(_selected(g.bdf, selection, label_value) for g in gpus):
+            continue
+        first: Gpu = gpus[0]
+        group = inventory.group(unit.iommu_group)
+        members = tuple(m.bdf for m in group.members) if group else (first.bdf,)
+        modes = {g.cc_mode for g in gpus}
+        out.append(GpuView(
+            name=device_name_for(first.bdf),
+            bdf=first.bdf,
+            gpus=tuple(g.bdf for g in gpus),
+            members=members,
+            iommu_group=unit.iommu_group,
+            vendor_id=f"0x{first.vendor_id:04x}",
+            device_id=f"0x{first.device_id:04x}",
+            product_name=first.product_name,
+            architecture=first.architecture,
+            numa_node=first.numa_node if first.numa_node is not None else -1,
+            pcie_root=first.pcie_root.split("/", 1)[0],  # the root complex, as resource.kubernetes.io/pcieRoot
+            iommufd=all(g.iommufd_cdev for g in gpus) or inventory.iommufd,
+            cc_capable=first.cc_mode not in ("unsupported", "unknown"),
+            cc_mode=modes.pop() if len(modes) == 1 else "mixed",
+            driver=first.driver,
+            memory_bytes=sum(g.memory_bytes or 0 for g in gpus) or None,
+            healthy=first.sriov_numvfs == 0,
+            health_message="" if first.sriov_numvfs == 0 else "SR-IOV virtual functions are enabled",
+        ))
+    return out
+
+
+class HostAdapter:
+    """`HostPort` over a `cc_gpu.host.Host`."""
+
+    def __init__(self, host: Host, selection: Selection, label_value: Callable[[], str | None] | None = None) -> None:
+        self.host = host
+        self.selection = selection
+        self.label_value = label_value or (lambda: None)
+        self._binders: dict[str, Binder] = {}
+        self._lock = threading.Lock()
+
+    def _binder(self, backend: str) -> Binder:
+        with self._lock:
+            if backend not in self._binders:
+                self._binders[backend] = Binder(self.host, BindPolicy(backend=backend))
+            return self._binders[backend]
+
+    def devices(self) -> list[GpuView]:
+        return views_from(discover(self.host), self.selection, self.label_value())
+
+    def tee_enabled(self) -> bool:
+        return read_host_tee(self.host.io, self.host.roots).any
+
+    def boot_id(self) -> str:
+        try:
+            return self.host.io.read_text(self.host.roots.proc / BOOT_ID).strip()
+        except OSError:
+            return "unknown"
+
+    def _backend_for(self, iommu_mode: str) -> str:
+        if iommu_mode == "iommufd":
+            return "prefer-iommufd"
+        if iommu_mode == "legacy":
+            return "legacy"
+        legacy_available = self.host.io.exists(self.host.roots.dev / "vfio" / "vfio")
+        return "legacy" if legacy_available else "prefer-iommufd"
+
+    def bind(self, group: int, owner: str, iommu_mode: str) -> BoundNodes:
+        bound = self._binder(self._backend_for(iommu_mode)).bind(group, owner)
+        originals = {d.bdf: d.original_driver for d in bound.devices}
+        return BoundNodes(nodes=tuple(bound.device_nodes), original_drivers=originals, mode=bound.backend)
+
+    def restore(self, group: int, owner: str, reset: bool) -> None:
+        binder = self._binder("legacy")
+        if reset:
+            status = binder.status(group)
+            if status.owner == owner:
+                for member in status.members:
+                    if member.is_bridge or not (member.driver or "").startswith("vfio"):
+                        continue
+                    try:
+                        binder.reset_function(member.bdf)
+                    except ResetUnsupportedError as e:
+                        log.warning("function not reset", extra={"bdf": member.bdf, "error": str(e)})
+        binder.restore(group, owner)
+
+
+def _ensure_sim_boot_id(host: Host) -> None:
+    path = host.roots.proc / BOOT_ID
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(str(uuid.uuid4()) + "\n")
+
+
+def build_host(settings: PluginSettings, kube: KubeApi) -> tuple[HostAdapter, Callable[[float], bool]]:
+    """The host adapter for `settings` (real or simulated) and a function that waits for hardware uevents."""
+    if settings.sim:
+        from cc_gpu.host.sim import create_sim_host  # noqa: PLC0415  (simulation only)
+
+        root = settings.sim_root or settings.plugin_path / "sim"
+        host = create_sim_host(settings.sim, root, state=settings.plugin_path / "host-state")
+        _ensure_sim_boot_id(host)
+    else:
+        host = Host.real(sysfs=settings.sysfs_root, dev=settings.dev_root, proc=settings.proc_root,
+                         state=settings.plugin_path / "host-state")
+    label_value: Callable[[], str | None] | None = None
+    if settings.selection.mode == "label":
+        key = settings.selection.label
+
+        def label_value() -> str | None:
+            try:
+                labels = (kube.get_node(settings.node_name).get("metadata") or {}).get("labels") or {}
+            except ApiError as e:
+                log.warning("cannot read node labels; advertising nothing", extra={"error": str(e)})
+                return None
+            value = labels.get(key)
+            return str(value) if value is not None else None
+
+    adapter = HostAdapter(host, settings.selection, label_value)
+    subscription = host.uevents.subscribe()
+
+    def wait_for_change(timeout: float) -> bool:
+        with contextlib.suppress(OSError):
+            event = subscription.next(timeout)
+            return event is not None and event.subsystem in ("pci", "")
+        return False
+
+    return adapter, wait_for_change

@@ -1,0 +1,140 @@
+"""The plugin process: wires settings, host, API access, state and servers together and runs until told to stop.
+
+Start-up order matters: reconcile the checkpoint first (so a half-done prepare is rolled back before anything new
+arrives), publish the slices, then open the DRA socket and only then the registration socket, so the kubelet never
+learns of an endpoint that is not ready. Afterwards a watcher republishes when the hardware changes (kernel uevents,
+plus a periodic rescan as a safety net) and streams device health. SIGTERM stops the servers and removes the sockets;
+it never unbinds a prepared device: only unprepare does that.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import FrameType
+
+from cc_gpu.dra.cdi import CdiWriter
+from cc_gpu.dra.checkpoint import Checkpoint
+from cc_gpu.dra.locks import GroupLocks
+from cc_gpu.dra.observe import Metrics
+from cc_gpu.dra.ports import GpuView, HostPort
+from cc_gpu.dra.server import DraService, HealthBroadcaster, PluginServers, SocketPaths
+from cc_gpu.dra.settings import PluginSettings
+from cc_gpu.dra.slices import NodeRef, SlicePublisher
+from cc_gpu.dra.state import DeviceState
+from cc_gpu.errors import CcGpuError
+from cc_gpu.kube.api import KubeApi
+
+log = logging.getLogger("cc_gpu.dra.plugin")
+
+
+@dataclass
+class Plugin:
+    settings: PluginSettings
+    host: HostPort
+    kube: KubeApi
+    wait_for_change: Callable[[float], bool] | None = None  # blocks up to N s; True when the hardware may have changed
+
+    def __post_init__(self) -> None:
+        s = self.settings
+        self.metrics = Metrics()
+        plugin_dir = s.plugin_path
+        plugin_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.state = DeviceState(
+            driver=s.driver_name,
+            node_name=s.node_name,
+            host=self.host,
+            kube=self.kube,
+            checkpoint=Checkpoint(plugin_dir),
+            cdi_writer=CdiWriter(s.cdi_root),
+            locks=GroupLocks(plugin_dir / "locks"),
+            policy=s.policy,
+        )
+        self.health = HealthBroadcaster(s.node_name) if s.health_service else None
+        self.service = DraService(self.state, self.metrics)
+        self.servers = PluginServers(
+            SocketPaths(plugin_dir, s.registry_dir, s.driver_name, s.pod_uid), self.service, self.health, s.probe_port
+        )
+        self.publisher: SlicePublisher | None = None
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
+        self.started_at = time.monotonic()
+        self.published_at: float | None = None
+
+    def _devices(self) -> list[GpuView]:
+        return self.host.devices()
+
+    def refresh(self) -> int:
+        """Rediscover, update the inventory, publish slices and health; return the API writes made."""
+        devices = self._devices()
+        self.state.set_inventory(devices)
+        assert self.publisher is not None
+        writes = self.publisher.publish(devices)
+        if writes:
+            self.metrics.slice_writes.inc(writes)
+        if self.health:
+            self.health.update([(d.name, d.healthy, d.health_message) for d in devices])
+        return writes
+
+    def start(self) -> None:
+        s = self.settings
+        counts = self.state.reconcile()
+        log.info("startup reconciliation done", extra=counts)
+        node = self.kube.get_node(s.node_name)
+        self.publisher = SlicePublisher(self.kube, s.driver_name, NodeRef(s.node_name, node["metadata"]["uid"]))
+        self.refresh()
+        self.published_at = time.monotonic()
+        if s.metrics_port:
+            self.metrics.serve(s.metrics_port)
+        self.servers.start()
+        log.info("plugin serving", extra={"driver": s.driver_name, "node": s.node_name,
+                                          "dra_socket": str(self.servers.paths.dra),
+                                          "startup_seconds": round(self.published_at - self.started_at, 3)})
+        self._watcher = threading.Thread(target=self._watch, name="hardware-watch", daemon=True)
+        self._watcher.start()
+
+    def _watch(self) -> None:
+        last_scan = time.monotonic()
+        while not self._stop.is_set():
+            changed = False
+            if self.wait_for_change is not None:
+                changed = self.wait_for_change(0.5)
+            else:
+                self._stop.wait(0.5)
+            due = time.monotonic() - last_scan >= self.settings.rescan_seconds
+            if self._stop.is_set() or not (changed or due):
+                continue
+            last_scan = time.monotonic()
+            try:
+                self.refresh()
+            except CcGpuError as e:
+                log.warning("refresh failed", extra={"error": str(e)})
+
+    def stop(self) -> None:
+        """Stop serving; prepared devices stay bound (only unprepare unbinds)."""
+        self._stop.set()
+        if self.health:
+            self.health.close()
+        self.servers.stop()
+        if self._watcher:
+            self._watcher.join(timeout=5)
+        self.service.pool.shutdown(wait=True)
+        log.info("plugin stopped; prepared devices left bound")
+
+    def run_until_signalled(self) -> int:
+        done = threading.Event()
+
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            log.info("signal received", extra={"signal": signal.Signals(signum).name})
+            done.set()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        self.start()
+        done.wait()
+        self.stop()
+        return 0

@@ -1,0 +1,67 @@
+"""What the plugin needs from the host, seen from the plugin: one narrow Protocol and the plain records it returns.
+
+The host layer (`cc_gpu.host`) owns sysfs, /dev and the binder; `hostport.py` adapts it to this interface. Keeping the
+plugin's view this small lets the prepare path, the slice builder and the gate be tested and reasoned about without
+the whole host layer, and keeps the host layer free to change its internals.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class GpuView:
+    """One advertised device: a GPU, or all GPUs of one IOMMU group when several share it."""
+
+    name: str  # the ResourceSlice device name, stable, derived from the PCI address
+    bdf: str  # the (first) GPU's PCI address
+    gpus: tuple[str, ...]  # PCI addresses of the GPUs in this device
+    members: tuple[str, ...]  # every PCI function of the IOMMU group
+    iommu_group: int
+    vendor_id: str
+    device_id: str
+    product_name: str
+    architecture: str
+    numa_node: int
+    pcie_root: str
+    iommufd: bool  # the kernel offers /dev/vfio/devices/vfioN for it
+    cc_capable: bool
+    cc_mode: str  # on | off | ppcie | devtools | unknown
+    driver: str | None  # the GPU's current driver
+    memory_bytes: int | None
+    healthy: bool = True
+    health_message: str = ""
+
+
+@dataclass(frozen=True)
+class BoundNodes:
+    """The result of binding one group: the host device nodes for CDI and the drivers the functions had before."""
+
+    nodes: tuple[str, ...]
+    original_drivers: Mapping[str, str | None]
+    mode: str  # legacy | iommufd
+
+
+class HostPort(Protocol):
+    """The host operations the plugin uses."""
+
+    def devices(self) -> list[GpuView]:
+        """Discover the GPUs this plugin manages, as advertised devices."""
+        ...
+
+    def tee_enabled(self) -> bool:
+        """Whether the node runs with SEV-SNP or TDX enabled."""
+        ...
+
+    def boot_id(self) -> str: ...
+
+    def bind(self, group: int, owner: str, iommu_mode: str) -> BoundNodes:
+        """Bind every function of `group` to vfio-pci for `owner` (a claim UID); idempotent for the same owner."""
+        ...
+
+    def restore(self, group: int, owner: str, reset: bool) -> None:
+        """Reset the functions where the kernel can, then give every function back its recorded original driver."""
+        ...

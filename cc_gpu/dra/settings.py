@@ -1,0 +1,156 @@
+"""The plugin's configuration: one frozen record, filled from defaults, a TOML file, environment and flags.
+
+Precedence, lowest first: built-in defaults (the kubelet's paths, `/var/run/cdi`, in-cluster config), the TOML file
+named by `--config`, environment variables (each flag has one, `CC_GPU_<FLAG>`, plus `NODE_NAME`), then flags. The
+TOML file is decoded strictly like claim parameters: an unknown key or a value of the wrong type is a `ConfigError`
+naming the key, so a typo in security policy never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from cc_gpu.dra.gate import DEFAULT_ALLOWED_HANDLERS, DEFAULT_CONFIDENTIAL_HANDLERS, GatePolicy
+from cc_gpu.errors import ConfigError
+
+DEFAULT_DRIVER = "gpu.cc-gpu.io"
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which GPUs this driver manages: `all`, an explicit list of PCI addresses, or the value of a node label."""
+
+    mode: str = "all"  # all | pci | label
+    pci: tuple[str, ...] = ()
+    label: str = ""
+
+
+@dataclass(frozen=True)
+class PluginSettings:
+    node_name: str = ""
+    driver_name: str = DEFAULT_DRIVER
+    sim: str = ""  # a simulated topology name; empty: the real host
+    sim_root: Path | None = None
+    sysfs_root: Path = Path("/sys")
+    dev_root: Path = Path("/dev")
+    proc_root: Path = Path("/proc")
+    kubeconfig: Path | None = None
+    plugin_dir: Path | None = None  # default /var/lib/kubelet/plugins/<driver>
+    registry_dir: Path = Path("/var/lib/kubelet/plugins_registry")
+    cdi_root: Path = Path("/var/run/cdi")
+    pod_uid: str = ""  # set by the DaemonSet for rolling updates: pod-UID socket names
+    metrics_port: int = 0
+    probe_port: int = 0
+    rescan_seconds: float = 30.0
+    log_level: str = "info"
+    health_service: bool = True
+    selection: Selection = field(default_factory=Selection)
+    policy: GatePolicy = field(default_factory=GatePolicy)
+
+    @property
+    def plugin_path(self) -> Path:
+        return self.plugin_dir or Path("/var/lib/kubelet/plugins") / self.driver_name
+
+    def validate(self) -> PluginSettings:
+        if not self.node_name:
+            raise ConfigError("node name is required (--node-name or NODE_NAME)")
+        if len(self.driver_name) > 63 or not _DNS_SUBDOMAIN.match(self.driver_name):
+            raise ConfigError(f"driver name {self.driver_name!r} is not a DNS subdomain of at most 63 characters")
+        if not self.policy.allowed_handlers:
+            raise ConfigError("policy.allowed_handlers must not be empty")
+        return self
+
+
+_PATHS = {"sim_root", "sysfs_root", "dev_root", "proc_root", "kubeconfig", "plugin_dir", "registry_dir", "cdi_root"}
+_SCALARS: dict[str, type] = {
+    "node_name": str, "driver_name": str, "sim": str, "pod_uid": str, "metrics_port": int, "probe_port": int,
+    "rescan_seconds": float, "log_level": str, "health_service": bool,
+}
+
+
+def _typed(key: str, value: Any, want: type) -> Any:
+    if want is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, want) or (want is int and isinstance(value, bool)):
+        raise ConfigError(f"config key {key}: must be {want.__name__} (got {value!r})")
+    return value
+
+
+def _str_list(key: str, value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"config key {key}: must be a list of strings (got {value!r})")
+    return tuple(value)
+
+
+def apply_mapping(base: PluginSettings, data: Mapping[str, Any], where: str = "") -> PluginSettings:
+    """Apply a decoded TOML document (or any mapping with the same keys) over `base`, strictly."""
+    changes: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{where}{key}"
+        if key in _PATHS:
+            changes[key] = Path(_typed(name, value, str))
+        elif key in _SCALARS:
+            changes[key] = _typed(name, value, _SCALARS[key])
+        elif key == "selection":
+            changes[key] = _selection(value, base.selection)
+        elif key == "policy":
+            changes[key] = _policy(value, base.policy)
+        else:
+            raise ConfigError(f"config key {name}: unknown")
+    return replace(base, **changes)
+
+
+def _selection(value: Any, base: Selection) -> Selection:
+    if not isinstance(value, dict):
+        raise ConfigError("config key selection: must be a table")
+    out = base
+    for key, v in value.items():
+        if key == "mode":
+            if v not in ("all", "pci", "label"):
+                raise ConfigError(f"config key selection.mode: must be all, pci or label (got {v!r})")
+            out = replace(out, mode=v)
+        elif key == "pci":
+            out = replace(out, pci=tuple(a.lower() for a in _str_list("selection.pci", v)))
+        elif key == "label":
+            out = replace(out, label=_typed("selection.label", v, str))
+        else:
+            raise ConfigError(f"config key selection.{key}: unknown")
+    return out
+
+
+def _policy(value: Any, base: GatePolicy) -> GatePolicy:
+    if not isinstance(value, dict):
+        raise ConfigError("config key policy: must be a table")
+    out = base
+    for key, v in value.items():
+        if key == "allowed_handlers":
+            out = replace(out, allowed_handlers=_str_list(f"policy.{key}", v))
+        elif key == "confidential_handlers":
+            out = replace(out, confidential_handlers=_str_list(f"policy.{key}", v))
+        elif key == "require_cc_mode":
+            out = replace(out, require_cc_mode=_typed(f"policy.{key}", v, bool))
+        elif key == "require_tee":
+            out = replace(out, require_tee=_typed(f"policy.{key}", v, bool))
+        else:
+            raise ConfigError(f"config key policy.{key}: unknown")
+    return out
+
+
+def load_toml(path: Path, base: PluginSettings) -> PluginSettings:
+    try:
+        data = tomllib.loads(path.read_text())
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from e
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {path} is not valid TOML: {e}") from e
+    return apply_mapping(base, data)
+
+
+FIELD_NAMES = tuple(f.name for f in fields(PluginSettings))
+__all__ = ["DEFAULT_ALLOWED_HANDLERS", "DEFAULT_CONFIDENTIAL_HANDLERS", "FIELD_NAMES", "PluginSettings", "Selection"]

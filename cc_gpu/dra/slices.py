@@ -1,0 +1,173 @@
+"""ResourceSlices: the desired slices computed purely from the inventory, and a publisher that writes only differences.
+
+One pool per node, named after the node; devices in name order, at most 128 per slice (64 when any device carries
+taints). Attributes use the driver's own domain when unqualified and the standard `resource.kubernetes.io/` names for
+PCI bus ID and PCIe root; at most 32 attributes plus capacities per device. Publishing follows the upstream helper:
+owner reference to the Node, `pool.generation` bumped whenever the pool changes, obsolete slices deleted with
+preconditions, changed slices updated, and **no write at all when nothing changed**.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from cc_gpu.dra.ports import GpuView
+from cc_gpu.kube.api import KubeApi
+from cc_gpu.kube.errors import ConflictError, NotFoundError
+
+log = logging.getLogger("cc_gpu.dra.slices")
+
+MAX_DEVICES = 128
+MAX_DEVICES_TAINTED = 64
+MAX_ATTRS = 32
+MAX_STRING = 64
+UNHEALTHY_TAINT_KEY = "unhealthy"
+
+
+def _s(value: str) -> dict[str, str]:
+    return {"string": value[:MAX_STRING]}
+
+
+def device_json(gpu: GpuView) -> dict[str, Any]:
+    """The ResourceSlice `devices[]` entry for one advertised device."""
+    attrs: dict[str, Any] = {
+        "type": _s("gpu"),
+        "vendorID": _s(gpu.vendor_id),
+        "deviceID": _s(gpu.device_id),
+        "productName": _s(gpu.product_name or "unknown"),
+        "architecture": _s(gpu.architecture or "unknown"),
+        "resource.kubernetes.io/pciBusID": _s(gpu.bdf),
+        "numaNode": {"int": gpu.numa_node},
+        "iommuGroup": {"int": gpu.iommu_group},
+        "iommuFD": {"bool": gpu.iommufd},
+        "groupSize": {"int": len(gpu.members)},
+        "gpuCount": {"int": len(gpu.gpus)},
+        "ccCapable": {"bool": gpu.cc_capable},
+        "ccMode": _s(gpu.cc_mode),
+        "driver": _s(gpu.driver or "none"),
+    }
+    if gpu.pcie_root:
+        attrs["resource.kubernetes.io/pcieRoot"] = _s(gpu.pcie_root)
+    capacity: dict[str, Any] = {}
+    if gpu.memory_bytes:
+        capacity["memory"] = {"value": str(gpu.memory_bytes)}
+    assert len(attrs) + len(capacity) <= MAX_ATTRS
+    out: dict[str, Any] = {"name": gpu.name, "attributes": attrs}
+    if capacity:
+        out["capacity"] = capacity
+    if not gpu.healthy:
+        out["taints"] = [{"key": f"{UNHEALTHY_TAINT_KEY}", "value": "true", "effect": "NoSchedule"}]
+    return out
+
+
+def desired_device_lists(devices: Sequence[GpuView]) -> list[list[dict[str, Any]]]:
+    """Devices split into slices, in name order, respecting the per-slice limits."""
+    entries = [device_json(g) for g in sorted(devices, key=lambda g: g.name)]
+    limit = MAX_DEVICES_TAINTED if any("taints" in e for e in entries) else MAX_DEVICES
+    return [entries[i : i + limit] for i in range(0, len(entries), limit)] or [[]]
+
+
+@dataclass(frozen=True)
+class NodeRef:
+    name: str
+    uid: str
+
+
+def slice_name(node: str, driver: str, index: int) -> str:
+    base = f"{node}-{driver.replace('.', '-')}"[:240]
+    return f"{base}-{index}"
+
+
+def desired_slices(driver: str, node: NodeRef, generation: int, devices: Sequence[GpuView]) -> list[dict[str, Any]]:
+    """The complete ResourceSlice objects this node should have."""
+    lists = desired_device_lists(devices)
+    return [
+        {
+            "apiVersion": "resource.k8s.io/v1",
+            "kind": "ResourceSlice",
+            "metadata": {
+                "name": slice_name(node.name, driver, i),
+                "ownerReferences": [
+                    {"apiVersion": "v1", "kind": "Node", "name": node.name, "uid": node.uid, "controller": True}
+                ],
+            },
+            "spec": {
+                "driver": driver,
+                "nodeName": node.name,
+                "pool": {"name": node.name, "generation": generation, "resourceSliceCount": len(lists)},
+                "devices": devs,
+            },
+        }
+        for i, devs in enumerate(lists)
+    ]
+
+
+def _same(current: Mapping[str, Any], want: Mapping[str, Any]) -> bool:
+    """Whether a stored slice already says what `want` says (ignoring the generation, compared separately)."""
+    cur_spec = dict(current.get("spec") or {})
+    want_spec = dict(want.get("spec") or {})
+    cur_pool = dict(cur_spec.pop("pool", {}) or {})
+    want_pool = dict(want_spec.pop("pool", {}) or {})
+    cur_pool.pop("generation", None)
+    want_pool.pop("generation", None)
+    owners = (current.get("metadata") or {}).get("ownerReferences")
+    return cur_spec == want_spec and cur_pool == want_pool and owners == want["metadata"]["ownerReferences"]
+
+
+class SlicePublisher:
+    """Keeps this node's slices equal to the desired ones with the fewest API writes (none when nothing changed)."""
+
+    def __init__(self, kube: KubeApi, driver: str, node: NodeRef) -> None:
+        self.kube = kube
+        self.driver = driver
+        self.node = node
+        self._lock = threading.Lock()
+        self.writes = 0
+
+    def publish(self, devices: Sequence[GpuView]) -> int:
+        """Reconcile; return the number of API writes made."""
+        with self._lock:
+            for _ in range(5):
+                try:
+                    return self._publish_once(devices)
+                except (ConflictError, NotFoundError):
+                    continue  # someone else changed a slice under us; re-read and converge
+            return 0
+
+    def _publish_once(self, devices: Sequence[GpuView]) -> int:
+        current = {s["metadata"]["name"]: s for s in self.kube.list_resource_slices(self.driver, self.node.name)}
+        generations = [int(((s.get("spec") or {}).get("pool") or {}).get("generation", 0)) for s in current.values()]
+        generation = max(generations, default=0)
+        want = desired_slices(self.driver, self.node, generation, devices)
+        want_names = {s["metadata"]["name"] for s in want}
+        unchanged = (
+            set(current) == want_names
+            and all(_same(current[s["metadata"]["name"]], s) for s in want)
+            and len(set(generations)) == 1
+        )
+        if unchanged:
+            return 0
+        generation += 1  # any change to the pool: every slice carries the new generation, old ones are dropped
+        want = desired_slices(self.driver, self.node, generation, devices)
+        writes = 0
+        for s in want:
+            name = s["metadata"]["name"]
+            if name in current:
+                body = dict(s)
+                body["metadata"] = {**s["metadata"], "resourceVersion": current[name]["metadata"]["resourceVersion"]}
+                self.kube.update_resource_slice(body)
+            else:
+                self.kube.create_resource_slice(s)
+            writes += 1
+        for name, cur in current.items():
+            if name not in want_names:
+                meta = cur["metadata"]
+                self.kube.delete_resource_slice(name, uid=meta["uid"], resource_version=meta["resourceVersion"])
+                writes += 1
+        self.writes += writes
+        log.info("published resource slices", extra={"writes": writes, "generation": generation})
+        return writes

@@ -1,0 +1,353 @@
+"""Prepare and unprepare, claim by claim, as a sequence of small named steps over the checkpoint.
+
+Prepare: fetch the claim, plan it (`claims.py`), pass the RuntimeClass gate (`gate.py`), then under the locks of the
+claim's IOMMU groups only: checkpoint `PrepareStarted`, bind each group, write the claim's CDI spec (and the pod's
+spec for the annotation path), checkpoint `PrepareCompleted`. A claim already completed returns the same answer without
+touching the host. Unprepare works from the checkpoint alone. Startup reconciliation rolls back half-done prepares,
+drops entries of a previous boot and removes CDI specs nobody owns, and never touches a completed claim of this boot.
+
+No node-wide lock: two claims on different groups run in parallel; two operations on one group serialise on the
+group's lock file, also across the two processes of a rolling update.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from cc_gpu.dra import cdi
+from cc_gpu.dra.checkpoint import PREPARE_COMPLETED, PREPARE_STARTED, Checkpoint, ClaimEntry, PreparedDevice
+from cc_gpu.dra.claims import ClaimPlan, parse_claim
+from cc_gpu.dra.crashpoints import crashpoint
+from cc_gpu.dra.errors import ClaimError, GateRefusedError
+from cc_gpu.dra.gate import GatePolicy, PodView, decide
+from cc_gpu.dra.locks import GroupLocks
+from cc_gpu.dra.ports import GpuView, HostPort
+from cc_gpu.errors import CcGpuError
+from cc_gpu.kube.api import KubeApi
+from cc_gpu.kube.errors import ApiError, ConflictError, NotFoundError
+
+log = logging.getLogger("cc_gpu.dra.state")
+
+
+@dataclass(frozen=True)
+class ClaimRef:
+    namespace: str
+    uid: str
+    name: str
+
+
+@dataclass(frozen=True)
+class ResultDevice:
+    """One device of a prepare answer, as the kubelet wants it."""
+
+    request_names: tuple[str, ...]
+    pool_name: str
+    device_name: str
+    cdi_device_ids: tuple[str, ...]
+
+
+@dataclass
+class DeviceState:
+    """The plugin's prepare/unprepare engine for one node."""
+
+    driver: str
+    node_name: str
+    host: HostPort
+    kube: KubeApi
+    checkpoint: Checkpoint
+    cdi_writer: cdi.CdiWriter
+    locks: GroupLocks
+    policy: GatePolicy = field(default_factory=GatePolicy)
+    _inventory: dict[str, GpuView] = field(default_factory=dict)
+    _inventory_lock: threading.Lock = field(default_factory=threading.Lock)
+    _boot_id: str = ""
+
+    @property
+    def pool(self) -> str:
+        return self.node_name
+
+    def set_inventory(self, devices: Sequence[GpuView]) -> None:
+        with self._inventory_lock:
+            self._inventory = {d.name: d for d in devices}
+
+    def inventory(self) -> dict[str, GpuView]:
+        with self._inventory_lock:
+            return dict(self._inventory)
+
+    @property
+    def boot_id(self) -> str:
+        if not self._boot_id:
+            self._boot_id = self.host.boot_id()
+        return self._boot_id
+
+    # ---- prepare -------------------------------------------------------------------------------------------------
+
+    def prepare(self, ref: ClaimRef) -> list[ResultDevice]:
+        """Prepare one claim; raise a `CcGpuError` subclass naming the reason when it cannot be."""
+        done = self.checkpoint.get(ref.uid)
+        if done is not None and done.state == PREPARE_COMPLETED and done.boot_id == self.boot_id:
+            return self._answer(done)
+        claim = self._get_claim(ref)
+        plan = parse_claim(claim, ref.uid, self.driver, self.pool, self.inventory())
+        decision_pod = self._gate(claim, plan)
+        groups = sorted({d.device.iommu_group for d in plan.devices})
+        with self.locks.hold(groups):
+            existing = self.checkpoint.get(ref.uid)
+            if existing is not None and existing.state == PREPARE_COMPLETED and existing.boot_id == self.boot_id:
+                return self._answer(existing)
+            if existing is not None:
+                self._rollback(existing)
+            entry = self._step_started(plan, decision_pod)
+            entry = self._step_bind(plan, entry)
+            entry = self._step_cdi(entry)
+            self._step_completed(entry)
+        self._record_ready(ref, entry)
+        return self._answer(entry)
+
+    def _get_claim(self, ref: ClaimRef) -> Mapping[str, Any]:
+        try:
+            return self.kube.get_resource_claim(ref.namespace, ref.name)
+        except NotFoundError as e:
+            raise ClaimError(f"claim {ref.namespace}/{ref.name} not found") from e
+
+    def _gate(self, claim: Mapping[str, Any], plan: ClaimPlan) -> PodView:
+        pod = self._pod_view(plan.namespace, plan.pod)
+        cc_modes = {d.device.name: d.device.cc_mode for d in plan.devices}
+        try:
+            decide(pod, self.policy, self.host.tee_enabled(), cc_modes)
+        except GateRefusedError as e:
+            self._event(claim, "PrepareRefused", str(e))
+            raise
+        return pod
+
+    def _pod_view(self, namespace: str, entry: Mapping[str, Any]) -> PodView:
+        ref = f"{namespace}/{entry.get('name')}"
+        try:
+            pod = self.kube.get_pod(namespace, str(entry.get("name")))
+        except NotFoundError:
+            return PodView(ref, found=False, runtime_class_name=None)
+        if entry.get("uid") and (pod.get("metadata") or {}).get("uid") != entry.get("uid"):
+            return PodView(ref, found=False, runtime_class_name=None)
+        rc_name = (pod.get("spec") or {}).get("runtimeClassName")
+        runtime_class = None
+        if rc_name:
+            try:
+                runtime_class = self.kube.get_runtime_class(rc_name)
+            except NotFoundError:
+                runtime_class = None
+        annotations = (pod.get("metadata") or {}).get("annotations") or {}
+        return PodView(ref, True, rc_name, runtime_class, dict(annotations))
+
+    def _step_started(self, plan: ClaimPlan, pod: PodView) -> ClaimEntry:
+        pod_device = cdi.pod_device_from_annotation(pod.annotations.get(cdi.POD_ANNOTATION)) or ""
+        devices = tuple(
+            PreparedDevice(
+                request=d.request,
+                pool=d.pool,
+                device=d.device.name,
+                iommu_group=d.device.iommu_group,
+                members=d.device.members,
+                reset_on_release=d.config.reset_on_release != "never",
+            )
+            for d in plan.devices
+        )
+        entry = ClaimEntry(
+            uid=plan.uid,
+            namespace=plan.namespace,
+            name=plan.name,
+            state=PREPARE_STARTED,
+            boot_id=self.boot_id,
+            devices=devices,
+            pod_uid=str(plan.pod.get("uid", "")),
+            pod_cdi_device=pod_device,
+        )
+        self.checkpoint.put(entry)
+        crashpoint("prepare-after-started")
+        return entry
+
+    def _step_bind(self, plan: ClaimPlan, entry: ClaimEntry) -> ClaimEntry:
+        modes = {d.device.name: d.config.iommu_mode for d in plan.devices}
+        bound: list[PreparedDevice] = []
+        try:
+            for dev in entry.devices:
+                result = self.host.bind(dev.iommu_group, entry.uid, modes[dev.device])
+                name = cdi.device_name(entry.uid, dev.device)
+                bound.append(
+                    replace(
+                        dev,
+                        original_drivers=dict(result.original_drivers),
+                        device_nodes=result.nodes,
+                        cdi_ids=(cdi.qualified(name),),
+                    )
+                )
+        except CcGpuError:
+            self._rollback(entry)
+            raise
+        crashpoint("prepare-after-bind")
+        return replace(entry, devices=tuple(bound))
+
+    def _step_cdi(self, entry: ClaimEntry) -> ClaimEntry:
+        try:
+            self.cdi_writer.write_claim(
+                entry.uid,
+                [cdi.CdiDevice(cdi.device_name(entry.uid, d.device), d.device_nodes) for d in entry.devices],
+            )
+        except CcGpuError:
+            self._rollback(entry)
+            raise
+        crashpoint("prepare-after-cdi")
+        return entry
+
+    def _step_completed(self, entry: ClaimEntry) -> None:
+        done = replace(entry, state=PREPARE_COMPLETED)
+        self.checkpoint.put(done)
+        crashpoint("prepare-after-completed")
+        if done.pod_cdi_device:
+            self._refresh_pod_spec(done.pod_uid, done.pod_cdi_device)
+
+    def _answer(self, entry: ClaimEntry) -> list[ResultDevice]:
+        return [ResultDevice((d.request,), d.pool, d.device, d.cdi_ids) for d in entry.devices]
+
+    # ---- unprepare -----------------------------------------------------------------------------------------------
+
+    def unprepare(self, ref: ClaimRef) -> None:
+        """Undo a prepare from the checkpoint alone; an unknown claim is a no-op."""
+        entry = self.checkpoint.get(ref.uid)
+        if entry is None:
+            return
+        with self.locks.hold(d.iommu_group for d in entry.devices):
+            entry = self.checkpoint.get(ref.uid)
+            if entry is None:
+                return
+            self._rollback(entry)
+
+    def _rollback(self, entry: ClaimEntry) -> None:
+        """Restore every device of `entry`, remove its CDI spec and its checkpoint entry (caller holds the locks)."""
+        for dev in entry.devices:
+            self.host.restore(dev.iommu_group, entry.uid, reset=dev.reset_on_release)
+        crashpoint("unprepare-after-restore")
+        self.cdi_writer.remove_claim(entry.uid)
+        crashpoint("unprepare-after-cdi-removed")
+        self.checkpoint.drop(entry.uid)
+        if entry.pod_cdi_device:
+            self._refresh_pod_spec(entry.pod_uid, entry.pod_cdi_device)
+
+    # ---- the per-pod CDI spec (released-Kata annotation path) -----------------------------------------------------
+
+    def _refresh_pod_spec(self, pod_uid: str, pod_device: str) -> None:
+        claims = self.checkpoint.read().values()
+        nodes: list[str] = []
+        for c in sorted(claims, key=lambda c: c.uid):
+            if c.pod_uid == pod_uid and c.pod_cdi_device == pod_device and c.state == PREPARE_COMPLETED:
+                nodes += [n for d in c.devices for n in d.device_nodes if n not in nodes]
+        if nodes:
+            self.cdi_writer.write_pod(pod_device, nodes)
+        else:
+            self.cdi_writer.remove_pod(pod_device)
+
+    # ---- startup reconciliation ----------------------------------------------------------------------------------
+
+    def reconcile(self) -> dict[str, int]:
+        """Bring checkpoint, host and CDI root into agreement after a (re)start; return what was done, by kind."""
+        counts = {"kept": 0, "rolled_back": 0, "dropped_other_boot": 0, "orphan_specs_removed": 0}
+        for entry in list(self.checkpoint.read().values()):
+            if entry.boot_id != self.boot_id:
+                # The reboot already undid every binding; the kubelet re-prepares claims of pods still running.
+                self.cdi_writer.remove_claim(entry.uid)
+                self.checkpoint.drop(entry.uid)
+                if entry.pod_cdi_device:
+                    self._refresh_pod_spec(entry.pod_uid, entry.pod_cdi_device)
+                counts["dropped_other_boot"] += 1
+            elif entry.state != PREPARE_COMPLETED:
+                with self.locks.hold(d.iommu_group for d in entry.devices):
+                    current = self.checkpoint.get(entry.uid)
+                    if current is not None and current.state != PREPARE_COMPLETED:
+                        self._rollback(current)
+                        counts["rolled_back"] += 1
+                crashpoint("reconcile-after-rollback")
+            else:
+                counts["kept"] += 1
+        claims = self.checkpoint.read()
+        pod_devices = {c.pod_cdi_device for c in claims.values() if c.pod_cdi_device}
+        for path in self.cdi_writer.owned_files():
+            owner = cdi.CdiWriter.id_of(path)
+            if owner not in claims and owner not in pod_devices:
+                path.unlink(missing_ok=True)
+                counts["orphan_specs_removed"] += 1
+        return counts
+
+    # ---- claim status and events ---------------------------------------------------------------------------------
+
+    def _record_ready(self, ref: ClaimRef, entry: ClaimEntry) -> None:
+        """Record a `Ready` condition per device in the claim's status.devices; failure is logged, not fatal."""
+        for _ in range(3):
+            try:
+                claim = self.kube.get_resource_claim(ref.namespace, ref.name)
+                status = dict(claim.get("status") or {})
+                ours = {(d.pool, d.device) for d in entry.devices}
+                kept = [
+                    d for d in status.get("devices") or []
+                    if not (d.get("driver") == self.driver and (d.get("pool"), d.get("device")) in ours)
+                ]
+                now = _now()
+                for d in entry.devices:
+                    kept.append({
+                        "driver": self.driver,
+                        "pool": d.pool,
+                        "device": d.device,
+                        "conditions": [{
+                            "type": "Ready",
+                            "status": "True",
+                            "reason": "BoundToVfio",
+                            "message": f"IOMMU group {d.iommu_group} bound to vfio-pci",
+                            "lastTransitionTime": now,
+                        }],
+                    })
+                status["devices"] = kept
+                body = {"apiVersion": claim.get("apiVersion", "resource.k8s.io/v1"), "kind": "ResourceClaim",
+                        "metadata": claim["metadata"], "spec": claim.get("spec", {}), "status": status}
+                self.kube.update_resource_claim_status(ref.namespace, ref.name, body)
+                return
+            except ConflictError:
+                continue
+            except ApiError as e:
+                log.warning("could not record device status", extra={"claim_uid": ref.uid, "error": str(e)})
+                return
+
+    def _event(self, claim: Mapping[str, Any], reason: str, message: str) -> None:
+        meta = claim.get("metadata") or {}
+        namespace = str(meta.get("namespace", "default"))
+        now = _now()
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta.get('name', 'claim')}.", "namespace": namespace},
+            "involvedObject": {
+                "apiVersion": "resource.k8s.io/v1",
+                "kind": "ResourceClaim",
+                "name": meta.get("name"),
+                "namespace": namespace,
+                "uid": meta.get("uid"),
+            },
+            "reason": reason,
+            "message": message[:1024],
+            "type": "Warning",
+            "source": {"component": self.driver, "host": self.node_name},
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        try:
+            self.kube.create_event(namespace, body)
+        except ApiError as e:
+            log.warning("could not emit event", extra={"claim_uid": meta.get("uid"), "error": str(e)})
+
+
+def _now() -> str:
+    import datetime  # noqa: PLC0415  (kept local: only status writes need wall-clock time)
+
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -1,0 +1,306 @@
+"""HTTP routing of the API-server double: REST paths and verbs in, `Store` calls out, JSON (or `Status`) back.
+
+Paths follow the real server: `/api/v1/...` for the core group, `/apis/<group>/<version>/...` otherwise,
+`namespaces/<ns>/<plural>[/<name>[/status]]` for namespaced resources and `<plural>[/<name>]` for cluster-scoped ones
+(and for listing a namespaced resource across all namespaces). GET lists or reads (`watch=true` streams changes as
+newline-delimited watch events over chunked encoding), POST creates, PUT replaces, PATCH patches, DELETE deletes
+with preconditions. Every request is recorded in the audit log the tests and benchmarks read.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from cc_gpu.kube.apiserver.patches import apply_patch
+from cc_gpu.kube.apiserver.resources import RESOURCE_TYPES, ResourceType, lookup
+from cc_gpu.kube.apiserver.selectors import parse_field_selector, parse_label_selector
+from cc_gpu.kube.apiserver.status import (
+    ApiStatus,
+    bad_request,
+    method_not_allowed,
+    path_not_found,
+    success_status,
+    unsupported_media_type,
+)
+
+if TYPE_CHECKING:
+    from cc_gpu.kube.apiserver.server import ApiServerDouble
+
+JsonObject = dict[str, Any]
+MAX_BODY = 3 * 1024 * 1024  # the real server's default request size limit
+DEFAULT_WATCH_SECONDS = 1800
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where a request points: a resource type, and optionally a namespace, an object and a subresource."""
+
+    rt: ResourceType
+    namespace: str | None
+    name: str
+    subresource: str
+
+
+def parse_route(path: str) -> Route:
+    """The route of a REST path, or a 404 `ApiStatus` for a path the double does not serve."""
+    parts = [unquote(p) for p in path.strip("/").split("/")]
+    if parts[:2] == ["api", "v1"]:
+        group, version, rest = "", "v1", parts[2:]
+    elif len(parts) >= 3 and parts[0] == "apis":
+        group, version, rest = parts[1], parts[2], parts[3:]
+    else:
+        raise path_not_found(path)
+    namespace: str | None = None
+    if len(rest) >= 3 and rest[0] == "namespaces":
+        namespace, rest = rest[1], rest[2:]
+    if not rest or len(rest) > 3 or not all(rest):
+        raise path_not_found(path)
+    rt = lookup(group, version, rest[0])
+    if rt is None or (namespace is not None and not rt.namespaced):
+        raise path_not_found(path)
+    name = rest[1] if len(rest) > 1 else ""
+    subresource = rest[2] if len(rest) > 2 else ""
+    if rt.namespaced and name and namespace is None:
+        raise path_not_found(path)
+    return Route(rt, namespace, name, subresource)
+
+
+def _discovery(path: str) -> JsonObject | None:
+    if path in ("/healthz", "/livez", "/readyz"):
+        return {"status": "ok"}
+    if path == "/version":
+        return {"major": "1", "minor": "37", "gitVersion": "v1.37.0-cc-gpu-double", "platform": "linux/amd64"}
+    if path == "/api":
+        return {"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []}
+    if path == "/apis":
+        groups = sorted({(rt.group, rt.version) for rt in RESOURCE_TYPES if rt.group})
+        return {
+            "kind": "APIGroupList",
+            "apiVersion": "v1",
+            "groups": [
+                {
+                    "name": g,
+                    "versions": [{"groupVersion": f"{g}/{v}", "version": v}],
+                    "preferredVersion": {"groupVersion": f"{g}/{v}", "version": v},
+                }
+                for g, v in groups
+            ],
+        }
+    return None
+
+
+class Handler(BaseHTTPRequestHandler):
+    """One HTTP/1.1 connection to the double (keep-alive, so the client's connection pool is reused)."""
+
+    protocol_version = "HTTP/1.1"
+    double: ApiServerDouble  # set on the subclass the server creates
+
+    def log_message(self, format: str, *args: Any) -> None:  # the audit log replaces access logs
+        return
+
+    def do_GET(self) -> None:
+        self._dispatch("GET")
+
+    def do_POST(self) -> None:
+        self._dispatch("POST")
+
+    def do_PUT(self) -> None:
+        self._dispatch("PUT")
+
+    def do_PATCH(self) -> None:
+        self._dispatch("PATCH")
+
+    def do_DELETE(self) -> None:
+        self._dispatch("DELETE")
+
+    # -- dispatch ------------------------------------------------------------------------------------------------
+
+    def _dispatch(self, method: str) -> None:
+        url = urlsplit(self.path)
+        query = {k: v[-1] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
+        verb, route = method.lower(), None
+        started = time.monotonic()
+        try:
+            raw = self._read_body()
+            discovery = _discovery(url.path) if method == "GET" else None
+            if discovery is not None:
+                self._send(200, discovery)
+                return
+            route = parse_route(url.path)
+            verb = _verb(method, route, query)
+            if verb == "watch":
+                self.double.record(
+                    method, verb, route, 200, user_agent=self.headers.get("User-Agent", ""), started=started
+                )
+                self._watch(route, query)
+                return
+            code, reply = self._serve(verb, route, query, raw)
+        except ApiStatus as e:
+            code, reply = e.code, e.to_status()
+        self._send(code, reply)
+        if route is not None:
+            self.double.record(
+                method, verb, route, code, user_agent=self.headers.get("User-Agent", ""), started=started
+            )
+
+    def _serve(self, verb: str, route: Route, query: dict[str, str], raw: bytes) -> tuple[int, JsonObject]:
+        store, rt, ns = self.double.store, route.rt, route.namespace or ""
+        dry_run = _dry_run(query)
+        if verb == "get":
+            return 200, store.get(rt, ns, route.name)
+        if verb == "list":
+            label = parse_label_selector(query.get("labelSelector", ""))
+            field = parse_field_selector(query.get("fieldSelector", ""), rt)
+            items, revision = store.list_matching(rt, route.namespace, lambda o: label(o) and field(o))
+            for item in items:
+                item.pop("apiVersion", None)
+                item.pop("kind", None)
+            return 200, {
+                "kind": f"{rt.kind}List",
+                "apiVersion": rt.api_version,
+                "metadata": {"resourceVersion": str(revision)},
+                "items": items,
+            }
+        if verb == "create":
+            self._require_json()
+            return 201, store.create(rt, ns, _decode_object(raw), dry_run=dry_run)
+        if verb == "update":
+            self._require_json()
+            return 200, store.replace(
+                rt, ns, route.name, _decode_object(raw), subresource=route.subresource, dry_run=dry_run
+            )
+        if verb == "patch":
+            content_type = self.headers.get("Content-Type", "")
+            patch = _decode(raw)
+            subresource = route.subresource
+
+            def build(current: JsonObject) -> JsonObject:
+                patched = apply_patch(content_type, current, patch)
+                if subresource == "status":
+                    patched["metadata"] = {**current["metadata"], **_precondition(patched, current)}
+                return patched
+
+            return 200, store.update(rt, ns, route.name, build, subresource=subresource, dry_run=dry_run)
+        if verb == "delete":
+            options = _decode_object(raw) if raw.strip() else {}
+            preconditions = options.get("preconditions") or {}
+            if not isinstance(preconditions, dict):
+                raise bad_request("preconditions must be an object")
+            gone = store.get(rt, ns, route.name) if dry_run else store.delete(rt, ns, route.name, preconditions)
+            return 200, success_status(rt, route.name, gone["metadata"]["uid"])
+        raise method_not_allowed(verb, self.path)
+
+    def _watch(self, route: Route, query: dict[str, str]) -> None:
+        store, rt = self.double.store, route.rt
+        label = parse_label_selector(query.get("labelSelector", ""))
+        field = parse_field_selector(query.get("fieldSelector", ""), rt)
+        deadline = time.monotonic() + float(query.get("timeoutSeconds") or DEFAULT_WATCH_SECONDS)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        since = query.get("resourceVersion", "")
+        try:
+            if since in ("", "0"):
+                items, revision = store.list_matching(rt, route.namespace, lambda o: label(o) and field(o))
+                for item in items:
+                    self._chunk({"type": "ADDED", "object": item})
+            else:
+                revision = int(since) if since.isdigit() else -1
+                if revision < 0:
+                    raise bad_request(f"invalid resourceVersion {since!r}")
+            while not store.closed and time.monotonic() < deadline:
+                events, reachable = store.events_since(revision, min(1.0, max(0.0, deadline - time.monotonic())))
+                if not reachable:
+                    expired = ApiStatus(410, "Expired", f"too old resource version: {revision} ({store.revision})")
+                    self._chunk({"type": "ERROR", "object": expired.to_status()})
+                    break
+                for event in events:
+                    revision = event.resource_version
+                    if event.plural != rt.plural or (
+                        route.namespace is not None and event.namespace != route.namespace
+                    ):
+                        continue
+                    if label(event.object) and field(event.object):
+                        self._chunk({"type": event.type, "object": event.object})
+            self.wfile.write(b"0\r\n\r\n")
+        except ApiStatus as e:
+            self._chunk({"type": "ERROR", "object": e.to_status()})
+            self.wfile.write(b"0\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        self.close_connection = True
+
+    # -- plumbing ------------------------------------------------------------------------------------------------
+
+    def _chunk(self, event: JsonObject) -> None:
+        data = json.dumps(event, separators=(",", ":")).encode() + b"\n"
+        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+        self.wfile.flush()
+
+    def _read_body(self) -> bytes:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > MAX_BODY:
+            raise ApiStatus(413, "RequestEntityTooLarge", "the request body is too large")
+        return self.rfile.read(length) if length else b""
+
+    def _require_json(self) -> None:
+        content_type = self.headers.get("Content-Type", "")
+        media = content_type.split(";")[0].strip().lower()
+        if media not in ("", "application/json", "*/*"):
+            raise unsupported_media_type(content_type)
+
+    def _send(self, code: int, payload: JsonObject) -> None:
+        data = json.dumps(payload, separators=(",", ":")).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+def _verb(method: str, route: Route, query: dict[str, str]) -> str:
+    if method == "GET":
+        if route.name:
+            return "get"
+        return "watch" if query.get("watch") in ("true", "1") else "list"
+    if method == "POST" and not route.name:
+        if route.namespace is None and route.rt.namespaced:
+            raise method_not_allowed(method, f"/{route.rt.plural}")
+        return "create"
+    verbs = {"PUT": "update", "PATCH": "patch", "DELETE": "delete"}
+    if method in verbs and route.name:
+        return verbs[method]
+    raise method_not_allowed(method, route.rt.plural)
+
+
+def _dry_run(query: dict[str, str]) -> bool:
+    value = query.get("dryRun", "")
+    if value not in ("", "All"):
+        raise bad_request(f'dryRun: Unsupported value: "{value}": supported values: "All"')
+    return value == "All"
+
+
+def _precondition(patched: JsonObject, current: JsonObject) -> JsonObject:
+    """A status patch may carry only a resourceVersion (a precondition) in its metadata."""
+    version = (patched.get("metadata") or {}).get("resourceVersion")
+    return {"resourceVersion": version} if version else {"resourceVersion": current["metadata"]["resourceVersion"]}
+
+
+def _decode(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError as e:
+        raise bad_request(f"couldn't get version/kind; json parse error: {e}") from e
+
+
+def _decode_object(raw: bytes) -> JsonObject:
+    body = _decode(raw)
+    if not isinstance(body, dict):
+        raise bad_request("the request body must be a JSON object")
+    return body

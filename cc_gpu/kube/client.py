@@ -1,0 +1,263 @@
+"""`KubeApi` over the official `kubernetes` Python client: the only production path to the API server.
+
+The client is imported inside the constructor, never at module import, so commands and code paths that never talk
+to a cluster (discovery, attestation, the simulated host) do not pay for it. Requests go through the client's
+typed APIs (`ResourceV1Api`, `CoreV1Api`, `NodeV1Api`); bodies are handed over as wire-form dicts, which the client
+checks against its own models before sending, and replies are read with `_preload_content=False` and decoded from
+JSON, so callers get the server's exact wire form rather than the client's model objects.
+
+Writes ask the server for strict field validation (`fieldValidation=Strict`): an unknown field is an error, not a
+silently dropped value. Every failure is translated into `cc_gpu.kube.errors` with the original exception chained.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+from cc_gpu.kube.api import MERGE_PATCH, JsonObject
+from cc_gpu.kube.errors import (
+    AlreadyExistsError,
+    ApiError,
+    ApiUnavailableError,
+    ConflictError,
+    FieldCause,
+    ForbiddenError,
+    InvalidError,
+    KubeConfigError,
+    NotFoundError,
+)
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+STRICT = "Strict"
+
+
+class KubernetesApi:
+    """The real `KubeApi`: a kubeconfig file when given, else the pod's in-cluster service account."""
+
+    def __init__(self, kubeconfig: Path | None, *, request_timeout: float = 10.0, user_agent: str = "cc-gpu") -> None:
+        from kubernetes import client, config  # noqa: PLC0415 (lazy: see the module docstring)
+
+        configuration = client.Configuration()
+        try:
+            if kubeconfig is not None:
+                config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)  # type: ignore[no-untyped-call]
+            else:
+                config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+        except (config.ConfigException, OSError, ValueError, TypeError) as e:
+            where = str(kubeconfig) if kubeconfig is not None else "the in-cluster service account"
+            raise KubeConfigError(f"cannot load Kubernetes client configuration from {where}: {e}") from e
+        self._api_client = client.ApiClient(configuration)
+        self._api_client.user_agent = user_agent
+        self._resource = client.ResourceV1Api(self._api_client)
+        self._core = client.CoreV1Api(self._api_client)
+        self._node = client.NodeV1Api(self._api_client)
+        self._timeout = request_timeout
+        self._models = client
+
+    @property
+    def host(self) -> str:
+        """The API server's URL, for logs and diagnostics (never the credentials)."""
+        return str(self._api_client.configuration.host)
+
+    def close(self) -> None:
+        """Release the client's connection pool."""
+        self._api_client.close()  # type: ignore[no-untyped-call]
+
+    # -- reads ---------------------------------------------------------------------------------------------------
+
+    def get_resource_claim(self, namespace: str, name: str) -> JsonObject:
+        return self._json(lambda: self._resource.read_namespaced_resource_claim(name, namespace, **self._opts()))
+
+    def get_pod(self, namespace: str, name: str) -> JsonObject:
+        return self._json(lambda: self._core.read_namespaced_pod(name, namespace, **self._opts()))
+
+    def get_runtime_class(self, name: str) -> JsonObject:
+        return self._json(lambda: self._node.read_runtime_class(name, **self._opts()))
+
+    def get_node(self, name: str) -> JsonObject:
+        return self._json(lambda: self._core.read_node(name, **self._opts()))
+
+    def get_device_class(self, name: str) -> JsonObject:
+        return self._json(lambda: self._resource.read_device_class(name, **self._opts()))
+
+    def get_config_map(self, namespace: str, name: str) -> JsonObject:
+        return self._json(lambda: self._core.read_namespaced_config_map(name, namespace, **self._opts()))
+
+    # -- ResourceSlices ------------------------------------------------------------------------------------------
+
+    def list_resource_slices(self, driver: str, node_name: str) -> list[JsonObject]:
+        selector = f"spec.driver={driver},spec.nodeName={node_name}"
+        reply = self._json(lambda: self._resource.list_resource_slice(field_selector=selector, **self._opts()))
+        items = reply.get("items") or []
+        if not isinstance(items, list):
+            raise InvalidError("the ResourceSlice list reply has no item list", code=200)
+        return items
+
+    def create_resource_slice(self, body: JsonObject) -> JsonObject:
+        return self._json(
+            lambda: self._resource.create_resource_slice(
+                self._model("V1ResourceSlice", body), field_validation=STRICT, **self._opts()
+            )
+        )
+
+    def update_resource_slice(self, body: JsonObject) -> JsonObject:
+        name = _name_of(body)
+        return self._json(
+            lambda: self._resource.replace_resource_slice(
+                name, self._model("V1ResourceSlice", body), field_validation=STRICT, **self._opts()
+            )
+        )
+
+    def delete_resource_slice(self, name: str, *, uid: str, resource_version: str) -> None:
+        options = self._model("V1DeleteOptions", {"preconditions": {"uid": uid, "resourceVersion": resource_version}})
+        self._call(lambda: self._resource.delete_resource_slice(name, body=options, **self._opts()))
+
+    # -- ResourceClaim status ------------------------------------------------------------------------------------
+
+    def update_resource_claim_status(self, namespace: str, name: str, body: JsonObject) -> JsonObject:
+        return self._json(
+            lambda: self._resource.replace_namespaced_resource_claim_status(
+                name, namespace, self._model("ResourceV1ResourceClaim", body), field_validation=STRICT, **self._opts()
+            )
+        )
+
+    def patch_resource_claim_status(self, namespace: str, name: str, patch: JsonObject) -> JsonObject:
+        return self._json(
+            lambda: self._resource.patch_namespaced_resource_claim_status(
+                name, namespace, patch, field_validation=STRICT, _content_type=MERGE_PATCH, **self._opts()
+            )
+        )
+
+    # -- Events and ConfigMaps -----------------------------------------------------------------------------------
+
+    def create_event(self, namespace: str, body: JsonObject) -> JsonObject:
+        return self._json(
+            lambda: self._core.create_namespaced_event(namespace, self._model("CoreV1Event", body), **self._opts())
+        )
+
+    def create_config_map(self, namespace: str, body: JsonObject) -> JsonObject:
+        return self._json(
+            lambda: self._core.create_namespaced_config_map(
+                namespace, self._model("V1ConfigMap", body), field_validation=STRICT, **self._opts()
+            )
+        )
+
+    def update_config_map(self, namespace: str, body: JsonObject) -> JsonObject:
+        name = _name_of(body)
+        return self._json(
+            lambda: self._core.replace_namespaced_config_map(
+                name, namespace, self._model("V1ConfigMap", body), field_validation=STRICT, **self._opts()
+            )
+        )
+
+    # -- plumbing ------------------------------------------------------------------------------------------------
+
+    def _model(self, kind: str, body: JsonObject) -> Any:
+        """The client's model for a wire-form body; its strict checks fail like a server-side 422 would."""
+        with _translated_errors():
+            return getattr(self._models, kind).from_dict(body)
+
+    def _opts(self) -> dict[str, Any]:
+        return {"_preload_content": False, "_request_timeout": self._timeout}
+
+    def _json(self, call: Callable[[], Any]) -> JsonObject:
+        response = self._call(call)
+        try:
+            decoded = json.loads(response.data)
+        except (ValueError, TypeError) as e:
+            raise ApiUnavailableError(f"the API server sent a reply that is not JSON: {e}") from e
+        if not isinstance(decoded, dict):
+            raise ApiUnavailableError("the API server sent a JSON reply that is not an object")
+        return decoded
+
+    def _call(self, call: Callable[[], T]) -> T:
+        with _translated_errors():
+            return call()
+
+
+def _name_of(body: JsonObject) -> str:
+    name = (body.get("metadata") or {}).get("name")
+    if not isinstance(name, str) or not name:
+        cause = FieldCause("metadata.name", "FieldValueRequired", "Required value")
+        raise InvalidError("the object to replace has no metadata.name", causes=(cause,))
+    return name
+
+
+@contextmanager
+def _translated_errors() -> Iterator[None]:
+    """Turn the client's, urllib3's and pydantic's exceptions into `cc_gpu.kube.errors`, chaining the original."""
+    import pydantic  # noqa: PLC0415 (lazy, as the client itself)
+    import urllib3  # noqa: PLC0415
+    from kubernetes.client.exceptions import ApiException  # noqa: PLC0415
+
+    try:
+        yield
+    except ApiException as e:
+        raise error_from_status(int(e.status or 0), e.body, e.headers) from e
+    except pydantic.ValidationError as e:
+        causes = tuple(_pydantic_cause(err) for err in e.errors())
+        raise InvalidError(f"the client refused the request: {e}", reason="ClientValidation", causes=causes) from e
+    except urllib3.exceptions.HTTPError as e:
+        raise ApiUnavailableError(f"the API server could not be reached: {e}") from e
+    except OSError as e:
+        raise ApiUnavailableError(f"the API server could not be reached: {e}") from e
+
+
+def _pydantic_cause(err: Any) -> FieldCause:
+    field = ".".join(str(part) for part in err.get("loc", ())) or "body"
+    return FieldCause(field, str(err.get("type", "")), str(err.get("msg", "")))
+
+
+def error_from_status(code: int, body: object, headers: Any = None) -> ApiError:
+    """The typed error for an HTTP error reply whose body is (usually) a Kubernetes `Status` object."""
+    status = _decode_status(body)
+    message = str(status.get("message") or f"HTTP {code}")
+    reason = str(status.get("reason") or "")
+    details = status.get("details") if isinstance(status.get("details"), dict) else {}
+    causes = tuple(
+        FieldCause(str(c.get("field", "")), str(c.get("reason", "")), str(c.get("message", "")))
+        for c in (details or {}).get("causes") or []
+        if isinstance(c, dict)
+    )
+    if code == 404:
+        return NotFoundError(message, code=code, reason=reason or "NotFound")
+    if code == 409:
+        if reason == "AlreadyExists":
+            return AlreadyExistsError(message, code=code, reason=reason)
+        return ConflictError(message, code=code, reason=reason or "Conflict")
+    if code in (400, 422):
+        return InvalidError(message, code=code, reason=reason, causes=causes)
+    if code in (401, 403):
+        return ForbiddenError(message, code=code, reason=reason)
+    if code == 429 or code >= 500 or code == 0:
+        return ApiUnavailableError(message, code=code, reason=reason, retry_after=_retry_after(headers))
+    return ApiError(message, code=code, reason=reason, causes=causes)
+
+
+def _decode_status(body: object) -> dict[str, Any]:
+    if isinstance(body, bytes):
+        body = body.decode("utf-8", "replace")
+    if not isinstance(body, str) or not body:
+        return {}
+    try:
+        decoded = json.loads(body)
+    except ValueError:
+        return {"message": body[:500]}
+    return decoded if isinstance(decoded, dict) else {}
+
+
+def _retry_after(headers: Any) -> float | None:
+    if headers is None:
+        return None
+    try:
+        value = headers.get("Retry-After")
+        return float(value) if value is not None else None
+    except (TypeError, ValueError, AttributeError):
+        return None

@@ -1,0 +1,59 @@
+"""Validation of emitted CDI specs against the CDI JSON schema (from Debian's Go CDI package) and the Kata rules."""
+
+from __future__ import annotations
+
+import json
+import re
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT7
+
+SCHEMA_DIR = Path(
+    "/usr/share/gocode/src/github.com/container-orchestrated-devices/container-device-interface/schema"
+)
+KATA_MAX_VERSION = (0, 5, 0)  # the highest cdiVersion the Go CDI library in Debian (and NVIDIA's Kata pin) accepts
+
+
+@cache
+def _validator() -> jsonschema.Draft7Validator:
+    schema = json.loads((SCHEMA_DIR / "schema.json").read_text())
+    defs = json.loads((SCHEMA_DIR / "defs.json").read_text())
+    registry: Registry[Any] = Registry().with_resource("defs.json", Resource(contents=defs, specification=DRAFT7))
+    return jsonschema.Draft7Validator(schema, registry=registry)
+
+
+def kata_violations(spec: dict[str, Any]) -> list[str]:
+    """Every rule of the Kata CDI constraints the spec breaks (empty when it satisfies them all)."""
+    out = []
+    version = tuple(int(x) for x in spec["cdiVersion"].split("."))
+    if version > KATA_MAX_VERSION:
+        out.append(f"cdiVersion {spec['cdiVersion']} is above 0.5.0")
+    if spec.get("containerEdits"):
+        out.append("spec-level containerEdits are not empty")
+    if not re.match(r"^[a-z][a-z0-9_.-]*[a-z0-9]/[a-z][a-z0-9_.-]*[a-z0-9]$", spec["kind"], re.IGNORECASE):
+        out.append(f"kind {spec['kind']!r} is malformed")
+    for dev in spec["devices"]:
+        nodes = dev.get("containerEdits", {}).get("deviceNodes", [])
+        if not nodes:
+            out.append(f"device {dev['name']} has no device-level nodes")
+        paths = [n["path"] for n in nodes]
+        legacy = [p for p in paths if re.match(r"^/dev/vfio/(vfio|\d+)$", p)]
+        iommufd = [p for p in paths if re.match(r"^/dev/(iommu|vfio/devices/vfio\d+)$", p)]
+        if legacy and iommufd:
+            out.append(f"device {dev['name']} mixes legacy and iommufd nodes")
+        if any(n.get("hostPath", n["path"]) != n["path"] or not n["path"].startswith("/dev/") for n in nodes):
+            out.append(f"device {dev['name']} has a node whose host path is not its real /dev path")
+        if set(dev.get("containerEdits", {})) - {"deviceNodes"}:
+            out.append(f"device {dev['name']} carries edits other than device nodes")
+    return out
+
+
+def validate_cdi(spec: dict[str, Any]) -> None:
+    """Raise when `spec` fails the CDI JSON schema or any Kata rule."""
+    _validator().validate(spec)
+    problems = kata_violations(spec)
+    assert not problems, problems
