@@ -42,6 +42,7 @@ class KubernetesApi:
     """The real `KubeApi`: a kubeconfig file when given, else the pod's in-cluster service account."""
 
     def __init__(self, kubeconfig: Path | None, *, request_timeout: float = 10.0, user_agent: str = "cc-gpu") -> None:
+        import yaml  # noqa: PLC0415 (the client's own kubeconfig parser)
         from kubernetes import client, config  # noqa: PLC0415 (lazy: see the module docstring)
 
         configuration = client.Configuration()
@@ -50,7 +51,7 @@ class KubernetesApi:
                 config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)  # type: ignore[no-untyped-call]
             else:
                 config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-        except (config.ConfigException, OSError, ValueError, TypeError) as e:
+        except (config.ConfigException, yaml.YAMLError, OSError, ValueError, TypeError, KeyError) as e:
             where = str(kubeconfig) if kubeconfig is not None else "the in-cluster service account"
             raise KubeConfigError(f"cannot load Kubernetes client configuration from {where}: {e}") from e
         self._api_client = client.ApiClient(configuration)
@@ -162,7 +163,7 @@ class KubernetesApi:
     def _model(self, kind: str, body: JsonObject) -> Any:
         """The client's model for a wire-form body; its strict checks fail like a server-side 422 would."""
         with _translated_errors():
-            return getattr(self._models, kind).from_dict(body)
+            return getattr(self._models, kind).model_validate(body)  # strict: from_dict drops unknown keys
 
     def _opts(self) -> dict[str, Any]:
         return {"_preload_content": False, "_request_timeout": self._timeout}

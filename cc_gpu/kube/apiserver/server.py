@@ -70,7 +70,9 @@ class ApiServerDouble:
         handler = type("BoundHandler", (Handler,), {"double": self})
         self._httpd = ThreadingHTTPServer(self._address, handler)
         self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="apiserver-double", daemon=True)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="apiserver-double", daemon=True
+        )
         self._thread.start()
         return self
 
