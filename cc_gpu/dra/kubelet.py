@@ -5,11 +5,14 @@ a one-second timeout, checks the answer (type `DRAPlugin`, a non-empty version l
 speaks in the plugin's order, and answers `NotifyRegistrationStatus`. A deleted socket deregisters the plugin. Then
 `prepare`/`unprepare` call `NodePrepareResources`/`NodeUnprepareResources` on the chosen version, with the kubelet's
 45 s deadline, and check that every claim of the request is in the response. The real kubelet uses inotify; the double
-polls the directory every 20 ms, which changes when it notices a socket, not what it does then.
+polls the directory every 20 ms and compares inode and change time (so a socket replaced by a restarted plugin counts as
+new), which changes when it notices a socket, not what it does then.
 """
 
 from __future__ import annotations
 
+import contextlib
+import stat
 import threading
 import time
 from collections.abc import Sequence
@@ -60,6 +63,7 @@ class KubeletDouble:
     speaks: tuple[str, ...] = ("v1.DRAPlugin", "v1beta1.DRAPlugin")
     plugins: dict[str, RegisteredPlugin] = field(default_factory=dict)
     refused: dict[str, str] = field(default_factory=dict)
+    registrations: int = 0  # successful registrations so far, to wait for a fresh one after a restart
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
     _changed: threading.Condition = field(default_factory=threading.Condition)
@@ -76,14 +80,27 @@ class KubeletDouble:
         for p in self.plugins.values():
             p.channel.close()
 
+    def _scan(self) -> dict[Path, tuple[int, int]]:
+        out: dict[Path, tuple[int, int]] = {}
+        for p in self.registry_dir.iterdir():
+            if p.name.startswith("."):
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                st = p.stat()
+                if stat.S_ISSOCK(st.st_mode):
+                    out[p] = (st.st_ino, st.st_ctime_ns)  # inodes are reused; the change time is not
+        return out
+
     def _watch(self) -> None:
-        seen: set[Path] = set()
+        seen: dict[Path, tuple[int, int]] = {}
         while not self._stop.is_set():
-            now = {p for p in self.registry_dir.iterdir() if not p.name.startswith(".") and p.is_socket()}
-            for sock in sorted(now - seen):
-                self._register(sock)
-            for sock in seen - now:
-                self._deregister(sock)
+            now = self._scan()
+            for sock, inode in seen.items():
+                if now.get(sock) != inode:  # deleted, or replaced by a new socket (a restarted plugin)
+                    self._deregister(sock)
+            for sock, inode in sorted(now.items()):
+                if seen.get(sock) != inode:
+                    self._register(sock)
             seen = now
             time.sleep(0.02)
 
@@ -119,6 +136,7 @@ class KubeletDouble:
                     info.name, info.endpoint, version, tuple(info.supported_versions), sock, dra_channel,
                     grpc_mod.DRAPluginStub(dra_channel), pb,
                 )
+                self.registrations += 1
             self._changed.notify_all()
 
     def _deregister(self, sock: Path) -> None:
@@ -129,9 +147,10 @@ class KubeletDouble:
                     del self.plugins[name]
             self._changed.notify_all()
 
-    def wait_registered(self, driver: str, timeout: float = 10.0) -> RegisteredPlugin:
+    def wait_registered(self, driver: str, timeout: float = 10.0, after: int = 0) -> RegisteredPlugin:
+        """Wait until `driver` is registered, by a registration later than the `after`-th one."""
         with self._changed:
-            if not self._changed.wait_for(lambda: driver in self.plugins, timeout):
+            if not self._changed.wait_for(lambda: driver in self.plugins and self.registrations > after, timeout):
                 raise RegistrationError(f"plugin {driver} did not register within {timeout}s: {self.refused}")
             return self.plugins[driver]
 

@@ -1,0 +1,150 @@
+"""The plugin process across crashes, restarts, reboots, kubelet versions, rolling updates and hardware changes."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import grpc
+import pytest
+
+from cc_gpu.dra.kubelet import KubeletDouble
+from cc_gpu.dra.proto import dra_health_v1alpha1_pb2 as health_pb
+from cc_gpu.dra.proto import dra_health_v1alpha1_pb2_grpc as health_grpc
+from tests.dra.harness import DRIVER, NODE, Node
+
+
+def _bdf(device: str) -> str:
+    parts = device.removeprefix("gpu-").split("-")
+    return f"{parts[0]}:{parts[1]}:{parts[2]}.{parts[3]}"
+
+
+def _checkpoint_claims(node: Node) -> dict[str, dict[str, object]]:
+    envelope = json.loads((node.plugin_dir / "checkpoint.json").read_text())
+    return dict(json.loads(envelope["data"])["claims"])
+
+
+@pytest.mark.parametrize("point", ["prepare-after-started", "prepare-after-bind", "prepare-after-cdi"])
+def test_crash_mid_prepare_is_rolled_back_at_startup(node: Node, point: str) -> None:
+    node.start_plugin(env={"CC_GPU_CRASH_AT": point})
+    devs = node.devices()
+    claim = node.vm_pod_claim([devs[0]])
+    with pytest.raises(grpc.RpcError):
+        node.kubelet.prepare(DRIVER, [claim])
+    assert node.proc is not None
+    assert node.proc.wait(timeout=10) == -9
+    node.proc = None
+    assert _checkpoint_claims(node)[claim[2]]["state"] == "PrepareStarted"
+    node.start_plugin()
+    assert node.driver_of(_bdf(devs[0])) == "nvidia", f"crash at {point}: the half-bound group is restored"
+    assert claim[2] not in _checkpoint_claims(node)
+    assert not list(node.cdi_root.glob("*.json"))
+    # The kubelet retries and now succeeds.
+    assert node.kubelet.prepare(DRIVER, [claim])[claim[2]].error == ""
+
+
+def test_startup_reconciliation_of_orphans_and_other_boots(node: Node) -> None:
+    node.start_plugin()
+    devs = node.devices()
+    claim = node.vm_pod_claim([devs[0]])
+    assert node.kubelet.prepare(DRIVER, [claim])[claim[2]].error == ""
+    node.stop_plugin()
+    orphan = node.cdi_root / "cc-gpu.io-vfio_deadbeef-0000-0000-0000-000000000000.json"
+    orphan.write_text('{"cdiVersion": "0.5.0", "kind": "cc-gpu.io/vfio", "devices": []}')
+    foreign = node.cdi_root / "nvidia.com-gpu.json"
+    foreign.write_text("{}")
+    node.start_plugin()
+    assert not orphan.exists(), "our spec without a checkpoint entry is removed"
+    assert foreign.exists(), "other vendors' specs are never touched"
+    assert claim[2] in _checkpoint_claims(node)
+    node.stop_plugin()
+    # Reboot: a new boot id; the kernel dropped every binding (simulated by restoring the drivers here).
+    boot_id = node.sim_root / "proc/sys/kernel/random/boot_id"
+    boot_id.write_text("00000000-0000-0000-0000-000000000002\n")
+    node.start_plugin()
+    assert claim[2] not in _checkpoint_claims(node)
+    assert not (node.cdi_root / f"cc-gpu.io-vfio_{claim[2]}.json").exists()
+
+
+def test_old_kubelet_speaks_v1beta1(node: Node) -> None:
+    node.kubelet.stop()
+    node.kubelet = KubeletDouble(node.root / "registry", speaks=("v1beta1.DRAPlugin",))
+    node.kubelet.start()
+    node.start_plugin()
+    assert node.kubelet.plugins[DRIVER].version == "v1beta1.DRAPlugin"
+    devs = node.devices()
+    claim = node.vm_pod_claim([devs[2]])
+    ((_, pool, device, ids),) = node.kubelet.prepare(DRIVER, [claim])[claim[2]].devices
+    assert (pool, device) == (NODE, devs[2])
+    assert ids == (f"cc-gpu.io/vfio={claim[2]}-{devs[2]}",)
+
+
+def test_kubelet_refuses_a_plugin_it_cannot_speak(node: Node) -> None:
+    node.kubelet.stop()
+    node.kubelet = KubeletDouble(node.root / "registry", speaks=("v1alpha4.DRAPlugin",))
+    node.kubelet.start()
+    node.start_plugin(wait=False)
+    deadline = time.monotonic() + 20
+    while not node.kubelet.refused and time.monotonic() < deadline:
+        time.sleep(0.05)
+    (reason,) = node.kubelet.refused.values()
+    assert "none of the versions" in reason
+    node.wait_for(lambda: "the kubelet refused registration" in node.log_path.read_text())
+
+
+def test_rolling_update_socket_names(node: Node) -> None:
+    node.start_plugin("--pod-uid", "3c1f")
+    assert (node.plugin_dir / "dra-3c1f.sock").is_socket()
+    assert (node.root / "registry" / f"{DRIVER}-3c1f-reg.sock").is_socket()
+    assert oct((node.plugin_dir / "dra-3c1f.sock").stat().st_mode & 0o777) == "0o600"
+    node.stop_plugin()
+    assert not (node.plugin_dir / "dra-3c1f.sock").exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "knob", "message"),
+    [
+        ("no TEE on the node", lambda k, bdf: k.set_tee(False, False), "no TEE enabled"),
+        ("GPU CC mode off", lambda k, bdf: k.set_cc_mode(bdf, "off"), "CC mode is not on/ppcie"),
+    ],
+)
+def test_confidential_handler_needs_tee_and_cc_mode(node: Node, name: str, knob, message: str) -> None:  # type: ignore[no-untyped-def]
+    node.start_plugin("--rescan-seconds", "0.2")
+    devs = node.devices()
+    knob(node.kernel, _bdf(devs[0]))
+    if "CC mode" in message:
+        node.wait_for(lambda: _slice_attr(node, devs[0], "ccMode") == "off")
+    claim = node.vm_pod_claim([devs[0]])
+    assert message in node.kubelet.prepare(DRIVER, [claim])[claim[2]].error, name
+    assert node.driver_of(_bdf(devs[0])) == "nvidia"
+
+
+def _slice_attr(node: Node, device: str, attr: str) -> object:
+    (s,) = node.api.list_resource_slices(DRIVER, NODE)
+    (d,) = [d for d in s["spec"]["devices"] if d["name"] == device]
+    return next(iter(d["attributes"][attr].values()))
+
+
+def test_slices_follow_hardware_and_stay_quiet(node: Node) -> None:
+    node.start_plugin("--rescan-seconds", "0.2")
+    devs = node.devices()
+    node.server.reset_audit()
+    time.sleep(1.0)
+    assert node.server.writes(resource="resourceslices") == 0, "no API write when nothing changed"
+    node.kernel.remove_device(_bdf(devs[7]))
+    node.wait_for(lambda: len(node.devices()) == 7)
+    (s,) = node.api.list_resource_slices(DRIVER, NODE)
+    assert s["spec"]["pool"]["generation"] == 2
+
+
+def test_health_stream(node: Node) -> None:
+    node.start_plugin()
+    with grpc.insecure_channel(f"unix://{node.plugin_dir / 'dra.sock'}") as channel:
+        stream = health_grpc.DRAResourceHealthStub(channel).NodeWatchResources(  # type: ignore[no-untyped-call]
+            health_pb.NodeWatchResourcesRequest(), timeout=5
+        )
+        first = next(stream)
+        assert len(first.devices) == 8
+        assert {d.health for d in first.devices} == {health_pb.HEALTHY}
+        assert {d.device.pool_name for d in first.devices} == {NODE}
+        stream.cancel()
