@@ -21,6 +21,7 @@ from cc_gpu.host.errors import (
     NoIommuError,
     RecordCorruptError,
     ResetUnsupportedError,
+    RestoreFailedError,
     SriovActiveError,
 )
 from cc_gpu.host.records import RecordStore
@@ -297,3 +298,45 @@ def test_bind_timeout_is_temporary_and_policy_rejects_bad_backend() -> None:
     assert issubclass(BindTimeoutError, TemporaryError)
     with pytest.raises(ValueError, match="backend"):
         BindPolicy(backend="vfio-magic")
+
+
+def test_failed_restore_keeps_the_record_and_can_be_retried(sim: SimFactory) -> None:
+    host, kernel = sim("h100-pcie-audio")
+    b = binder(host)
+    b.bind(30, "t")
+    kernel.set_bind_behaviour(GPU, "fail", errno.EIO, driver="nvidia")
+    with pytest.raises(RestoreFailedError, match=rf"{GPU} -> nvidia.*record is kept"):
+        b.restore(30, "t")
+    assert drivers(host, GPU, AUDIO) == [None, "snd_hda_intel"]
+    record = RecordStore(host.roots.state).read(30)
+    assert record is not None and record.phase == "restoring"
+    assert b.interrupted() == [30]
+    kernel.set_bind_behaviour(GPU, "ok")
+    b.restore(30, "t")
+    assert drivers(host, GPU, AUDIO) == ["nvidia", "snd_hda_intel"]
+    assert b.interrupted() == []
+
+
+def test_gpu_vanishing_during_a_bind_rolls_back_the_rest(sim: SimFactory) -> None:
+    host, kernel = sim("h100-pcie-audio")
+    kernel.set_bind_behaviour(AUDIO, "never")
+    timer = threading.Timer(0.1, kernel.remove_device, args=(AUDIO,))
+    timer.start()
+    try:
+        with pytest.raises((DeviceVanishedError, BindTimeoutError)):
+            binder(host, bind_timeout=2.0).bind(30, "t")
+    finally:
+        timer.join()
+    assert drivers(host, GPU) == ["nvidia"]
+    assert RecordStore(host.roots.state).read(30) is None
+
+
+def test_status_reports_members_owner_and_viability(sim: SimFactory) -> None:
+    host, _ = sim("two-gpus-one-group")
+    b = binder(host)
+    st = b.status(32)
+    assert (st.owner, st.phase, st.viable, st.vfio_node) == (None, None, False, False)
+    assert [m.is_bridge for m in st.members] == [True, False, False]
+    b.bind(32, "claim")
+    st = b.status(32)
+    assert (st.owner, st.phase, st.viable, st.vfio_node) == ("claim", "bound", True, True)
