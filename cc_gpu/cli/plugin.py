@@ -123,7 +123,12 @@ def run(args: argparse.Namespace) -> int:
 
         kube = KubernetesApi(settings.kubeconfig)
         host_port, wait_for_change = build_host(settings, kube)
-        plugin = Plugin(settings, host_port, kube, wait_for_change)
+        attestation = None
+        if settings.attestation.provider != "none":
+            from cc_gpu.dra.attestsetup import build_attestation  # noqa: PLC0415
+
+            attestation = build_attestation(settings, host_port.host, kube)
+        plugin = Plugin(settings, host_port, kube, wait_for_change, attestation)
         return plugin.run_until_signalled()
     except CcGpuError as e:
         print(f"cc-gpu plugin: {e}", file=sys.stderr)
