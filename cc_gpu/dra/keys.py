@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives.serialization import (
     load_pem_private_key,
 )
 
+from cc_gpu.attest.binding import NODE_ANNOTATION
 from cc_gpu.dra.checkpoint import write_atomic
 from cc_gpu.errors import CheckpointError
 from cc_gpu.kube.api import JsonObject, KubeApi
@@ -40,7 +41,6 @@ log = logging.getLogger("cc_gpu.dra.keys")
 INDEX = "keys.json"
 CONFIGMAP_PREFIX = "cc-gpu-token-keys-"
 KEYS_LABEL = "cc-gpu.io/token-keys"
-NODE_ANNOTATION = "cc-gpu.io/node"
 
 
 class KeyStoreError(CheckpointError):
@@ -49,12 +49,6 @@ class KeyStoreError(CheckpointError):
 
 def key_id(node: str, version: int) -> str:
     return f"{node}.k{version}"
-
-
-def node_of_key_id(kid: str) -> str | None:
-    """The node a key id names, or None when it is not of the form `<node>.k<version>`."""
-    node, sep, version = kid.rpartition(".k")
-    return node if sep and node and version.isdigit() else None
 
 
 @dataclass(frozen=True)
