@@ -26,6 +26,7 @@ import re
 import shutil
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -209,6 +210,13 @@ class AttestationEngine:
         self._discovery_verdicts: dict[str, Verdict] = {}
         self._lock = threading.Lock()
         self._published_kid: str | None = None
+        # Events are the audit trail, not part of the answer: they are sent off the prepare path, in order, as
+        # client-go's event recorder does (the audit log line is written synchronously).
+        self._events = ThreadPoolExecutor(max_workers=1, thread_name_prefix="attestation-events")
+
+    def close(self) -> None:
+        """Send the events still queued, then stop."""
+        self._events.shutdown(wait=True)
 
     # ---- keys ----------------------------------------------------------------------------------------------------
 
@@ -458,10 +466,14 @@ class AttestationEngine:
             "lastTimestamp": now,
             "count": 1,
         }
+        self._events.submit(self._send_event, namespace, body)
+
+    def _send_event(self, namespace: str, body: dict[str, Any]) -> None:
         try:
             self.kube.create_event(namespace, body)
         except ApiError as e:
-            log.warning("could not emit attestation event", extra={"claim_uid": meta.get("uid"), "error": str(e)})
+            uid = body["involvedObject"]["uid"]
+            log.warning("could not emit attestation event", extra={"claim_uid": uid, "error": str(e)})
 
     def _record_rejection(self, plan: ClaimPlan, outcome: ClaimAttestation) -> None:
         """`Attested=False` with the reasons on each attested device of the claim (no Ready: nothing was bound)."""

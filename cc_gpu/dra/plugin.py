@@ -132,6 +132,8 @@ class Plugin:
         if self._watcher:
             self._watcher.join(timeout=5)
         self.service.pool.shutdown(wait=True)
+        if self.attestation is not None:
+            self.attestation.close()
         log.info("plugin stopped; prepared devices left bound")
 
     def run_until_signalled(self) -> int:

@@ -67,6 +67,7 @@ def _assert_rejected(node: Node, claim: tuple[str, str, str], error: str, bdf: s
     assert (cond["status"], cond["reason"]) == ("False", "EvidenceRejected")
     assert entry["data"]["attestation"]["ok"] is False
     assert not [c for c in entry["conditions"] if c["type"] == "Ready"]
+    node.wait_for(lambda: events_for(node, claim))
     (event,) = events_for(node, claim)
     assert (event["type"], event["reason"]) == ("Warning", "GpuAttestationRejected")
 
@@ -95,6 +96,7 @@ def test_accepted_claim_carries_a_verifiable_token(dgx: Node) -> None:
     assert verdict["gpus"][0]["evidenceSource"] == "simulated"
     assert len(json.dumps(entry["data"])) < 10 * 1024
     assert "eyJ" not in json.dumps(entry), "the token itself is not published on the claim"
+    dgx.wait_for(lambda: events_for(dgx, claim))
     (event,) = events_for(dgx, claim)
     assert (event["type"], event["reason"]) == ("Normal", "GpuAttested")
     pod_uid = pod_uid_of(dgx, claim)
