@@ -35,7 +35,7 @@ SNP = "kata-qemu-nvidia-gpu-snp"
 
 
 def _seed(server: ApiServerDouble) -> dict[str, Any]:
-    server.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "cc-gpu-system"}})
+    server.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "cc-gpu-token-keys"}})
     server.create({"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE}})
     server.create({"apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass", "metadata": {"name": SNP}, "handler": SNP})
     return server.create({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "vm", "namespace": "default"},

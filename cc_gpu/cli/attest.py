@@ -56,7 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     check.add_argument("--token", type=Path, required=True, help="file holding the token ('-' for stdin)")
     check.add_argument("--public-key", action="append", default=[], metavar="KID=PEM", help="trusted key")
     check.add_argument("--keys-configmap", action="append", default=[], type=Path, metavar="FILE",
-                       help="a node's published token keys: the ConfigMap as JSON or YAML (kubectl get -o json)")
+                       help="a node's published token keys: the ConfigMap as JSON (kubectl get -o json)")
     check.add_argument("--claim-uid", help="require the token to be issued for this ResourceClaim UID")
     check.add_argument("--pod-uid", help="require the token to be issued for this pod UID")
     check.add_argument("--node", help="require the token to be issued on this node")
@@ -207,7 +207,6 @@ def _inspect(args: argparse.Namespace) -> int:
 
 def _check_token(args: argparse.Namespace) -> int:
     import jwt
-    import yaml
 
     from cc_gpu.attest.binding import check_binding, keys_from_configmap, merge_keys
     from cc_gpu.attest.errors import TokenError
@@ -224,9 +223,9 @@ def _check_token(args: argparse.Namespace) -> int:
     groups = [keys]
     for path in args.keys_configmap:
         try:
-            doc = yaml.safe_load(_read(path))
-        except yaml.YAMLError as e:
-            raise _Usage(f"{path} is neither JSON nor YAML: {e}") from e
+            doc = json.loads(_read(path))
+        except ValueError as e:
+            raise _Usage(f"{path} is not JSON (kubectl get configmap -o json): {e}") from e
         if not isinstance(doc, dict):
             raise _Usage(f"{path} does not hold a ConfigMap")
         groups.append(keys_from_configmap(doc))

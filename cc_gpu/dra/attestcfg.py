@@ -178,7 +178,7 @@ class AttestationSettings:
     token_mount: bool = True  # also mount the token file read-only (for runtimes that share host files)
     token_ttl_seconds: int = 3600
     key_max_age_days: int = 30
-    keys_namespace: str = "cc-gpu-system"
+    keys_namespace: str = "cc-gpu-token-keys"
     keys_published: int = 3
     policies: Mapping[str, Path] = field(default_factory=dict)
 

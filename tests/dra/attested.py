@@ -16,7 +16,7 @@ from cc_gpu.kube.apiserver import ApiServerDouble
 from cc_gpu.kube.client import KubernetesApi
 from tests.dra.harness import DRIVER, NODE, REPO, Node, opaque
 
-KEYS_NAMESPACE = "cc-gpu-system"
+KEYS_NAMESPACE = "cc-gpu-token-keys"
 FAULTS_FILE = "attestation-faults.json"
 
 

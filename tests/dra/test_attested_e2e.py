@@ -184,7 +184,7 @@ def test_discovery_publishes_attestation_attributes(dgx: Node) -> None:
 
 
 def test_keys_are_published_per_node(dgx: Node) -> None:
-    cm = dgx.api.get_config_map("cc-gpu-system", f"cc-gpu-token-keys-{NODE}")
+    cm = dgx.api.get_config_map("cc-gpu-token-keys", f"cc-gpu-token-keys-{NODE}")
     assert cm["metadata"]["annotations"]["cc-gpu.io/node"] == NODE
     assert list(cm["data"]) == [f"{NODE}.k1.pem"]
     key_file = dgx.plugin_dir / "token-keys" / "1.pem"

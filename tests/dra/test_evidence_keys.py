@@ -144,7 +144,7 @@ def test_key_store_creates_reuses_rotates_and_prunes(tmp_path: Path) -> None:
 @pytest.fixture()
 def kube(tmp_path: Path) -> Iterator[KubernetesApi]:
     with ApiServerDouble() as server:
-        server.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "cc-gpu-system"}})
+        server.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "cc-gpu-token-keys"}})
         api = KubernetesApi(server.write_kubeconfig(tmp_path / "kubeconfig"))
         try:
             yield api
@@ -155,11 +155,11 @@ def kube(tmp_path: Path) -> Iterator[KubernetesApi]:
 def test_keys_configmap_published_and_verified(tmp_path: Path, kube: KubernetesApi) -> None:
     store = NodeKeyStore(tmp_path / "keys", "node-a", timedelta(days=30))
     store.current()
-    assert publish(kube, store, "cc-gpu-system") is True
-    assert publish(kube, store, "cc-gpu-system") is False, "no write when nothing changed"
+    assert publish(kube, store, "cc-gpu-token-keys") is True
+    assert publish(kube, store, "cc-gpu-token-keys") is False, "no write when nothing changed"
     store.rotate()
-    assert publish(kube, store, "cc-gpu-system") is True
-    cm = kube.get_config_map("cc-gpu-system", "cc-gpu-token-keys-node-a")
+    assert publish(kube, store, "cc-gpu-token-keys") is True
+    cm = kube.get_config_map("cc-gpu-token-keys", "cc-gpu-token-keys-node-a")
     assert sorted(keys_from_configmap(cm)) == ["node-a.k1", "node-a.k2"]
 
 
