@@ -32,6 +32,7 @@ from cc_gpu.host.errors import (
     GroupNotFoundError,
     GroupNotViableError,
     GroupOwnedError,
+    NoIommuError,
     ResetUnsupportedError,
     RestoreFailedError,
     SriovActiveError,
@@ -86,8 +87,6 @@ class Binder:
             bdfs = pci.group_members(io, roots, group)
         except FileNotFoundError:
             if not pci.iommu_enabled(io, roots):
-                from cc_gpu.host.errors import NoIommuError  # noqa: PLC0415 - error path only
-
                 raise NoIommuError(f"no IOMMU groups under {roots.iommu_groups}: the IOMMU is off") from None
             raise GroupNotFoundError(f"IOMMU group {group} does not exist on this host") from None
         return [pci.read_function(io, roots, b) for b in bdfs]
@@ -272,13 +271,10 @@ class Binder:
             try:
                 self._wait(ready, sub, group, f"{node} to appear")
             except BindTimeoutError as e:
-                blockers = [f"{f.bdf} on {f.driver}" for f in self._members(group) if not _viable_driver(f.driver)]
-                if blockers:
-                    raise GroupNotViableError(
-                        f"IOMMU group {group} is not viable: {', '.join(blockers)}; every device of the group must be "
-                        "on vfio or no driver"
-                    ) from e
+                self._check_viable(group, e)
                 raise
+            # Linux creates the node with the first vfio device, viable or not: check the whole group too.
+            self._check_viable(group, None)
             return
         for move in moves:
             bdf = move.fn.bdf
@@ -288,6 +284,14 @@ class Binder:
                 return cdev is not None and io.exists(roots.dev / "vfio" / "devices" / cdev)
 
             self._wait(cdev_ready, sub, group, f"the iommufd cdev of {bdf}")
+
+    def _check_viable(self, group: int, cause: BaseException | None) -> None:
+        blockers = [f"{f.bdf} on {f.driver}" for f in self._members(group) if not _viable_driver(f.driver)]
+        if blockers:
+            raise GroupNotViableError(
+                f"IOMMU group {group} is not viable: {', '.join(blockers)}; every device of the group must be on "
+                "vfio, pcieport, pci-stub or no driver"
+            ) from cause
 
     def _wait(self, cond: Callable[[], bool], sub: UeventSubscription, group: int, what: str) -> None:
         """Until `cond()` holds: re-check on every uevent and at the polling interval; bounded by the bind timeout."""

@@ -9,6 +9,7 @@ import pytest
 
 from cc_gpu.errors import TemporaryError
 from cc_gpu.host.binder import BindPolicy
+from cc_gpu.host.discovery import DeviceFilter
 from cc_gpu.host.errors import (
     BindFailedError,
     BindTimeoutError,
@@ -340,3 +341,28 @@ def test_status_reports_members_owner_and_viability(sim: SimFactory) -> None:
     b.bind(32, "claim")
     st = b.status(32)
     assert (st.owner, st.phase, st.viable, st.vfio_node) == ("claim", "bound", True, True)
+
+
+def test_emulated_devices_bind_with_an_injected_policy(sim: SimFactory) -> None:
+    host, kernel = sim("emulated-edu")
+    with pytest.raises(ForeignDeviceError):
+        binder(host).bind(3, "t")
+    edu = DeviceFilter(frozenset({0x1234}), frozenset({0x00FF}))
+    b = binder(host, passthrough=edu)
+    bound = b.bind(3, "t")
+    assert [(d.original_driver, d.driver) for d in bound.devices] == [(None, "vfio-pci")]
+    assert (kernel.dev / "vfio" / "3").exists()
+    b.restore(3, "t")
+    assert drivers(host, "0000:00:03.0") == [None]
+    assert b.status(3).members[0].driver_override is None
+
+
+def test_viability_is_checked_from_sysfs_not_inferred_from_the_node(sim: SimFactory) -> None:
+    # Linux creates /dev/vfio/<group> with the group's first vfio device, viable or not; the binder checks members.
+    host, _ = sim("h100-pcie-audio")
+    b = binder(host)
+    with pytest.raises(GroupNotViableError, match=rf"IOMMU group 30 is not viable: {GPU} on nvidia, {AUDIO} on snd"):
+        b._check_viable(30, None)
+    host.io.write_text(host.roots.pci_drivers / "nvidia" / "unbind", GPU)
+    host.io.write_text(host.roots.pci_drivers / "snd_hda_intel" / "unbind", AUDIO)
+    b._check_viable(30, None)

@@ -10,6 +10,7 @@ import sys
 import textwrap
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ from cc_gpu.host.binder import Binder
 from cc_gpu.host.errors import GroupLockedError, GroupOwnedError
 from cc_gpu.host.records import RecordStore
 from cc_gpu.host.sim import SimKernel, create_sim_host
-from cc_gpu.host.uevents import NetlinkUevents
+from cc_gpu.host.uevents import NetlinkUevents, PollingOnly
 from tests.host.conftest import SimFactory, binder, drivers
 
 REPO = Path(__file__).resolve().parents[2]
@@ -215,3 +216,12 @@ def test_real_kernel_uevents_through_netlink() -> None:
                 assert event.action == "change" and event.subsystem == "mem"
                 return
     pytest.fail("no uevent for /dev/null within 5s")
+
+
+def test_binding_without_any_uevents_falls_back_to_polling(sim: SimFactory) -> None:
+    host, _ = sim("h100-pcie-audio")
+    silent = replace(host, uevents=PollingOnly())
+    b = binder(silent)
+    assert b.bind(30, "t").device_nodes == ("/dev/vfio/30",)
+    b.restore(30, "t")
+    assert drivers(host, "0000:41:00.0", "0000:41:00.1") == ["nvidia", "snd_hda_intel"]

@@ -30,7 +30,7 @@ from typing import Any
 
 from cc_gpu.host.fsio import RealHostIO
 from cc_gpu.host.nvml import NvmlDeviceInfo
-from cc_gpu.host.uevents import Uevent, UeventSubscription, _SubscriptionBase
+from cc_gpu.host.uevents import SubscriptionBase, Uevent, UeventSubscription
 
 VFIO_SAFE_DRIVERS = ("pci-stub", "pcieport")
 CC_REGISTER_VALUES = {"off": 0x0, "on": 0x1, "devtools": 0x3, "ppcie": 0x21, "all-ones": 0xFFFFFFFF}
@@ -412,7 +412,7 @@ class SimNvml:
         return self.kernel.nvml_info(bdf)
 
 
-class _LogSubscription(_SubscriptionBase):
+class _LogSubscription(SubscriptionBase):
     POLL = 0.005
 
     def __init__(self, path: Path) -> None:
