@@ -13,6 +13,7 @@ import logging
 import threading
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from cc_gpu.dra.ports import BoundNodes, GpuView
@@ -94,6 +95,7 @@ class HostAdapter:
         self.label_value = label_value or (lambda: None)
         self._binders: dict[str, Binder] = {}
         self._lock = threading.Lock()
+        self._last_cc: dict[str, str] = {}  # bdf -> CC mode last read while the host driver held the GPU
 
     def _binder(self, backend: str) -> Binder:
         with self._lock:
@@ -102,7 +104,24 @@ class HostAdapter:
             return self._binders[backend]
 
     def devices(self) -> list[GpuView]:
-        return views_from(discover(self.host), self.selection, self.label_value())
+        views = views_from(discover(self.host), self.selection, self.label_value())
+        return [self._with_remembered_cc(v) for v in views]
+
+    def _with_remembered_cc(self, view: GpuView) -> GpuView:
+        """A GPU on vfio is never read (it may belong to a VM): while *we* hold its group, report the mode it had
+        when we took it, so preparing a claim does not flip the published mode to `unknown`. A group on vfio that
+        we do not hold stays `unknown`, and the gate refuses it."""
+        with self._lock:
+            if view.cc_mode not in ("unknown", "mixed"):
+                for bdf in view.gpus:
+                    self._last_cc[bdf] = view.cc_mode
+                return view
+            remembered = {self._last_cc.get(b) for b in view.gpus}
+        if len(remembered) != 1 or None in remembered or not (view.driver or "").startswith("vfio"):
+            return view
+        if self._binder("legacy").status(view.iommu_group).owner is None:
+            return view
+        return replace(view, cc_mode=remembered.pop() or view.cc_mode)
 
     def tee_enabled(self) -> bool:
         return read_host_tee(self.host.io, self.host.roots).any
@@ -128,16 +147,22 @@ class HostAdapter:
 
     def restore(self, group: int, owner: str, reset: bool) -> None:
         binder = self._binder("legacy")
+        status = binder.status(group)
+        if status.owner is None:
+            return  # nothing recorded: the bind never started, or the group is already back
+        if status.owner != owner:
+            # Another claim holds this group (a bind of ours was refused because of it): not ours to touch.
+            log.warning("group held by another claim; left alone", extra={"group": group, "holder": status.owner,
+                                                                          "claim_uid": owner})
+            return
         if reset:
-            status = binder.status(group)
-            if status.owner == owner:
-                for member in status.members:
-                    if member.is_bridge or not (member.driver or "").startswith("vfio"):
-                        continue
-                    try:
-                        binder.reset_function(member.bdf)
-                    except ResetUnsupportedError as e:
-                        log.warning("function not reset", extra={"bdf": member.bdf, "error": str(e)})
+            for member in status.members:
+                if member.is_bridge or not (member.driver or "").startswith("vfio"):
+                    continue
+                try:
+                    binder.reset_function(member.bdf)
+                except ResetUnsupportedError as e:
+                    log.warning("function not reset", extra={"bdf": member.bdf, "error": str(e)})
         binder.restore(group, owner)
 
 

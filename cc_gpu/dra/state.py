@@ -119,9 +119,20 @@ class DeviceState:
         except NotFoundError as e:
             raise ClaimError(f"claim {ref.namespace}/{ref.name} not found") from e
 
+    def _fresh_cc_modes(self, plan: ClaimPlan) -> dict[str, str]:
+        """The CC mode of each planned device as the host reports it now, not as last published."""
+        fresh = {d.name: d for d in self.host.devices()}
+        self.set_inventory(list(fresh.values()))
+        modes = {}
+        for d in plan.devices:
+            if d.device.name not in fresh:
+                raise ClaimError(f"device {d.device.name} is no longer present on this node")
+            modes[d.device.name] = fresh[d.device.name].cc_mode
+        return modes
+
     def _gate(self, claim: Mapping[str, Any], plan: ClaimPlan) -> PodView:
         pod = self._pod_view(plan.namespace, plan.pod)
-        cc_modes = {d.device.name: d.device.cc_mode for d in plan.devices}
+        cc_modes = self._fresh_cc_modes(plan)
         try:
             decide(pod, self.policy, self.host.tee_enabled(), cc_modes)
         except GateRefusedError as e:
@@ -283,11 +294,16 @@ class DeviceState:
                     self._refresh_pod_spec(entry.pod_uid, entry.pod_cdi_device)
                 counts["dropped_other_boot"] += 1
             elif entry.state != PREPARE_COMPLETED:
-                with self.locks.hold(d.iommu_group for d in entry.devices):
-                    current = self.checkpoint.get(entry.uid)
-                    if current is not None and current.state != PREPARE_COMPLETED:
-                        self._rollback(current)
-                        counts["rolled_back"] += 1
+                try:
+                    with self.locks.hold(d.iommu_group for d in entry.devices):
+                        current = self.checkpoint.get(entry.uid)
+                        if current is not None and current.state != PREPARE_COMPLETED:
+                            self._rollback(current)
+                            counts["rolled_back"] += 1
+                except CcGpuError as e:
+                    # Keep serving: the entry stays, the kubelet's next unprepare (or prepare) retries the rollback.
+                    log.error("rollback at startup failed", extra={"claim_uid": entry.uid, "error": str(e)})
+                    counts["rollback_failed"] = counts.get("rollback_failed", 0) + 1
                 crashpoint("reconcile-after-rollback")
             else:
                 counts["kept"] += 1

@@ -64,17 +64,21 @@ class Node:
     def log_path(self) -> Path:
         return self.root / "plugin.log"
 
-    def start_plugin(self, *extra: str, env: dict[str, str] | None = None, wait: bool = True) -> None:
+    def spawn_plugin(self, *extra: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        """Start one plugin process on this node (the same host, API server and directories)."""
         args = [
             sys.executable, "-m", "cc_gpu", "plugin", "--node-name", NODE, "--sim", self.topology,
             "--sim-root", str(self.sim_root), "--kubeconfig", str(self.root / "kubeconfig"),
             "--plugin-dir", str(self.plugin_dir), "--registry-dir", str(self.root / "registry"),
             "--cdi-root", str(self.cdi_root), *self.extra_args, *extra,
         ]
-        seen = self.kubelet.registrations
         full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
         with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(args, env=full_env, stdout=subprocess.DEVNULL, stderr=log)
+            return subprocess.Popen(args, env=full_env, stdout=subprocess.DEVNULL, stderr=log)
+
+    def start_plugin(self, *extra: str, env: dict[str, str] | None = None, wait: bool = True) -> None:
+        seen = self.kubelet.registrations
+        self.proc = self.spawn_plugin(*extra, env=env)
         if wait:
             try:
                 self.kubelet.wait_registered(DRIVER, timeout=30, after=seen)

@@ -13,6 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from cc_gpu.dra.errors import ClaimBusyError
+from cc_gpu.dra.locks import GroupLocks
+
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = """
 import sys
@@ -65,3 +68,13 @@ def test_group_locks_across_processes(tmp_path: Path, name: str, a: str, b: str,
         assert _said_held(second, 10), f"{name}: B waited for A although their groups differ"
         _release(second)
         _release(first)
+
+
+def test_waiting_is_bounded(tmp_path: Path) -> None:
+    holder = _start(tmp_path, "5")
+    assert _said_held(holder, 10)
+    with pytest.raises(ClaimBusyError, match="IOMMU group 5 is busy"), GroupLocks(tmp_path, timeout=0.2).hold([5]):
+        pass
+    _release(holder)
+    with GroupLocks(tmp_path, timeout=0.2).hold([5]):
+        pass

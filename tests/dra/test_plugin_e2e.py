@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 from tests.dra.cdischema import validate_cdi
 from tests.dra.harness import DRIVER, NODE, Node, opaque
@@ -31,8 +32,10 @@ def test_register_publish_prepare_unprepare(node: Node) -> None:
     (dev_status,) = status["devices"]
     assert (dev_status["driver"], dev_status["device"]) == (DRIVER, devices[0])
     assert dev_status["conditions"][0]["type"] == "Ready"
+    resets = node.kernel.reset_count(bdf)
     assert node.kubelet.unprepare(DRIVER, [claim]) == {claim[2]: ""}
     assert node.driver_of(bdf) == "nvidia"
+    assert node.kernel.reset_count(bdf) == resets + 1, "the function is reset before it goes back to the host"
     assert not spec_path.exists()
     assert node.stop_plugin() == 0
     assert not (node.plugin_dir / "dra.sock").exists()
@@ -149,3 +152,23 @@ def test_pod_annotation_spec_for_released_kata(node: Node) -> None:
     assert len(json.loads(pod_spec.read_text())["devices"][0]["containerEdits"]["deviceNodes"]) == 1
     node.kubelet.unprepare(DRIVER, [b])
     assert not pod_spec.exists()
+
+
+def test_two_claims_on_one_group_serialise(node: Node) -> None:
+    """Two claims allocated the same GPU (a scheduler bug) arrive at once: one wins, the other fails cleanly."""
+    node.start_plugin()
+    devs = node.devices()
+    node.kernel.set_default_bind_delay(0.3)
+    a = node.vm_pod_claim([devs[0]])
+    b = node.vm_pod_claim([devs[0]])
+    with ThreadPoolExecutor(2) as pool:
+        ra, rb = pool.map(lambda c: node.kubelet.prepare(DRIVER, [c])[c[2]], [a, b])
+    outcomes = sorted([bool(ra.error), bool(rb.error)])
+    assert outcomes == [False, True], (ra, rb)
+    loser, winner = (a, b) if ra.error else (b, a)
+    assert "held by" in (ra.error or rb.error)
+    assert node.driver_of(_bdf(devs[0])) == "vfio-pci"
+    assert node.kubelet.unprepare(DRIVER, [loser]) == {loser[2]: ""}
+    assert node.driver_of(_bdf(devs[0])) == "vfio-pci", "the loser's cleanup never touches the winner's group"
+    assert node.kubelet.unprepare(DRIVER, [winner]) == {winner[2]: ""}
+    assert node.driver_of(_bdf(devs[0])) == "nvidia"

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import socket
 import time
+import urllib.request
 
 import grpc
 import pytest
@@ -11,6 +13,8 @@ import pytest
 from cc_gpu.dra.kubelet import KubeletDouble
 from cc_gpu.dra.proto import dra_health_v1alpha1_pb2 as health_pb
 from cc_gpu.dra.proto import dra_health_v1alpha1_pb2_grpc as health_grpc
+from cc_gpu.dra.proto import grpc_health_v1_pb2 as probe_pb
+from cc_gpu.dra.proto import grpc_health_v1_pb2_grpc as probe_grpc
 from tests.dra.harness import DRIVER, NODE, Node
 
 
@@ -148,3 +152,74 @@ def test_health_stream(node: Node) -> None:
         assert {d.health for d in first.devices} == {health_pb.HEALTHY}
         assert {d.device.pool_name for d in first.devices} == {NODE}
         stream.cancel()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_metrics_logs_and_liveness(node: Node) -> None:
+    metrics_port, probe_port = _free_port(), _free_port()
+    node.start_plugin("--metrics-port", str(metrics_port), "--probe-port", str(probe_port))
+    devs = node.devices()
+    good = node.vm_pod_claim([devs[0]])
+    bad = node.vm_pod_claim([devs[1]], runtime_class="runc")
+    node.kubelet.prepare(DRIVER, [good, bad])
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics") as resp:
+        text = resp.read().decode()
+    assert 'cc_gpu_dra_operations_total{op="prepare",result="ok"} 1.0' in text
+    assert 'cc_gpu_dra_errors_total{op="prepare",reason="runtime-class"} 1.0' in text
+    assert "cc_gpu_dra_prepared_devices 1.0" in text
+    assert 'cc_gpu_dra_operation_seconds_count{op="prepare"} 2.0' in text
+    with grpc.insecure_channel(f"127.0.0.1:{probe_port}") as channel:
+        stub = probe_grpc.HealthStub(channel)  # type: ignore[no-untyped-call]
+        assert stub.Check(probe_pb.HealthCheckRequest(), timeout=5).status == probe_pb.HealthCheckResponse.SERVING
+    lines = [json.loads(line) for line in node.log_path.read_text().splitlines()]
+    assert any(rec.get("claim_uid") == good[2] and rec["msg"] == "prepared" for rec in lines)
+    assert any(rec.get("claim_uid") == bad[2] and rec["msg"] == "prepare failed" for rec in lines)
+
+
+@pytest.mark.parametrize(
+    ("name", "flags", "label", "count"),
+    [
+        ("by PCI address", ["--select-pci", "0000:18:00.0,0000:2a:00.0"], None, 2),
+        ("by node label", ["--select-label", "cc-gpu.io/passthrough"], "18-00-0_0000-2a-00-0_3a-00-0", 3),
+        ("label missing: nothing", ["--select-label", "cc-gpu.io/other"], "18-00-0", 0),
+    ],
+)
+def test_device_selection(node: Node, name: str, flags: list[str], label: str | None, count: int) -> None:
+    if label is not None:
+        body = json.dumps({"metadata": {"labels": {"cc-gpu.io/passthrough": label}}}).encode()
+        req = urllib.request.Request(f"{node.server.url}/api/v1/nodes/{NODE}", data=body, method="PATCH",
+                                     headers={"Content-Type": "application/merge-patch+json"})
+        urllib.request.urlopen(req).close()
+    node.start_plugin(*flags)
+    (s,) = node.api.list_resource_slices(DRIVER, NODE)
+    assert len(s["spec"]["devices"]) == count, name
+
+
+def test_rolling_update_two_instances_share_state(node: Node) -> None:
+    """The old and the new plugin pod serve at once; the new one unprepares what the old one prepared."""
+    node.start_plugin("--pod-uid", "old")
+    devs = node.devices()
+    claim = node.vm_pod_claim([devs[0]])
+    assert node.kubelet.prepare(DRIVER, [claim])[claim[2]].error == ""
+    seen = node.kubelet.registrations
+    new = node.spawn_plugin("--pod-uid", "new")
+    try:
+        plugin = node.kubelet.wait_registered(DRIVER, timeout=30, after=seen)
+        assert plugin.endpoint.endswith("dra-new.sock"), "the kubelet talks to the newest registration"
+        assert node.kubelet.prepare(DRIVER, [claim])[claim[2]].error == "", "the new instance sees the checkpoint"
+        assert node.proc is not None
+        node.proc.terminate()  # the old pod goes away: no device is unbound
+        assert node.proc.wait(timeout=20) == 0
+        node.proc = None
+        assert node.driver_of(_bdf(devs[0])) == "vfio-pci"
+        assert node.kubelet.plugins[DRIVER].endpoint.endswith("dra-new.sock")
+        assert node.kubelet.unprepare(DRIVER, [claim]) == {claim[2]: ""}
+        assert node.driver_of(_bdf(devs[0])) == "nvidia"
+    finally:
+        new.terminate()
+        new.wait(timeout=20)

@@ -98,6 +98,7 @@ class Handler(BaseHTTPRequestHandler):
     """One HTTP/1.1 connection to the double (keep-alive, so the client's connection pool is reused)."""
 
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out as two writes: without this each reply waits ~40 ms
     double: ApiServerDouble  # set on the subclass the server creates
 
     def log_message(self, format: str, *args: Any) -> None:  # the audit log replaces access logs
