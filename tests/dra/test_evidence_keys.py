@@ -252,3 +252,17 @@ def test_engine_policy_resolution(sim: SimulatedProvider, tmp_path: Path, kube: 
     assert engine.policy_for(AttestationRequest(max_evidence_age_s=9)).max_evidence_age_s == 9
     with pytest.raises(ClaimError, match="'nope' is not configured"):
         engine.policy_for(AttestationRequest(policy="nope"))
+
+
+def test_tokens_of_claims_no_longer_prepared_are_removed(
+    sim: SimulatedProvider, tmp_path: Path, kube: KubernetesApi
+) -> None:
+    engine = AttestationEngine(AttestationSettings(), sim, _verifier(sim),
+                               NodeKeyStore(tmp_path / "k", "node-a", timedelta(days=1)), OnVfio(), kube,
+                               "gpu.cc-gpu.io", "node-a", tmp_path / "tokens")
+    for uid in ("live", "gone"):
+        (tmp_path / "tokens" / uid).mkdir(parents=True)
+        (tmp_path / "tokens" / uid / "gpu.jwt").write_text("x")
+    assert engine.remove_orphan_tokens({"live"}) == 1
+    assert sorted(p.name for p in (tmp_path / "tokens").iterdir()) == ["live"]
+    engine.close()
