@@ -232,3 +232,14 @@ def test_temporary_rebind_without_nvswitch(tmp_path: Path) -> None:
         assert node.driver_of(gpu) == "vfio-pci"
         _release(node, claim)
         assert node.driver_of(gpu) == "vfio-pci"
+
+
+def test_advisory_attestation_records_but_never_blocks(dgx: Node) -> None:
+    claim, error = _prepare(dgx, TAMPERED, required=False)
+    assert error == ""
+    assert dgx.driver_of(TAMPERED) == "vfio-pci"
+    entry = device_status(dgx, claim, device_of(TAMPERED))
+    assert condition(entry)["status"] == "False" and condition(entry, "Ready")["status"] == "True"
+    spec = cdi_spec(dgx, claim[2])
+    assert spec is not None and "env" not in spec["devices"][0]["containerEdits"], "no token for a failed verdict"
+    _release(dgx, claim)

@@ -266,3 +266,24 @@ def test_tokens_of_claims_no_longer_prepared_are_removed(
     assert engine.remove_orphan_tokens({"live"}) == 1
     assert sorted(p.name for p in (tmp_path / "tokens").iterdir()) == ["live"]
     engine.close()
+
+
+def test_keys_command_rotates_and_lists(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+
+    def keys(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "cc_gpu", "keys", *args, "--node-name", "node-a",
+                               "--plugin-dir", str(tmp_path)], capture_output=True, text=True, check=False,
+                              env={**os.environ, "PYTHONPATH": str(repo)}, timeout=60)
+
+    assert keys("list").stdout == ""
+    first = keys("rotate")
+    assert first.returncode == 0 and "rotated: new signing key node-a.k1" in first.stdout
+    second = keys("rotate")
+    assert "node-a.k2" in second.stdout
+    listed = keys("list").stdout.splitlines()
+    assert [line.split()[0] for line in listed] == ["node-a.k1", "node-a.k2"]
+    assert "PRIVATE" not in first.stdout + second.stdout
