@@ -5,7 +5,8 @@ kubelet double; then it shows the published ResourceSlice, prepares a claim for 
 (printing the CDI spec and the bound devices), refuses a claim for a plain `runc` pod with the reason the plugin gives,
 prepares two claims in parallel (each bind takes 0.5 s on the simulated kernel), then one attested claim accepted
 (its verdict token verified against the node's published key) and one rejected for tampered simulated evidence,
-unprepares everything and shows each device back on its original driver. Everything happens under a temporary directory unless `--workdir` keeps it.
+unprepares everything and shows each device back on its original driver. Everything happens under a temporary
+directory unless `--workdir` keeps it.
 """
 
 from __future__ import annotations

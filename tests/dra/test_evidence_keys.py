@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import ctypes
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -269,9 +271,6 @@ def test_tokens_of_claims_no_longer_prepared_are_removed(
 
 
 def test_keys_command_rotates_and_lists(tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
     repo = Path(__file__).resolve().parents[2]
 
     def keys(*args: str) -> subprocess.CompletedProcess[str]:
