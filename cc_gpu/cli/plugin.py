@@ -1,9 +1,10 @@
 """`cc-gpu plugin`: the DRA kubelet plugin, the node daemon.
 
 Flags follow the command-line contract; every flag has an environment mirror (`CC_GPU_<FLAG>`, and `NODE_NAME` for
-`--node-name`), and `--config FILE` reads a TOML file with the same keys (underscores) plus `[selection]` and
-`[policy]` tables. Precedence: defaults < file < environment < flags. This module is the only place that builds the
-real adapters: the host under the given roots (or a simulated one with `--sim`) and the Kubernetes client.
+`--node-name`), and `--config FILE` reads a TOML file with the same keys (underscores) plus `[selection]`,
+`[policy]` and `[attestation]` tables (attested claims: `cc_gpu.dra.attestcfg`). Precedence: defaults < file <
+environment < flags. This module is the only place that builds the real adapters: the host under the given roots
+(or a simulated one with `--sim`) and the Kubernetes client.
 """
 
 from __future__ import annotations

@@ -19,15 +19,13 @@ records why. The host is not trusted by the guest, so it never replaces attestat
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
-import re
 import shutil
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
@@ -41,6 +39,17 @@ from cc_gpu.attest.verdict import Verdict
 from cc_gpu.attest.verifier import Verifier
 from cc_gpu.dra import attestcfg
 from cc_gpu.dra.attestcfg import AttestationRequest, AttestationSettings
+from cc_gpu.dra.attestresult import (
+    TOKEN_MOUNT_DIR,
+    ClaimAttestation,
+    DeviceResult,
+    GpuResult,
+    gpu_token_name,
+    now_rfc3339,
+    semver_of_driver,
+    token_env_name,
+    update_device_status,
+)
 from cc_gpu.dra.cdi import CdiMount
 from cc_gpu.dra.claims import ClaimPlan
 from cc_gpu.dra.errors import ClaimError
@@ -50,17 +59,10 @@ from cc_gpu.dra.keys import publish as publish_keys
 from cc_gpu.dra.ports import GpuView
 from cc_gpu.errors import CcGpuError, PermanentError
 from cc_gpu.kube.api import KubeApi
-from cc_gpu.kube.errors import ApiError, ConflictError
+from cc_gpu.kube.errors import ApiError
 
 log = logging.getLogger("cc_gpu.dra.attestation")
 audit = logging.getLogger("cc_gpu.audit")
-
-CONDITION = "Attested"
-TOKEN_ENV_PREFIX = "CC_GPU_ATTESTATION_TOKEN_"  # noqa: S105 - a variable name, not a secret
-TOKEN_MOUNT_DIR = "/run/cc-gpu/attestation"  # noqa: S105 - a path, not a secret
-MAX_DATA_BYTES = 10 * 1024
-MAX_CHECK_DETAIL = 160
-
 
 class AttestationRejectedError(PermanentError):
     """Evidence failed policy (or could not be had in a way the policy accepts); the message names the checks."""
@@ -74,106 +76,6 @@ class HostOps(Protocol):
     def driver_of(self, bdf: str) -> str | None: ...
 
     def on_host_driver(self, bdf: str) -> contextlib.AbstractContextManager[None]: ...
-
-
-def semver_of_driver(version: str | None) -> str | None:
-    """NVIDIA driver versions as semver: `550.90.07` -> `550.90.7` (leading zeros dropped); None if not numeric."""
-    if not version:
-        return None
-    parts = version.strip().split(".")
-    if not 1 <= len(parts) <= 3 or not all(p.isdigit() for p in parts):
-        return None
-    parts += ["0"] * (3 - len(parts))
-    return ".".join(str(int(p)) for p in parts)
-
-
-def _gpu_token_name(bdf: str) -> str:
-    return "gpu-" + re.sub(r"[^0-9a-z]", "-", bdf.lower())
-
-
-def token_env_name(bdf: str) -> str:
-    """`0000:18:00.0` -> `CC_GPU_ATTESTATION_TOKEN_0000_18_00_0`."""
-    return TOKEN_ENV_PREFIX + re.sub(r"[^0-9A-Z]", "_", bdf.upper())
-
-
-@dataclass(frozen=True)
-class GpuResult:
-    """One GPU's outcome: its verdict (None when evidence could not be had acceptably) and the token when accepted."""
-
-    bdf: str
-    ok: bool
-    reasons: tuple[str, ...]  # failing checks ("name: detail") or the refusal
-    source: str  # nvml | simulated | directory | discovery | <provider>+rebind | none
-    verdict: Verdict | None = None
-    collected_at: datetime | None = None
-    token: str | None = None
-    kid: str | None = None
-    jti: str | None = None
-
-    def compact(self) -> dict[str, Any]:
-        v = self.verdict
-        out: dict[str, Any] = {"bdf": self.bdf, "ok": self.ok, "evidenceSource": self.source}
-        if v is not None:
-            out.update({"ueid": v.identity.ueid, "hwmodel": v.identity.hwmodel, "driverVersion": v.driver_version,
-                        "vbiosVersion": v.vbios_version, "nonce": v.nonce, "verifiedAt": v.verified_at.isoformat(),
-                        "revocation": v.revocation_mode})
-        if self.collected_at is not None:
-            out["collectedAt"] = self.collected_at.isoformat()
-        if self.kid:
-            out.update({"kid": self.kid, "jti": self.jti})
-        if self.reasons:
-            out["failed"] = [r[:MAX_CHECK_DETAIL] for r in self.reasons]
-        return out
-
-
-@dataclass(frozen=True)
-class DeviceResult:
-    pool: str
-    device: str
-    request: str
-    required: bool
-    policy: str
-    gpus: tuple[GpuResult, ...]
-
-    @property
-    def ok(self) -> bool:
-        return all(g.ok for g in self.gpus)
-
-    def condition(self, now: str) -> dict[str, Any]:
-        if self.ok:
-            message = f"GPU evidence satisfies policy {self.policy!r}; verdict token issued to the pod"
-        else:
-            reasons = "; ".join(f"{g.bdf}: {', '.join(g.reasons)}" for g in self.gpus if not g.ok)
-            message = f"GPU evidence fails policy {self.policy!r}: {reasons}"
-        return {
-            "type": CONDITION,
-            "status": "True" if self.ok else "False",
-            "reason": "EvidenceVerified" if self.ok else "EvidenceRejected",
-            "message": message[:1024],
-            "lastTransitionTime": now,
-        }
-
-    def data(self) -> dict[str, Any]:
-        """The compact verdict for `status.devices[].data`, trimmed to stay under the 10 KiB limit."""
-        out: dict[str, Any] = {"attestation": {"ok": self.ok, "required": self.required, "policy": self.policy,
-                                               "gpus": [g.compact() for g in self.gpus]}}
-        while len(json.dumps(out)) > MAX_DATA_BYTES and any(g.get("failed") for g in out["attestation"]["gpus"]):
-            for g in out["attestation"]["gpus"]:
-                if g.get("failed"):
-                    g["failed"] = g["failed"][: max(1, len(g["failed"]) // 2)]
-        return out
-
-
-@dataclass(frozen=True)
-class ClaimAttestation:
-    devices: tuple[DeviceResult, ...]
-
-    def for_device(self, pool: str, device: str) -> DeviceResult | None:
-        return next((d for d in self.devices if (d.pool, d.device) == (pool, device)), None)
-
-    @property
-    def blocking(self) -> tuple[DeviceResult, ...]:
-        return tuple(d for d in self.devices if d.required and not d.ok)
 
 
 def builtin_policies() -> dict[str, Policy]:
@@ -403,12 +305,12 @@ class AttestationEngine:
             env.append(f"{token_env_name(gpu.bdf)}={gpu.token}")
             if self.settings.token_mount:
                 directory.mkdir(parents=True, exist_ok=True, mode=0o755)
-                path = directory / f"{_gpu_token_name(gpu.bdf)}.jwt"
+                path = directory / f"{gpu_token_name(gpu.bdf)}.jwt"
                 tmp = path.with_name(f".{path.name}.tmp")
                 tmp.write_text(gpu.token + "\n", encoding="ascii")
                 tmp.chmod(0o644)
                 tmp.replace(path)
-                mounts.append(CdiMount(str(path), f"{TOKEN_MOUNT_DIR}/{_gpu_token_name(gpu.bdf)}.jwt"))
+                mounts.append(CdiMount(str(path), f"{TOKEN_MOUNT_DIR}/{gpu_token_name(gpu.bdf)}.jwt"))
         return tuple(env), tuple(mounts)
 
     def remove_tokens(self, claim_uid: str) -> None:
@@ -444,7 +346,7 @@ class AttestationEngine:
         meta = claim.get("metadata") or {}
         namespace = str(meta.get("namespace", "default"))
         ok = all(d.ok for d in outcome.devices)
-        now = _now()
+        now = now_rfc3339()
         parts = []
         for d in outcome.devices:
             if d.ok:
@@ -477,35 +379,8 @@ class AttestationEngine:
 
     def _record_rejection(self, plan: ClaimPlan, outcome: ClaimAttestation) -> None:
         """`Attested=False` with the reasons on each attested device of the claim (no Ready: nothing was bound)."""
-        now = _now()
+        now = now_rfc3339()
         entries = {(d.pool, d.device): {"driver": self.driver, "pool": d.pool, "device": d.device,
                                         "conditions": [d.condition(now)], "data": d.data()}
                    for d in outcome.devices}
         update_device_status(self.kube, plan.namespace, plan.name, self.driver, entries)
-
-
-def update_device_status(
-    kube: KubeApi, namespace: str, name: str, driver: str, entries: Mapping[tuple[str, str], dict[str, Any]]
-) -> None:
-    """Replace this driver's `status.devices[]` entries for the given (pool, device) keys; conflicts are retried."""
-    for _ in range(3):
-        try:
-            claim = kube.get_resource_claim(namespace, name)
-            status = dict(claim.get("status") or {})
-            kept = [d for d in status.get("devices") or []
-                    if not (d.get("driver") == driver and (d.get("pool"), d.get("device")) in entries)]
-            status["devices"] = kept + list(entries.values())
-            body = {"apiVersion": claim.get("apiVersion", "resource.k8s.io/v1"), "kind": "ResourceClaim",
-                    "metadata": claim["metadata"], "spec": claim.get("spec", {}), "status": status}
-            kube.update_resource_claim_status(namespace, name, body)
-            return
-        except ConflictError:
-            continue
-        except ApiError as e:
-            log.warning("could not record attestation status", extra={"claim": f"{namespace}/{name}",
-                                                                     "error": str(e)})
-            return
-
-
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -31,7 +31,8 @@ from cc_gpu.kube.api import KubeApi
 from cc_gpu.kube.errors import ApiError, ConflictError, NotFoundError
 
 if TYPE_CHECKING:
-    from cc_gpu.dra.attestation import AttestationEngine, ClaimAttestation
+    from cc_gpu.dra.attestation import AttestationEngine
+    from cc_gpu.dra.attestresult import ClaimAttestation
 
 log = logging.getLogger("cc_gpu.dra.state")
 

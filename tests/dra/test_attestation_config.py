@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from cc_gpu.dra import attestcfg, opaque
-from cc_gpu.dra.attestation import semver_of_driver, token_env_name
 from cc_gpu.dra.attestcfg import AttestationRequest, AttestationSettings, InlinePolicy, decode_settings
+from cc_gpu.dra.attestresult import semver_of_driver, token_env_name
 from cc_gpu.dra.errors import OpaqueConfigError
 from cc_gpu.dra.settings import PluginSettings, apply_mapping
 from cc_gpu.errors import ConfigError
