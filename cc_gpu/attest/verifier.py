@@ -71,7 +71,13 @@ class _Run:
     def set(self, name: str, status: str, detail: str = "") -> None:
         self.results[name] = (status, detail)
 
-    def verdict(self, nonce: bytes, **kwargs: object) -> Verdict:
+    def verdict(
+        self,
+        nonce: bytes,
+        report: AttestationReport | None = None,
+        chain: ValidatedChain | None = None,
+        driver: VerifiedRim | None = None,
+    ) -> Verdict:
         required = self.policy.required_checks - self.optional
         checks = tuple(
             Check(name, *self.results.get(name, (SKIPPED, "not reached")), required=name in required)
@@ -83,7 +89,14 @@ class _Run:
             verified_at=self.at,
             revocation_mode=self.policy.revocation.value,
             revocation=dict(self.ocsp),
-            **kwargs,  # type: ignore[arg-type]
+            identity=GpuIdentity(
+                ueid=None if chain is None else str(chain.path[0].serial_number),
+                hwmodel=None if chain is None or len(chain.path) < 2 else common_name(chain.path[1]),
+                oemid=None if driver is None else driver.manufacturer_id,
+            ),
+            driver_version=None if report is None else report.opaque.driver_version,
+            vbios_version=None if report is None else report.opaque.vbios_version,
+            mismatched_indexes=self.mismatches,
         )
 
 
@@ -142,18 +155,7 @@ class Verifier:
         self._check_versions(run, parsed)
         driver, vbios = self._check_rims(run, parsed, rims)
         self._check_measurements(run, parsed, driver, vbios)
-        identity = GpuIdentity(
-            ueid=None if chain is None else str(chain.path[0].serial_number),
-            hwmodel=None if chain is None or len(chain.path) < 2 else common_name(chain.path[1]),
-            oemid=None if driver is None else driver.manufacturer_id,
-        )
-        return run.verdict(
-            nonce,
-            identity=identity,
-            driver_version=parsed.opaque.driver_version,
-            vbios_version=parsed.opaque.vbios_version,
-            mismatched_indexes=run.mismatches,
-        )
+        return run.verdict(nonce, parsed, chain, driver)
 
     # -- the checks ----------------------------------------------------------------------------------------------
 

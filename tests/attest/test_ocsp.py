@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509 import ocsp
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from cc_gpu.attest import policy as P
 from cc_gpu.attest.errors import OcspError
@@ -185,3 +187,51 @@ def test_store_keys_and_memory_store(ca: SimulatedCa) -> None:
     store.put(key, b"x")
     assert store.get(key) == b"x"
     assert key.endswith(f"-{ca.identity.cert.serial_number:x}")
+
+
+def _delegate(ca: SimulatedCa, *, ocsp_eku: bool) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    key = ec.generate_private_key(ec.SECP384R1())
+    naive = SIM_NOW.replace(tzinfo=None)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "OCSP responder")]))
+        .issuer_name(ca.device_root.cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(naive - timedelta(days=1))
+        .not_valid_after(naive + timedelta(days=30))
+    )
+    usages = [ExtendedKeyUsageOID.OCSP_SIGNING] if ocsp_eku else [ExtendedKeyUsageOID.CLIENT_AUTH]
+    builder = builder.add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+    return builder.sign(ca.device_root.key, hashes.SHA384()), key
+
+
+@pytest.mark.parametrize("encoding", [ocsp.OCSPResponderEncoding.HASH, ocsp.OCSPResponderEncoding.NAME])
+@pytest.mark.parametrize(("ocsp_eku", "accepted"), [(True, True), (False, False)], ids=["ocsp-eku", "no-ocsp-eku"])
+def test_delegated_responder(
+    encoding: ocsp.OCSPResponderEncoding, ocsp_eku: bool, accepted: bool, ca: SimulatedCa
+) -> None:
+    responder, key = _delegate(ca, ocsp_eku=ocsp_eku)
+    naive = SIM_NOW.replace(tzinfo=None)
+    der = (
+        ocsp.OCSPResponseBuilder()
+        .add_response(
+            cert=ca.identity.cert,
+            issuer=ca.device_root.cert,
+            algorithm=hashes.SHA384(),
+            cert_status=ocsp.OCSPCertStatus.GOOD,
+            this_update=naive - timedelta(hours=1),
+            next_update=naive + timedelta(days=1),
+            revocation_time=None,
+            revocation_reason=None,
+        )
+        .responder_id(encoding, responder)
+        .certificates([responder])
+        .sign(key, hashes.SHA384())
+        .public_bytes(Encoding.DER)
+    )
+    if accepted:
+        assert evaluate_response(der, ca.identity.cert, ca.device_root.cert, SIM_NOW, None, "t").status == "good"
+    else:
+        with pytest.raises(OcspError, match="OCSP-signing"):
+            evaluate_response(der, ca.identity.cert, ca.device_root.cert, SIM_NOW, None, "t")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import pytest
@@ -148,21 +149,26 @@ def test_foreign_self_signed_root_is_not_accepted_from_evidence(
     assert "not a configured trust anchor" in verdict.check(P.CHECK_CHAIN).detail
 
 
-def _regions(report: bytes) -> dict[str, range]:
+def _regions(report: bytes) -> dict[str, Sequence[int]]:  # positions of each part of the report
     raw = decode_report_text(report)
     record_len = int.from_bytes(raw[37 + 5 : 37 + 8], "little")
     record = range(37 + 8, 37 + 8 + record_len)
     opaque_len_at = record.stop + 32
     opaque_len = int.from_bytes(raw[opaque_len_at : opaque_len_at + 2], "little")
-    return {
+    regions: dict[str, Sequence[int]] = {
         "request": range(37),
         "measurement-record": record,
         "opaque-data": range(opaque_len_at + 2, opaque_len_at + 2 + opaque_len),
         "signature": range(len(raw) - 96, len(raw)),
     }
+    covered = {pos for r in regions.values() for pos in r}
+    regions["headers-and-responder-nonce"] = [pos for pos in range(len(raw)) if pos not in covered]
+    return regions
 
 
-@pytest.mark.parametrize("region", ["request", "measurement-record", "opaque-data", "signature"])
+@pytest.mark.parametrize(
+    "region", ["request", "measurement-record", "opaque-data", "signature", "headers-and-responder-nonce"]
+)
 def test_flipping_any_single_byte_is_never_accepted(region: str, verifier: Verifier, nvidia_211: Sample) -> None:
     raw = decode_report_text(nvidia_211.report)
     rim_docs = rims(nvidia_211, *TEST_RIMS)
