@@ -223,3 +223,28 @@ def test_rolling_update_two_instances_share_state(node: Node) -> None:
     finally:
         new.terminate()
         new.wait(timeout=20)
+
+
+def test_prepared_gpu_rebound_behind_our_back_is_unhealthy(node: Node) -> None:
+    node.start_plugin()
+    devs = node.devices()
+    claim = node.vm_pod_claim([devs[0]])
+    assert node.kubelet.prepare(DRIVER, [claim])[claim[2]].error == ""
+    with grpc.insecure_channel(f"unix://{node.plugin_dir / 'dra.sock'}") as channel:
+        stream = health_grpc.DRAResourceHealthStub(channel).NodeWatchResources(  # type: ignore[no-untyped-call]
+            health_pb.NodeWatchResourcesRequest(), timeout=15
+        )
+        assert {d.health for d in next(stream).devices} == {health_pb.HEALTHY}
+        node.kernel.write(node.sim_root / "sys/bus/pci/drivers/vfio-pci/unbind", _bdf(devs[0]))
+        update = next(stream)
+        (sick,) = [d for d in update.devices if d.health == health_pb.UNHEALTHY]
+        assert sick.device.device_name == devs[0]
+        assert "rebound outside the plugin" in sick.message
+        stream.cancel()
+    node.wait_for(lambda: "taints" in _device(node, devs[0]))
+    assert _device(node, devs[0])["taints"][0]["key"] == "cc-gpu.io/unhealthy"
+
+
+def _device(node: Node, name: str) -> dict[str, object]:
+    (s,) = node.api.list_resource_slices(DRIVER, NODE)
+    return dict(next(d for d in s["spec"]["devices"] if d["name"] == name))
