@@ -56,7 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     check.add_argument("--token", type=Path, required=True, help="file holding the token ('-' for stdin)")
     check.add_argument("--public-key", action="append", default=[], metavar="KID=PEM", help="trusted key")
     check.add_argument("--keys-configmap", action="append", default=[], type=Path, metavar="FILE",
-                       help="a node's published token keys: the ConfigMap as JSON (kubectl get -o json)")
+                       help="published token keys: a ConfigMap or a List of them, as JSON (kubectl get -o json)")
     check.add_argument("--claim-uid", help="require the token to be issued for this ResourceClaim UID")
     check.add_argument("--pod-uid", help="require the token to be issued for this pod UID")
     check.add_argument("--node", help="require the token to be issued on this node")
@@ -226,9 +226,10 @@ def _check_token(args: argparse.Namespace) -> int:
             doc = json.loads(_read(path))
         except ValueError as e:
             raise _Usage(f"{path} is not JSON (kubectl get configmap -o json): {e}") from e
-        if not isinstance(doc, dict):
-            raise _Usage(f"{path} does not hold a ConfigMap")
-        groups.append(keys_from_configmap(doc))
+        items = doc.get("items") if isinstance(doc, dict) and doc.get("kind") == "List" else [doc]
+        if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+            raise _Usage(f"{path} does not hold a ConfigMap or a List of them")
+        groups += [keys_from_configmap(item) for item in items]
     keys = merge_keys(groups)
     token = _read(args.token).decode("ascii", "replace").strip()
     try:

@@ -102,7 +102,7 @@ def check_token(node: Node, token: str, *args: str) -> subprocess.CompletedProce
     """Run `cc-gpu attest check-token` as a workload would, against the node's published key ConfigMap."""
     cm = node.api.get_config_map(KEYS_NAMESPACE, f"cc-gpu-token-keys-{NODE}")
     path = node.root / "keys-configmap.json"
-    path.write_text(json.dumps(cm))
+    path.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": [cm]}))  # as `kubectl get -l ...`
     return subprocess.run(
         [sys.executable, "-m", "cc_gpu", "attest", "check-token", "--token", "-", "--keys-configmap", str(path), *args],
         input=token, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=60,
