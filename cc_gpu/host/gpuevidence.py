@@ -4,7 +4,8 @@ NVML answers only for a GPU on the `nvidia` driver, so evidence is collected bef
 `nvmlDeviceGetConfComputeGpuAttestationReport` with a caller-chosen 32-byte nonce (the SPDM GET_MEASUREMENTS request
 and response, as the verifier parses them) and `nvmlDeviceGetConfComputeGpuCertificate` (the attestation certificate
 chain, PEM, leaf first). The module is loaded lazily and injected, so tests hand in a fake module object that returns
-the real ctypes structures.
+the real ctypes structures. Each collection is its own NVML session (`nvmlInit` ... `nvmlShutdown`): an initialised
+NVML keeps `/dev/nvidia*` open, and the binder refuses to move a GPU that a process (this one included) holds open.
 
 For a GPU already on vfio-pci, `HostDriverSwitch` can move it to `nvidia` for the duration of an attestation and back
 again. That is an explicit opt-in of the node admin and the claim, and it is refused outright when the node has
@@ -55,7 +56,7 @@ def _bytes(array: Any, size: int, what: str) -> bytes:
 
 
 class NvmlEvidenceReader:
-    """Evidence through `pynvml`; `loader` returns the initialised module (a fake one in tests)."""
+    """Evidence through `pynvml`; `loader` returns the module (a fake one in tests), initialised per collection."""
 
     def __init__(self, loader: Callable[[], Any] | None = None) -> None:
         self._loader = loader or _load_pynvml
@@ -75,12 +76,20 @@ class NvmlEvidenceReader:
         if len(nonce) != NONCE_SIZE:
             raise ValueError(f"an attestation nonce is {NONCE_SIZE} bytes")
         nv = self._nvml()
-        try:
-            handle = nv.nvmlDeviceGetHandleByPciBusId(bdf)
-            report = nv.nvmlDeviceGetConfComputeGpuAttestationReport(handle, nonce)
-            certs = nv.nvmlDeviceGetConfComputeGpuCertificate(handle)
-        except Exception as e:  # pynvml raises NVMLError subclasses per return code
-            raise EvidenceUnavailableError(f"NVML could not attest {bdf}: {type(e).__name__}: {e}") from e
+        with self._lock:  # one NVML session at a time; closed again so no /dev/nvidia* stays open
+            try:
+                nv.nvmlInit()
+            except Exception as e:
+                raise EvidenceUnavailableError(f"NVML could not start: {type(e).__name__}: {e}") from e
+            try:
+                handle = nv.nvmlDeviceGetHandleByPciBusId(bdf)
+                report = nv.nvmlDeviceGetConfComputeGpuAttestationReport(handle, nonce)
+                certs = nv.nvmlDeviceGetConfComputeGpuCertificate(handle)
+            except Exception as e:  # pynvml raises NVMLError subclasses per return code
+                raise EvidenceUnavailableError(f"NVML could not attest {bdf}: {type(e).__name__}: {e}") from e
+            finally:
+                with contextlib.suppress(Exception):
+                    nv.nvmlShutdown()
         return RawEvidence(
             report=_bytes(report.attestationReport, report.attestationReportSize, "attestation report"),
             cert_chain_pem=_bytes(certs.attestationCertChain, certs.attestationCertChainSize, "certificate chain"),
@@ -90,7 +99,6 @@ class NvmlEvidenceReader:
 def _load_pynvml() -> Any:
     import pynvml  # noqa: PLC0415 - optional, heavy, absent on most machines
 
-    pynvml.nvmlInit()
     return pynvml
 
 

@@ -55,6 +55,13 @@ class FakeNvml:
 
     def __init__(self, sim: SimulatedProvider, bdf: str, report_size: int | None = None) -> None:
         self.sim, self.bdf, self.report_size = sim, bdf, report_size
+        self.sessions = 0  # open NVML sessions: init without shutdown
+
+    def nvmlInit(self) -> None:
+        self.sessions += 1
+
+    def nvmlShutdown(self) -> None:
+        self.sessions -= 1
 
     def nvmlDeviceGetHandleByPciBusId(self, bdf: str) -> str:
         if bdf != self.bdf:
@@ -78,10 +85,12 @@ class FakeNvml:
 
 
 def test_nvml_provider_reads_the_real_structures(sim: SimulatedProvider) -> None:
-    provider = NvmlProvider(NvmlEvidenceReader(lambda: FakeNvml(sim, BDF)))
+    nvml = FakeNvml(sim, BDF)
+    provider = NvmlProvider(NvmlEvidenceReader(lambda: nvml))
     nonce = os.urandom(32)
     ev = provider.collect(BDF, nonce)
     assert ev.nonce == nonce and ev.source == "nvml"
+    assert nvml.sessions == 0, "NVML is shut down again: no /dev/nvidia* stays open for the binder to trip on"
     rims = sim.collect(BDF, nonce).rims  # NVML gives no RIMs: a RIM source does; here the simulated one
     verdict = _verifier(sim).verify(ev.report, ev.cert_chain, nonce, Policy(), rims=rims)
     assert verdict.ok, verdict.failed
@@ -97,10 +106,18 @@ def test_nvml_provider_reads_the_real_structures(sim: SimulatedProvider) -> None
     ],
 )
 def test_nvml_provider_failures(sim: SimulatedProvider, name: str, loader: Any, bdf: str, message: str) -> None:
-    provider = NvmlProvider(NvmlEvidenceReader(lambda: loader(sim)))
+    nvml = None
+
+    def load() -> Any:
+        nonlocal nvml
+        nvml = loader(sim)
+        return nvml
+
+    provider = NvmlProvider(NvmlEvidenceReader(load))
     with pytest.raises(EvidenceUnavailableError) as e:
         provider.collect(bdf, os.urandom(32))
     assert message in str(e.value), name
+    assert nvml is None or nvml.sessions == 0
 
 
 def test_directory_provider(sim: SimulatedProvider, tmp_path: Path) -> None:
