@@ -126,6 +126,9 @@ class Plugin:
             changed = False
             if self.wait_for_change is not None:
                 changed = self.wait_for_change(0.5)
+                settle = time.monotonic() + 1.0
+                while changed and time.monotonic() < settle and self.wait_for_change(0.1):
+                    pass  # a bind is a burst of uevents: publish once it settles (at most 1 s later)
             else:
                 self._stop.wait(0.5)
             due = time.monotonic() - last_scan >= self.settings.rescan_seconds

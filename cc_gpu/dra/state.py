@@ -12,6 +12,7 @@ group's lock file, also across the two processes of a rolling update.
 
 from __future__ import annotations
 
+import datetime
 import logging
 import threading
 from collections.abc import Mapping, Sequence
@@ -389,6 +390,4 @@ class DeviceState:
 
 
 def _now() -> str:
-    import datetime  # noqa: PLC0415  (kept local: only status writes need wall-clock time)
-
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
