@@ -58,7 +58,6 @@ log = logging.getLogger(__name__)
 
 __all__ = ["NVIDIA_PASSTHROUGH", "BindPolicy", "Binder", "BoundDevice", "BoundGroup", "GroupStatus", "MemberStatus"]
 
-
 @dataclass(frozen=True)
 class _Move:
     fn: pci.PciFunction
@@ -143,10 +142,7 @@ class Binder:
         self._wait_not_in_use(group, [m.fn for m in moves])
         self._ensure_drivers({m.target for m in moves}, group)
         record = GroupRecord(
-            group,
-            owner,
-            "binding",
-            backend,
+            group, owner, "binding", backend,
             tuple(DeviceRecord(m.fn.bdf, m.fn.driver, m.fn.driver_override, m.target) for m in moves),
         )
         self.records.write(record)  # before the first sysfs write: restore must work whatever happens next
@@ -362,21 +358,13 @@ class Binder:
                     if current is not None and current != original:
                         self._write(record.group, roots.pci_drivers / current / "unbind", bdf, f"unbinding {bdf}")
                         self._wait(_driver_is(io, roots, bdf, None), sub, record.group, f"{bdf} to leave {current}")
-                    self._write(
-                        record.group,
-                        pci.device_dir(roots, bdf) / "driver_override",
-                        dev_rec.original_override or "\n",
-                        f"restoring driver_override of {bdf}",
-                    )
+                    self._write(record.group, pci.device_dir(roots, bdf) / "driver_override",
+                                dev_rec.original_override or "\n", f"restoring driver_override of {bdf}")
                     if original is not None and current != original:
                         drv_dir = _driver_dir(roots.pci_drivers, original, io) or roots.pci_drivers / original
                         self._write(record.group, drv_dir / "bind", bdf, f"binding {bdf} back to {original}")
-                        self._wait(
-                            _driver_is(io, roots, bdf, drv_dir.name),
-                            sub,
-                            record.group,
-                            f"{bdf} to return to {original}",
-                        )
+                        self._wait(_driver_is(io, roots, bdf, drv_dir.name), sub, record.group,
+                                   f"{bdf} to return to {original}")
                 except DeviceVanishedError:
                     log.warning("group %d: %s vanished; nothing to restore for it", record.group, bdf)
                 except (BindFailedError, BindTimeoutError) as e:
