@@ -83,6 +83,8 @@ def boot(kernel: Path, initrd: Path, project: Path, command: str, timeout_s: flo
     """
     out = Path(tempfile.mkdtemp(prefix="cc-gpu-guest-", dir=workdir))
     (out / "command").write_text(command)
+    # The guest gives up on its command a little before QEMU is killed, so the kernel log still comes back.
+    (out / "time_limit").write_text(str(max(10, int(timeout_s) - 30)))
     console_path = out / "console.txt"
     argv = qemu_command(kernel, initrd, project, out)
     started = time.monotonic()

@@ -79,7 +79,7 @@ def group_status(group_fd: int) -> int:
 
 
 def set_container(group_fd: int, container_fd: int) -> None:
-    fcntl.ioctl(group_fd, VFIO_GROUP_SET_CONTAINER, struct.pack("=i", container_fd))
+    fcntl.ioctl(group_fd, VFIO_GROUP_SET_CONTAINER, bytearray(struct.pack("=i", container_fd)))
 
 
 def set_iommu(container_fd: int, iommu_type: int = VFIO_TYPE1v2_IOMMU) -> None:
@@ -87,8 +87,12 @@ def set_iommu(container_fd: int, iommu_type: int = VFIO_TYPE1v2_IOMMU) -> None:
 
 
 def group_device_fd(group_fd: int, bdf: str) -> int:
-    """`VFIO_GROUP_GET_DEVICE_FD`: the argument is the device name as a NUL-terminated string."""
-    return fcntl.ioctl(group_fd, VFIO_GROUP_GET_DEVICE_FD, bdf.encode() + b"\0")
+    """`VFIO_GROUP_GET_DEVICE_FD`: the argument is the device name as a NUL-terminated string.
+
+    The name goes in a mutable buffer: only then does `fcntl.ioctl` return the syscall's result (the new fd)
+    instead of a copy of the buffer.
+    """
+    return fcntl.ioctl(group_fd, VFIO_GROUP_GET_DEVICE_FD, bytearray(bdf.encode() + b"\0"))
 
 
 def device_info(device_fd: int) -> DeviceInfo:
@@ -125,6 +129,11 @@ def opened(path: str, flags: int = os.O_RDWR) -> Iterator[int]:
         yield fd
     finally:
         os.close(fd)
+
+
+def open_close(path: str, flags: int = os.O_RDWR) -> None:
+    """Open and close at once: for asserting the errno with which the kernel refuses an open."""
+    os.close(os.open(path, flags | os.O_CLOEXEC))
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,55 @@
+"""Cases on the minimal 6.12 kernel with IOMMUFD and the VFIO device cdev (Debian's own kernels have both off).
+
+The binder, told to prefer iommufd, must hand out `/dev/vfio/devices/vfioN` with `/dev/iommu`; the kernel must
+then accept the cdev flow (BIND_IOMMUFD, IOAS_ALLOC, ATTACH_IOMMUFD_PT) and refuse the legacy group while the cdev
+is open.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+
+import kstate
+import project
+import vfio_uapi as vfio
+from harness import case, expect, expect_errno
+
+
+@case("iommufd_device_nodes", "iommufd")
+def nodes(topo: kstate.Topology) -> str:
+    expect(os.path.exists("/dev/iommu"), "/dev/iommu does not exist: the kernel has no IOMMUFD")
+    expect(stat.S_ISCHR(os.stat("/dev/iommu").st_mode), "/dev/iommu is not a character device")
+    expect(os.path.isdir("/dev/vfio"), "/dev/vfio does not exist")
+    return "/dev/iommu present"
+
+
+@case("bind_prefers_iommufd_cdev", "iommufd")
+def bind_cdev(topo: kstate.Topology) -> str:
+    g = topo.solo_group
+    before = kstate.snapshot(kstate.members(g))
+    binder = project.binder(backend="prefer-iommufd")
+    bound = binder.bind(g, project.OWNER)
+    try:
+        expect(kstate.driver(topo.solo_edu) == "vfio-pci", f"driver is {kstate.driver(topo.solo_edu)!r}")
+        cdev = kstate.vfio_cdev(topo.solo_edu)
+        expect(cdev is not None, f"{topo.solo_edu} has no vfio-dev/ entry in sysfs")
+        assert cdev is not None
+        node = f"/dev/vfio/devices/{cdev}"
+        expect(os.path.exists(node), f"{node} does not exist")
+        expect(bound.backend == "iommufd", f"the binder chose {bound.backend!r} although iommufd is preferred")
+        expect(bound.device_nodes == (node,), f"the binder handed out {bound.device_nodes}, the kernel made {node}")
+        expect("/dev/iommu" in bound.control_nodes, f"control nodes {bound.control_nodes} lack /dev/iommu")
+        with vfio.cdev_session("/dev", cdev) as check:
+            expect(check.attached_pt == check.ioas, f"attached to {check.attached_pt}, allocated {check.ioas}")
+            expect_errno(errno.EBUSY, "opening the legacy group while the cdev is bound",
+                         lambda: vfio.open_close(f"/dev/vfio/{g}"))
+        vfio.open_close(f"/dev/vfio/{g}")  # the cdev is closed: the group opens again
+    finally:
+        binder.restore(g, project.OWNER)
+    for bdf, state in before.items():
+        expect(kstate.driver(bdf) == state.driver, f"{bdf} back on {kstate.driver(bdf)!r}, was {state.driver!r}")
+    expect(kstate.vfio_cdev(topo.solo_edu) is None, "the vfio cdev survived the restore")
+    return (f"{node}: devid {check.devid}, IOAS {check.ioas} attached, {check.device.num_regions} regions; "
+            "legacy group EBUSY while bound")
