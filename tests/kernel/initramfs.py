@@ -2,8 +2,9 @@
 
 The guest needs busybox (Debian's busybox-static), the kernel modules of the tier (decompressed, in load order),
 and a Python to run the project's own binder: the Python running the tests (its binary at the same path, its
-shared libraries and its standard library) is copied in (about 18 MB compressed), which boots several times faster than sharing the host's whole
-root over 9p. The project itself is not in the image; the guest mounts it read-only over 9p.
+shared libraries and its standard library) is copied in (20-35 MB compressed), which boots several times faster
+than sharing the host's whole root over 9p. The project itself is not in the image: the guest mounts it read-only
+over 9p.
 """
 
 from __future__ import annotations
@@ -91,7 +92,8 @@ def _package_dirs() -> list[Path]:
 def cache_key(kernel: Kernel) -> str:
     executable, stdlib = _python_parts()
     digest = hashlib.sha256()
-    for part in (kernel.release, str(kernel.image), ",".join(kernel.modules), str(executable), sys.version, str(stdlib)):
+    parts = (kernel.release, str(kernel.image), ",".join(kernel.modules), str(executable), sys.version, str(stdlib))
+    for part in parts:
         digest.update(part.encode() + b"\0")
     for path in (INIT_SCRIPT, Path(__file__), Path(kmod.__file__)):
         digest.update(path.read_bytes())

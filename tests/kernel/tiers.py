@@ -85,14 +85,12 @@ def _script(args: list[str], timeout: float, what: str) -> str:
 
 
 def kernel_for(tier: str) -> initramfs.Kernel:
-    env_cache = {**os.environ, "CC_GPU_CACHE": str(cache_dir())}
     if tier == "legacy":
         root = _script([str(HERE / "provision.sh")], PROVISION_TIMEOUT_S, "provisioning (provision.sh)")
         return initramfs.debian_kernel(Path(root))
     _script([str(HERE / "provision.sh")], PROVISION_TIMEOUT_S, "provisioning (provision.sh)")
     image = Path(_script([str(HERE / "build-iommufd-kernel.sh")], KERNEL_BUILD_TIMEOUT_S,
                          "the iommufd kernel build (build-iommufd-kernel.sh)"))
-    del env_cache
     return initramfs.Kernel(image=image, release="iommufd-" + image.parent.name, modules_dir=None)
 
 

@@ -7,6 +7,7 @@ is killed, and whatever the guest managed to write still comes back, with the se
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -76,7 +77,9 @@ def _read(path: Path) -> str:
         return ""
 
 
-def boot(kernel: Path, initrd: Path, project: Path, command: str, timeout_s: float, workdir: Path | None = None) -> GuestRun:
+def boot(
+    kernel: Path, initrd: Path, project: Path, command: str, timeout_s: float, workdir: Path | None = None
+) -> GuestRun:
     """Boot, run `command` (a shell script, run in the project root) in the guest, and collect the results.
 
     The guest reads the command from the output share; its results are expected in `/out/results.json`.
@@ -100,10 +103,8 @@ def boot(kernel: Path, initrd: Path, project: Path, command: str, timeout_s: flo
                     break
                 if MARKER in _read(console_path) and (out / "exit_code").exists():
                     # The guest is done; give poweroff a moment, then stop QEMU regardless.
-                    try:
+                    with contextlib.suppress(subprocess.TimeoutExpired):
                         proc.wait(timeout=10)
-                    except subprocess.TimeoutExpired:
-                        pass
                     break
                 time.sleep(0.2)
         finally:

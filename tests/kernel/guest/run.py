@@ -5,6 +5,9 @@ Kept apart from harness.py so the case modules and this script share one importe
 
 import sys
 
+import cases_iommufd  # registers its cases
+import cases_legacy  # registers its cases
 import harness
 
+del cases_iommufd, cases_legacy
 sys.exit(harness.main(sys.argv[1:]))
