@@ -64,7 +64,9 @@ def discovery(topo: kstate.Topology) -> str:
         assert group is not None
         ours = sorted(m.bdf for m in group.members)
         expect(ours == _members(g), f"group {g}: discovery lists {ours}, the kernel {_members(g)}")
-    return f"{len(found)} emulated GPUs in groups {topo.all_groups()}"
+    expect(inventory.iommufd == os.path.exists("/dev/iommu"),
+           f"discovery says iommufd={inventory.iommufd}, /dev/iommu exists: {os.path.exists('/dev/iommu')}")
+    return f"{len(found)} emulated GPUs in groups {topo.all_groups()}, iommufd={inventory.iommufd}"
 
 
 @case("bind_solo_group", *BOTH)

@@ -116,7 +116,8 @@ def ioas_alloc(iommufd: int) -> int:
 
 
 def attach_pt(device_fd: int, pt_id: int) -> int:
-    """`VFIO_DEVICE_ATTACH_IOMMUFD_PT`; returns the page-table id the kernel reports back."""
+    """`VFIO_DEVICE_ATTACH_IOMMUFD_PT`; returns the id the kernel reports back: the IOAS, or the hardware page
+    table it created for the IOAS during the attach."""
     buf = bytearray(_ATTACH_PT.pack(_ATTACH_PT.size, 0, pt_id))
     fcntl.ioctl(device_fd, VFIO_DEVICE_ATTACH_IOMMUFD_PT, buf)
     return _ATTACH_PT.unpack(buf)[2]
