@@ -148,6 +148,14 @@ def _no_iommu() -> SimTopology:
     ), iommu=False)
 
 
+def _emulated_edu() -> SimTopology:
+    """What a QEMU guest with two `edu` devices shows; the real-kernel tests point the same code at those."""
+    return SimTopology("emulated-edu", "two QEMU edu devices (1234:11e8, class 00ff), no driver, one group each", (
+        SimDevice("0000:00:03.0", 0x1234, 0x11E8, 0x00FF00, None, 3, None, 0, (0x1AF4, 0x1100), 0, "flr", "off"),
+        SimDevice("0000:00:04.0", 0x1234, 0x11E8, 0x00FF00, None, 4, None, 0, (0x1AF4, 0x1100), 0, "flr", "off"),
+    ), sev_snp=False, nvml=False)
+
+
 TOPOLOGY_BUILDERS: dict[str, Callable[[], SimTopology]] = {
     "dgx-h100": _dgx_h100,
     "h100-pcie-audio": _h100_pcie_audio,
@@ -156,6 +164,7 @@ TOPOLOGY_BUILDERS: dict[str, Callable[[], SimTopology]] = {
     "blackwell-iommufd": _blackwell_iommufd,
     "gh200": _gh200,
     "no-iommu": _no_iommu,
+    "emulated-edu": _emulated_edu,
 }
 
 
