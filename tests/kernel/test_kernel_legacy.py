@@ -18,6 +18,14 @@ CASES = [
     "restore_returns_every_device",
     "repeated_cycles",
     "killed_mid_bind_recovers",
+    pytest.param(
+        "restore_refuses_while_a_vmm_holds_the_group",
+        marks=pytest.mark.xfail(
+            strict=True,
+            reason="known binder gap: restore writes vfio-pci's unbind while a process holds the group, and the "
+            "kernel blocks it until the device is released ('blocked until released by user')",
+        ),
+    ),
 ]
 
 
@@ -27,4 +35,4 @@ def test_case(legacy_tier: TierRun, name: str) -> None:
 
 
 def test_guest_ran_every_case(legacy_tier: TierRun) -> None:
-    expect_complete(legacy_tier, CASES)
+    expect_complete(legacy_tier, [c if isinstance(c, str) else c.values[0] for c in CASES])

@@ -231,3 +231,45 @@ def killed_mid_bind(topo: kstate.Topology) -> str:
     _expect_restored(before)
     return (f"killed with {kstate.describe({topo.foreign: torn[topo.foreign]})}; recovered to "
             f"{kstate.describe(before)}")
+
+
+@case("restore_refuses_while_a_vmm_holds_the_group", "legacy")
+def restore_in_use(topo: kstate.Topology) -> str:
+    """Linux's vfio-pci unbind waits, uninterruptibly, until userspace closes the device: a restore that writes
+    `unbind` while a VMM still holds the group would hang the plugin. The binder must notice and refuse instead."""
+    g = topo.solo_group
+    before = kstate.snapshot(kstate.members(g))
+    binder = project.binder()
+    binder.bind(g, project.OWNER)
+    child: subprocess.Popen[str] | None = None
+    answer: int | None = None
+    output = ""
+    try:
+        with vfio.opened("/dev/vfio/vfio") as container, vfio.opened(f"/dev/vfio/{g}") as group_fd:
+            vfio.set_container(group_fd, container)
+            vfio.set_iommu(container)
+            device_fd = vfio.group_device_fd(group_fd, topo.solo_edu)  # what a VMM holds while the VM runs
+            try:
+                child = subprocess.Popen(
+                    [sys.executable, os.path.join(os.path.dirname(__file__), "restore_child.py"), str(g)],
+                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                )
+                try:
+                    answer = child.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    answer = None
+                driver_while_held = kstate.driver(topo.solo_edu)
+            finally:
+                os.close(device_fd)
+        if child is not None:
+            child.wait(timeout=60)  # the device is released: a blocked unbind completes now
+            output = child.stdout.read() if child.stdout else ""
+        expect(answer is not None,
+               "restore blocked in the kernel while a process held the group open (vfio-pci's unbind waits for "
+               "userspace to release the device); the binder must refuse instead of writing unbind")
+        expect(answer == 1, f"restore while the group is held: exit {answer}, expected a typed refusal: {output}")
+        expect(driver_while_held == "vfio-pci", f"the device left vfio-pci while held: {driver_while_held!r}")
+    finally:
+        binder.restore(g, project.OWNER)
+    _expect_restored(before)
+    return f"refused while held: {output.strip()}"
