@@ -106,6 +106,7 @@ def build(kernel: Kernel, cache: Path) -> Path:
     """The initramfs for `kernel` (zstd-compressed newc cpio), built once and cached by its inputs."""
     target = cache / "initramfs" / f"{cache_key(kernel)}.cpio.zst"
     if target.exists():
+        os.utime(target)  # most recently used: kept by _prune
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
@@ -154,4 +155,12 @@ def build(kernel: Kernel, cache: Path) -> Path:
         archive.write_bytes(subprocess.run(["zstd", "-q", "-T0", "-9"], input=cpio, check=True,
                                            capture_output=True).stdout)
         os.replace(archive, target)
+    _prune(target.parent)
     return target
+
+
+def _prune(directory: Path, keep: int = 4) -> None:
+    """Every change to the guest's inputs makes a new image: keep the few most recently used."""
+    images = sorted(directory.glob("*.cpio.zst"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in images[keep:]:
+        old.unlink(missing_ok=True)

@@ -7,6 +7,7 @@ container flow a VMM runs (group viable, SET_CONTAINER, SET_IOMMU type1v2, GET_D
 from __future__ import annotations
 
 import errno
+import json
 import os
 import signal
 import subprocess
@@ -201,6 +202,17 @@ def cycles(topo: kstate.Topology) -> str:
     return f"{CYCLES} bind/restore cycles over groups {topo.all_groups()}"
 
 
+def _cli_recover(*groups: int) -> list[int]:
+    """Recovery as an admin or a restarted plugin runs it: `cc-gpu vfio recover`, a separate process."""
+    done = subprocess.run(
+        [sys.executable, "-m", "cc_gpu", "vfio", "recover", *map(str, groups), "--state-dir", project.STATE_DIR,
+         "--no-nvml", "--json"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    expect(done.returncode == 0, f"cc-gpu vfio recover: exit {done.returncode}: {done.stderr}{done.stdout}")
+    return list(json.loads(done.stdout)["recovered"])
+
+
 @case("killed_mid_bind_recovers", "legacy")
 def killed_mid_bind(topo: kstate.Topology) -> str:
     g = topo.shared_group
@@ -218,14 +230,15 @@ def killed_mid_bind(topo: kstate.Topology) -> str:
     expect(torn[topo.foreign].driver is None,
            f"killed after unbinding {topo.foreign}, yet the kernel has it on {torn[topo.foreign].driver!r}")
     expect(g in binder.interrupted(), f"recovery does not list group {g} as interrupted")
-    expect(binder.recover(g), f"recover({g}) did nothing")
+    recovered = _cli_recover()
+    expect(recovered == [g], f"`cc-gpu vfio recover` recovered {recovered}, expected [{g}]")
     _expect_restored(before)
     after = binder.status(g)
     expect(after.phase is None and after.owner is None, f"after recovery the record says {after.phase!r}")
     # The recorded state is consistent: a fresh bind and restore work on the recovered group.
     binder.bind(g, project.OWNER)
     _expect_on_vfio(g, [b for b in _members(g) if not kstate.is_bridge(b)])
-    expect(not binder.recover(g), "recover touched a bound group (a restart must leave prepared groups alone)")
+    expect(_cli_recover(g) == [], "recover touched a bound group (a restart must leave prepared groups alone)")
     _expect_on_vfio(g, [b for b in _members(g) if not kstate.is_bridge(b)])
     binder.restore(g, project.OWNER)
     _expect_restored(before)
