@@ -15,6 +15,7 @@ CASES = [
     "restore_returns_every_device",
     "iommufd_device_nodes",
     "bind_prefers_iommufd_cdev",
+    "iommufd_cycles_over_all_groups",
 ]
 
 

@@ -55,3 +55,31 @@ def bind_cdev(topo: kstate.Topology) -> str:
     return (f"{node}: devid {check.devid}, IOAS {check.ioas} attached (page table {check.attached_pt}), "
             f"{check.device.num_regions} regions; "
             "legacy group EBUSY while bound")
+
+
+IOMMUFD_CYCLES = 5
+
+
+@case("iommufd_cycles_over_all_groups", "iommufd")
+def iommufd_cycles(topo: kstate.Topology) -> str:
+    """Every group, several times, through the cdev backend: one node per bound device, none left after restore."""
+    before = kstate.snapshot(topo.all_members())
+    binder = project.binder(project.FOREIGN_RNG, project.DISPLAY_AUDIO, backend="prefer-iommufd")
+    for n in range(IOMMUFD_CYCLES):
+        for g in topo.all_groups():
+            endpoints = [b for b in kstate.members(g) if not kstate.is_bridge(b)]
+            bound = binder.bind(g, project.OWNER)
+            try:
+                cdevs = {b: kstate.vfio_cdev(b) for b in endpoints}
+                expect(all(cdevs.values()), f"cycle {n + 1}, group {g}: devices without a vfio cdev: {cdevs}")
+                nodes = tuple(sorted(f"/dev/vfio/devices/{c}" for c in cdevs.values()))
+                expect(tuple(sorted(bound.device_nodes)) == nodes,
+                       f"cycle {n + 1}, group {g}: the binder handed out {bound.device_nodes}, the kernel made {nodes}")
+                expect(all(os.path.exists(node) for node in nodes), f"cycle {n + 1}: missing nodes among {nodes}")
+            finally:
+                binder.restore(g, project.OWNER)
+            leftovers = [b for b in endpoints if kstate.vfio_cdev(b) is not None]
+            expect(not leftovers, f"cycle {n + 1}, group {g}: vfio cdevs survived the restore on {leftovers}")
+    for bdf, state in before.items():
+        expect(kstate.snapshot([bdf])[bdf] == state, f"{bdf} not back as it booted ({state})")
+    return f"{IOMMUFD_CYCLES} cdev bind/restore cycles over groups {topo.all_groups()}"

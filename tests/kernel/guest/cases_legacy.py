@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import kstate
 import project
@@ -191,6 +192,7 @@ def restore_exact(topo: kstate.Topology) -> str:
 @case("repeated_cycles", "legacy")
 def cycles(topo: kstate.Topology) -> str:
     before = kstate.snapshot(topo.all_members())
+    started = time.monotonic()
     for n in range(CYCLES):
         try:
             _bind_restore_all(topo)
@@ -199,7 +201,9 @@ def cycles(topo: kstate.Topology) -> str:
         leftover = [b for b in before if kstate.driver_override(b) != before[b].override]
         expect(not leftover, f"cycle {n + 1}: driver_override left on {leftover}")
     _expect_restored(before)
-    return f"{CYCLES} bind/restore cycles over groups {topo.all_groups()}"
+    per_pair = (time.monotonic() - started) / (CYCLES * len(topo.all_groups()))
+    return (f"{CYCLES} bind/restore cycles over groups {topo.all_groups()}, "
+            f"{per_pair * 1000:.0f} ms per group bind + check + restore under TCG")
 
 
 def _cli_recover(*groups: int) -> list[int]:
