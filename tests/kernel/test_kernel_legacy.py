@@ -18,14 +18,7 @@ CASES = [
     "restore_returns_every_device",
     "repeated_cycles",
     "killed_mid_bind_recovers",
-    pytest.param(
-        "restore_refuses_while_a_vmm_holds_the_group",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="known binder gap: restore writes vfio-pci's unbind while a process holds the group, and the "
-            "kernel blocks it until the device is released ('blocked until released by user')",
-        ),
-    ),
+    "restore_refuses_while_a_vmm_holds_the_group",
 ]
 
 
