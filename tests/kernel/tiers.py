@@ -98,8 +98,8 @@ def run_tier(tier: str) -> TierRun:
     kernel = kernel_for(tier)
     image = initramfs.build(kernel, cache_dir())
     command = (
-        "export PYTHONPATH=/work:/opt/pylib PYTHONDONTWRITEBYTECODE=1\n"
-        f"cd /work/tests/kernel/guest && exec python3 run.py --tier {tier} --results /out/results.json\n"
+        "export PYTHONPATH=/project:/opt/pylib PYTHONDONTWRITEBYTECODE=1\n"
+        f"cd /project/tests/kernel/guest && exec python3 run.py --tier {tier} --results /out/results.json\n"
     )
     run = vm.boot(kernel.image, image, PROJECT, command, BOOT_TIMEOUT_S[tier])
     payload = json.loads(run.results) if run.results else {}

@@ -14,14 +14,14 @@ while read -r module; do
     [ -n "$module" ] || continue
     insmod "/lib/modules/$module.ko" || echo "cc-gpu-guest: insmod $module failed"
 done < /etc/modules.load
-mount -t 9p -o trans=virtio,version=9p2000.L,ro work /work || echo "cc-gpu-guest: cannot mount the project share"
+mount -t 9p -o trans=virtio,version=9p2000.L,ro work /project || echo "cc-gpu-guest: cannot mount the project share"
 mount -t 9p -o trans=virtio,version=9p2000.L out /out || echo "cc-gpu-guest: cannot mount the output share"
 # The command runs in the background under a time limit (/out/time_limit, seconds): a process stuck in the kernel
 # cannot be killed, but the kernel log still comes back and the guest still powers off.
 rc=127
 if [ -f /out/command ]; then
     limit="$(cat /out/time_limit 2>/dev/null || echo 600)"
-    (cd /work && exec sh /out/command >/out/guest.log 2>&1) &
+    (cd /project && exec sh /out/command >/out/guest.log 2>&1) &
     pid=$!
     waited=0
     while kill -0 "$pid" 2>/dev/null && [ "$waited" -lt "$limit" ]; do
