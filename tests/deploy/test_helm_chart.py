@@ -142,7 +142,9 @@ def test_daemonset_mounts_and_privileges() -> None:
     mounts = {m["mountPath"]: m.get("readOnly", False) for m in container["volumeMounts"]}
     assert mounts == {"/var/lib/kubelet/plugins/gpu.cc-gpu.io": False, "/var/lib/kubelet/plugins_registry": False,
                       "/var/run/cdi": False, "/sys": False, "/dev": False, "/lib/modules": True, "/host/proc": True,
-                      "/etc/cc-gpu": True, "/opt/cc-gpu/nvidia/libnvidia-ml.so.1": True}
+                      "/etc/cc-gpu": True, "/opt/cc-gpu/nvidia/libnvidia-ml.so.1": True,
+                      "/host/etc/kata-containers": True, "/host/opt/kata/share/defaults/kata-containers": True,
+                      "/host/etc/containerd": True}
     host_paths = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v}
     assert host_paths["host-proc"] == "/proc"
     assert pod["hostPID"] is False
@@ -212,6 +214,26 @@ def test_nvml_library_comes_from_the_node(provider: str) -> None:
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert mount["mountPath"] == env["LD_LIBRARY_PATH"] + "/libnvidia-ml.so.1"
     assert mount["readOnly"] is True
+
+
+KATA_CHECK = [("on", {}, ["--kata-root=/host"], 3), ("off", {"kataCheck": {"enabled": False}}, ["--kata-check=off"], 0)]
+
+
+@pytest.mark.parametrize(("values", "flags", "mounts"), [c[1:] for c in KATA_CHECK], ids=[c[0] for c in KATA_CHECK])
+def test_kata_check_reads_the_nodes_files(values: dict[str, Any], flags: list[str], mounts: int) -> None:
+    pod = one(render(values), "DaemonSet")["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert [a for a in container["args"] if a.startswith("--kata")] == flags
+    kata = [m for m in container["volumeMounts"] if m["name"].startswith("kata-config")]
+    assert len(kata) == mounts
+    volumes = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"] if v["name"].startswith("kata-config")}
+    for mount in kata:
+        # Each node directory appears under the plugin's --kata-root at its own path.
+        assert mount["mountPath"] == "/host" + volumes[mount["name"]]
+        assert mount["readOnly"] is True
+    parser = argparse.ArgumentParser(exit_on_error=False)
+    plugin.add_arguments(parser)
+    parser.parse_args([a.replace("$(NODE_NAME)", "n") for a in container["args"][1:]])
 
 
 def test_a_config_change_restarts_the_plugin_pods() -> None:
