@@ -1,4 +1,12 @@
-"""Optional NVML enrichment: UUID, memory, VBIOS and driver versions, CC state for GPUs on the `nvidia` driver.
+"""NVML for this process: short sessions that never overlap a bind, and the facts NVML adds to discovery.
+
+An initialised NVML keeps `/dev/nvidiactl` and every `/dev/nvidia<N>` open in the calling process. The binder refuses
+to unbind `nvidia` from a GPU whose device node any process holds open (`inuse.py`), this one included, so a plugin
+that initialised NVML once and kept it would refuse to bind its own GPUs. Hence every use of NVML, discovery's
+enrichment and attestation's evidence alike, goes through `NvmlSessions.session()` (`nvmlInit` ... `nvmlShutdown`),
+and `NvmlGate` keeps sessions and binds apart within the process: a bind waits for the open session to end, and no
+session starts while a bind runs. The gate is one per process because what it guards, the process's open
+descriptors, is.
 
 NVML cannot see a GPU on vfio-pci, and most machines (CI, the kernel-test guest, a node whose GPUs are all passed
 through) have no NVML at all: its absence is a normal state, reported as `None`, never an exception. Discovery is
@@ -7,12 +15,94 @@ done from sysfs; NVML only adds facts.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from cc_gpu.errors import HostError, TemporaryError
+
 log = logging.getLogger(__name__)
+
+
+class NvmlUnavailableError(HostError, TemporaryError):
+    """NVML could not be loaded or started in this process."""
+
+
+class NvmlGate:
+    """Sessions one at a time, and never while a bind runs (binds may overlap each other)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._session_open = False
+        self._binds = 0
+
+    @contextlib.contextmanager
+    def session_slot(self) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: not self._session_open and self._binds == 0)
+            self._session_open = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._session_open = False
+                self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def quiet(self) -> Iterator[None]:
+        """While the body runs (a bind), no NVML session is open in this process."""
+        with self._cond:
+            self._cond.wait_for(lambda: not self._session_open)
+            self._binds += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._binds -= 1
+                self._cond.notify_all()
+
+    @property
+    def session_open(self) -> bool:
+        with self._cond:
+            return self._session_open
+
+
+PROCESS_GATE = NvmlGate()
+
+
+def load_pynvml() -> Any:
+    import pynvml  # noqa: PLC0415 - optional, heavy, and absent on most test machines
+
+    return pynvml
+
+
+class NvmlSessions:
+    """Opens NVML sessions through `loader` (pynvml, or a stand-in module in tests) under the process's gate."""
+
+    def __init__(self, loader: Callable[[], Any] | None = None, gate: NvmlGate = PROCESS_GATE) -> None:
+        self._loader = loader or load_pynvml
+        self.gate = gate
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[Any]:
+        """The NVML module, initialised for the body and shut down after it (whatever the body raises)."""
+        try:
+            nv = self._loader()
+        except Exception as e:  # NVML missing is a normal state of a machine, not a crash
+            raise NvmlUnavailableError(f"NVML is not available: {type(e).__name__}: {e}") from e
+        with self.gate.session_slot():
+            try:
+                nv.nvmlInit()
+            except Exception as e:
+                raise NvmlUnavailableError(f"NVML could not start: {type(e).__name__}: {e}") from e
+            try:
+                yield nv
+            finally:
+                with contextlib.suppress(Exception):
+                    nv.nvmlShutdown()
 
 
 @dataclass(frozen=True)
@@ -56,30 +146,25 @@ def _cc_mode_from_settings(settings: Any) -> str | None:
 
 
 class PynvmlReader:
-    """NVML through the `pynvml` module (nvidia-ml-py). Initialised lazily, once; any failure means 'no NVML'."""
+    """NVML through `pynvml`, one session per question; a failure to start means 'no NVML' from then on."""
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._nvml: Any = None
+    def __init__(self, sessions: NvmlSessions | None = None) -> None:
+        self._sessions = sessions or NvmlSessions()
         self._failed = False
 
-    def _load(self) -> Any:
-        with self._lock:
-            if self._nvml is None and not self._failed:
-                try:
-                    import pynvml  # noqa: PLC0415 - optional, heavy, and absent on most test machines
-
-                    pynvml.nvmlInit()
-                    self._nvml = pynvml
-                except Exception as e:
-                    log.info("NVML not available (%s); continuing from sysfs only", type(e).__name__)
-                    self._failed = True
-            return self._nvml
-
     def device_info(self, bdf: str) -> NvmlDeviceInfo | None:
-        nv = self._load()
-        if nv is None:
+        if self._failed:
             return None
+        try:
+            with self._sessions.session() as nv:
+                return self._read(nv, bdf)
+        except NvmlUnavailableError as e:
+            log.info("NVML not available (%s); continuing from sysfs only", e)
+            self._failed = True
+            return None
+
+    @staticmethod
+    def _read(nv: Any, bdf: str) -> NvmlDeviceInfo | None:
         try:
             handle = nv.nvmlDeviceGetHandleByPciBusId(bdf)
             memory = nv.nvmlDeviceGetMemoryInfo(handle).total
