@@ -30,6 +30,14 @@ UID = "7d1c4c2a-8f61-4a6e-9d0b-5c2e3f4a5b6c"
 OURS = f"cc-gpu.io/vfio=pod-{UID}"
 
 
+def assert_denied(policy: Policy, review: Review, expected: list[str]) -> None:
+    """The policy's denial messages, in order, each contain the expected part (none expected: admitted)."""
+    denials = policy.denials(review)
+    assert len(denials) == len(expected), denials
+    for message, part in zip(denials, expected, strict=True):
+        assert part in message
+
+
 def pod(runtime_class: str | None = "kata-qemu-nvidia-gpu-snp", claims: bool = True,
         annotations: dict[str, str] | None = None) -> dict[str, Any]:
     spec: dict[str, Any] = {"containers": [{"name": "cuda", "image": "cuda"}]}
@@ -86,10 +94,7 @@ GUARD_CASES = [
 
 @pytest.mark.parametrize("review,expected", [c[1:] for c in GUARD_CASES], ids=[c[0] for c in GUARD_CASES])
 def test_guard_rejects_pods_naming_cc_gpu_devices(review: Review, expected: list[str]) -> None:
-    denials = GUARD.denials(review)
-    assert len(denials) == len(expected)
-    for message, part in zip(denials, expected, strict=True):
-        assert part in message
+    assert_denied(GUARD, review, expected)
 
 
 def test_mutation_then_guard_admits_the_pod() -> None:
@@ -134,10 +139,7 @@ SLICE_CASES = [
 
 @pytest.mark.parametrize("review,expected", [c[1:] for c in SLICE_CASES], ids=[c[0] for c in SLICE_CASES])
 def test_plugin_writes_only_its_own_nodes_slices(review: Review, expected: list[str]) -> None:
-    denials = SLICES.denials(review)
-    assert len(denials) == len(expected), denials
-    for message, part in zip(denials, expected, strict=True):
-        assert part in message
+    assert_denied(SLICES, review, expected)
 
 
 KEY = ec.generate_private_key(ec.SECP384R1())
@@ -187,10 +189,7 @@ KEY_CASES = [
 
 @pytest.mark.parametrize("review,expected", [c[1:] for c in KEY_CASES], ids=[c[0] for c in KEY_CASES])
 def test_plugin_publishes_only_its_own_nodes_keys(review: Review, expected: list[str]) -> None:
-    denials = TOKEN_KEYS.denials(review)
-    assert len(denials) == len(expected), denials
-    for message, part in zip(denials, expected, strict=True):
-        assert part in message
+    assert_denied(TOKEN_KEYS, review, expected)
 
 
 def test_key_policy_matches_only_the_key_namespace() -> None:
