@@ -25,6 +25,7 @@ FLAGS: dict[str, tuple[str, str]] = {
     "--sysfs-root": ("sysfs_root", "path"),
     "--dev-root": ("dev_root", "path"),
     "--proc-root": ("proc_root", "path"),
+    "--nvml-library": ("nvml_library", "path"),
     "--kubeconfig": ("kubeconfig", "path"),
     "--plugin-dir": ("plugin_dir", "path"),
     "--registry-dir": ("registry_dir", "path"),
@@ -43,6 +44,7 @@ HELP = {
     "--sysfs-root": "sysfs root (default /sys)",
     "--dev-root": "/dev root (default /dev)",
     "--proc-root": "/proc root (default /proc)",
+    "--nvml-library": "load NVML from this libnvidia-ml.so.1 (default: the library search path)",
     "--kubeconfig": "kubeconfig file (default: in-cluster config)",
     "--plugin-dir": "plugin directory: DRA socket, checkpoint, locks (default /var/lib/kubelet/plugins/<driver>)",
     "--registry-dir": "kubelet plugin registry directory (default /var/lib/kubelet/plugins_registry)",
@@ -136,6 +138,10 @@ def run(args: argparse.Namespace) -> int:
         from cc_gpu.dra.hostport import build_host  # noqa: PLC0415
         from cc_gpu.kube.client import KubernetesApi  # noqa: PLC0415
 
+        if settings.nvml_library and not settings.sim:
+            from cc_gpu.host.nvml import preload_library  # noqa: PLC0415
+
+            preload_library(settings.nvml_library)
         kube = KubernetesApi(settings.kubeconfig)
         host_port, wait_for_change = build_host(settings, kube)
         attestation = None

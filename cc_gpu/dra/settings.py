@@ -42,6 +42,7 @@ class PluginSettings:
     sysfs_root: Path = Path("/sys")
     dev_root: Path = Path("/dev")
     proc_root: Path = Path("/proc")
+    nvml_library: Path | None = None  # libnvidia-ml.so.1 at an explicit path (a mount of the node's driver libraries)
     kubeconfig: Path | None = None
     plugin_dir: Path | None = None  # default /var/lib/kubelet/plugins/<driver>
     registry_dir: Path = Path("/var/lib/kubelet/plugins_registry")
@@ -80,7 +81,8 @@ class PluginSettings:
         return self
 
 
-_PATHS = {"sim_root", "sysfs_root", "dev_root", "proc_root", "kubeconfig", "plugin_dir", "registry_dir", "cdi_root"}
+_PATHS = {"sim_root", "sysfs_root", "dev_root", "proc_root", "nvml_library", "kubeconfig", "plugin_dir", "registry_dir",
+          "cdi_root"}
 _SCALARS: dict[str, type] = {
     "node_name": str, "driver_name": str, "sim": str, "pod_uid": str, "metrics_port": int, "probe_port": int,
     "rescan_seconds": float, "log_level": str, "health_service": bool,

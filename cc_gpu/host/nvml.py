@@ -16,10 +16,12 @@ done from sysfs; NVML only adds facts.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from cc_gpu.errors import HostError, TemporaryError
@@ -71,6 +73,22 @@ class NvmlGate:
 
 
 PROCESS_GATE = NvmlGate()
+
+
+def preload_library(path: Path) -> bool:
+    """Load NVML's library from `path` so that pynvml's own `dlopen("libnvidia-ml.so.1")` finds it.
+
+    The dynamic linker answers a dlopen by soname with an object already loaded under that soname, so the library
+    comes from an explicit path (a container's read-only mount of the node's driver directory) without putting that
+    directory on the search path, where the node's other libraries could shadow the process's own. A missing or
+    unloadable library is the normal 'no NVML' state: logged, and False.
+    """
+    try:
+        ctypes.CDLL(str(path))
+    except OSError as e:
+        log.info("NVML library not loaded from %s (%s); continuing without NVML", path, e)
+        return False
+    return True
 
 
 def load_pynvml() -> Any:

@@ -142,7 +142,7 @@ def test_daemonset_mounts_and_privileges() -> None:
     mounts = {m["mountPath"]: m.get("readOnly", False) for m in container["volumeMounts"]}
     assert mounts == {"/var/lib/kubelet/plugins/gpu.cc-gpu.io": False, "/var/lib/kubelet/plugins_registry": False,
                       "/var/run/cdi": False, "/sys": False, "/dev": False, "/lib/modules": True, "/host/proc": True,
-                      "/etc/cc-gpu": True, "/opt/cc-gpu/nvidia/libnvidia-ml.so.1": True,
+                      "/etc/cc-gpu": True, "/host/nvidia-lib": True,
                       "/host/etc/kata-containers": True, "/host/opt/kata/share/defaults/kata-containers": True,
                       "/host/etc/containerd": True}
     host_paths = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v}
@@ -166,7 +166,8 @@ def test_plugin_arguments_are_accepted_by_the_plugin_command(name: str) -> None:
     args = parser.parse_args([a.replace("$(NODE_NAME)", "node-a") for a in container["args"][1:]])
     assert (args.node_name, args.metrics_port, args.probe_port) == ("node-a", 9400, 51515)
     assert str(args.config) == "/etc/cc-gpu/plugin.toml"
-    assert {e["name"] for e in container["env"]} == {"NODE_NAME", "POD_UID", "LD_LIBRARY_PATH"}
+    assert {e["name"] for e in container["env"]} == {"NODE_NAME", "POD_UID"}
+    assert str(args.nvml_library) == "/host/nvidia-lib/libnvidia-ml.so.1"
 
 
 def _plugin_settings(objects: list[dict[str, Any]], tmp_path: Path) -> PluginSettings:
@@ -196,24 +197,29 @@ def test_attestation_values_reach_the_plugin(tmp_path: Path) -> None:
     assert evidence["hostPath"] == {"path": "/srv/evidence", "type": "Directory"}
     assert {"name": "evidence", "mountPath": "/host/evidence", "readOnly": True} in pod["containers"][0][
         "volumeMounts"]
-    # No NVML without the nvml provider: no host library, no library path.
-    assert not any(v["name"] == "nvidia-ml" for v in pod["volumes"])
-    assert "LD_LIBRARY_PATH" not in {e["name"] for e in pod["containers"][0]["env"]}
     assert one(objects, "Role", "token-keys-writer")["metadata"]["namespace"] == "gpu-keys"
 
 
-@pytest.mark.parametrize("provider", ["auto", "nvml"])
-def test_nvml_library_comes_from_the_node(provider: str) -> None:
-    values = {"attestation": {"provider": provider,
-                              "nvml": {"libraryPath": "/run/nvidia/driver/usr/lib64/libnvidia-ml.so.1"}}}
-    pod = one(render(values), "DaemonSet")["spec"]["template"]["spec"]
-    library = next(v for v in pod["volumes"] if v["name"] == "nvidia-ml")
-    assert library["hostPath"] == {"path": "/run/nvidia/driver/usr/lib64/libnvidia-ml.so.1", "type": "File"}
+NVML_LIBRARY = [
+    ("driver container", "/run/nvidia/driver/usr/lib/x86_64-linux-gnu", True),
+    ("no NVML", "", False),
+]
+
+
+@pytest.mark.parametrize(("directory", "mounted"), [c[1:] for c in NVML_LIBRARY], ids=[c[0] for c in NVML_LIBRARY])
+def test_nvml_library_comes_from_the_node(directory: str, mounted: bool) -> None:
+    pod = one(render({"nvml": {"libraryDir": directory}}), "DaemonSet")["spec"]["template"]["spec"]
     container = pod["containers"][0]
-    mount = next(m for m in container["volumeMounts"] if m["name"] == "nvidia-ml")
-    env = {e["name"]: e.get("value") for e in container["env"]}
-    assert mount["mountPath"] == env["LD_LIBRARY_PATH"] + "/libnvidia-ml.so.1"
-    assert mount["readOnly"] is True
+    volumes = [v for v in pod["volumes"] if v["name"] == "nvidia-lib"]
+    mounts = [m for m in container["volumeMounts"] if m["name"] == "nvidia-lib"]
+    flags = [a for a in container["args"] if a.startswith("--nvml-library=")]
+    assert "LD_LIBRARY_PATH" not in {e["name"] for e in container["env"]}  # nothing from the node shadows the image
+    if not mounted:
+        assert (volumes, mounts, flags) == ([], [], [])
+        return
+    assert volumes[0]["hostPath"] == {"path": directory, "type": "Directory"}
+    assert mounts[0]["readOnly"] is True
+    assert flags == [f"--nvml-library={mounts[0]['mountPath']}/libnvidia-ml.so.1"]
 
 
 KATA_CHECK = [("on", {}, ["--kata-root=/host"], 3), ("off", {"kataCheck": {"enabled": False}}, ["--kata-check=off"], 0)]
@@ -314,7 +320,7 @@ BAD_VALUES = [
     ("not a CDI directory", {"cdiRoot": "/tmp/cdi"}, "cdiRoot"),
     ("unknown evidence provider", {"attestation": {"provider": "tpm"}}, "provider"),
     ("directory provider without a directory", {"attestation": {"provider": "directory"}}, "evidenceDir"),
-    ("relative NVML library", {"attestation": {"nvml": {"libraryPath": "libnvidia-ml.so.1"}}}, "libraryPath"),
+    ("relative NVML library directory", {"nvml": {"libraryDir": "usr/lib64"}}, "libraryDir"),
     ("unknown class policy", {"deviceClasses": {"attested": {"policy": "fleet"}}}, "policy"),
     ("no published keys", {"attestation": {"keys": {"published": 0}}}, "published"),
     ("a cluster-wide signing key is gone", {"attestation": {"signingKeySecret": "k"}}, "signingKeySecret"),
