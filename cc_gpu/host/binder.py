@@ -29,6 +29,7 @@ from cc_gpu.host.errors import (
     DeviceVanishedError,
     ForeignDeviceError,
     GpuInUseError,
+    GroupInUseError,
     GroupNotFoundError,
     GroupNotViableError,
     GroupOwnedError,
@@ -39,7 +40,7 @@ from cc_gpu.host.errors import (
 )
 from cc_gpu.host.fsio import HostIO
 from cc_gpu.host.host import Host
-from cc_gpu.host.inuse import gpu_holders
+from cc_gpu.host.inuse import gpu_holders, holders
 from cc_gpu.host.modalias import choose_vfio_module, driver_name_for_module, load_aliases
 from cc_gpu.host.policy import (
     HOST_SAFE_DRIVERS,
@@ -333,6 +334,7 @@ class Binder:
             return True
 
     def _rollback_or_raise(self, record: GroupRecord) -> None:
+        self._refuse_if_held(record)
         if record.phase != "restoring":
             self.records.write(replace(record, phase="restoring"))
         problems = self._rollback(record)
@@ -342,6 +344,33 @@ class Binder:
                 "The record is kept; fix the cause and run restore again"
             )
         self.records.delete(record.group)
+
+    def _refuse_if_held(self, record: GroupRecord) -> None:
+        """Refuse to hand back a group whose VFIO node a process (a VMM) still holds.
+
+        Linux's vfio-pci `unbind` does not fail while userspace holds the device: it blocks, uninterruptibly, until the
+        device is released ("blocked until released by user"), which would hang this process with the group lock held.
+        So look before writing, and leave the group exactly as it is; the caller retries once the VM is gone.
+        """
+        io, roots = self.host.io, self.host.roots
+        if record.backend == "legacy":
+            nodes = [f"/dev/vfio/{record.group}"]
+        else:
+            nodes = []
+            for dev in record.devices:
+                try:
+                    cdev = pci.read_vfio_cdev(io, roots, dev.bdf)
+                except DeviceVanishedError:
+                    continue
+                if cdev:
+                    nodes.append(f"/dev/vfio/devices/{cdev}")
+        held = {node: pids for node in nodes if (pids := holders(io, roots, node))}
+        if held:
+            who = "; ".join(f"{node} by pid {', '.join(map(str, pids))}" for node, pids in held.items())
+            raise GroupInUseError(
+                f"IOMMU group {record.group} is still open ({who}); stop the VM that uses it, then restore again",
+                retry_after=1.0,
+            )
 
     def _rollback(self, record: GroupRecord) -> list[str]:
         """Best effort, device by device, in reverse order; returns what could not be restored."""

@@ -38,6 +38,10 @@ class GpuInUseError(HostError, TemporaryError):
     """A process still holds the GPU's /dev/nvidia<minor> node."""
 
 
+class GroupInUseError(HostError, TemporaryError):
+    """A process (typically a VMM) still holds the group's VFIO device node, so the group cannot go back yet."""
+
+
 class BindTimeoutError(HostError, TemporaryError):
     """The kernel did not report the expected driver or device node in time."""
 

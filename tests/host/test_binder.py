@@ -16,6 +16,7 @@ from cc_gpu.host.errors import (
     DeviceVanishedError,
     ForeignDeviceError,
     GpuInUseError,
+    GroupInUseError,
     GroupNotFoundError,
     GroupNotViableError,
     GroupOwnedError,
@@ -258,6 +259,30 @@ def test_iommufd_backend_uses_cdevs_only(sim: SimFactory) -> None:
     assert not list((kernel.dev / "vfio" / "devices").iterdir())
     legacy = binder(host).bind(51, "t")
     assert (legacy.backend, legacy.device_nodes) == ("legacy", ("/dev/vfio/51",))
+
+
+@pytest.mark.parametrize(
+    ("topology", "group", "backend"),
+    [
+        pytest.param("dgx-h100", 10, "legacy", id="legacy-group-node"),
+        pytest.param("blackwell-iommufd", 50, "prefer-iommufd", id="iommufd-cdev"),
+    ],
+)
+def test_restore_refuses_while_a_vmm_holds_the_group(sim: SimFactory, topology: str, group: int, backend: str) -> None:
+    """vfio-pci's unbind blocks until userspace lets go: the binder must look first and leave the group alone."""
+    host, kernel = sim(topology)
+    b = binder(host, backend=backend)
+    bound = b.bind(group, "t")
+    (gpu,) = (d.bdf for d in bound.devices)
+    pid = kernel.hold_node(bound.device_nodes[0])
+    with pytest.raises(GroupInUseError, match=rf"IOMMU group {group} is still open .* by pid {pid}") as ei:
+        b.restore(group, "t")
+    assert isinstance(ei.value, TemporaryError) and ei.value.retry_after
+    assert drivers(host, gpu) == ["vfio-pci"]
+    assert RecordStore(host.roots.state).read(group) is not None, "the record stays for the retry"
+    kernel.release(pid)
+    b.restore(group, "t")
+    assert drivers(host, gpu) == ["nvidia"]
 
 
 def test_prefer_iommufd_falls_back_to_legacy_without_dev_iommu(sim: SimFactory) -> None:

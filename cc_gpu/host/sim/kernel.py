@@ -314,11 +314,16 @@ class SimKernel:
         """A process opens the GPU's /dev/nvidia<minor>; returns its PID."""
         with self.locked() as state:
             minor = state["nvidia_minor"][bdf]
+        return self.hold_node(f"/dev/nvidia{minor}")
+
+    def hold_node(self, node: str) -> int:
+        """A process opens the host device node `node` (a VMM holding `/dev/vfio/<group>`, say); returns its PID."""
+        with self.locked() as state:
             pid = int(state.get("next_pid", 4000))
             state["next_pid"] = pid + 1
             fd_dir = self.proc / str(pid) / "fd"
             fd_dir.mkdir(parents=True)
-            os.symlink(f"/dev/nvidia{minor}", fd_dir / "3")
+            os.symlink(node, fd_dir / "3")
             return pid
 
     def release(self, pid: int) -> None:
