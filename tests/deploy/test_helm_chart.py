@@ -185,7 +185,8 @@ def test_attestation_values_reach_the_plugin(tmp_path: Path) -> None:
     values = {"attestation": {"provider": "directory", "evidenceDir": "/srv/evidence", "ocspOnline": False,
                               "discovery": False, "discoveryPolicy": "lenient", "allowRebind": True,
                               "tokenMount": False, "tokenTtlSeconds": 600,
-                              "keys": {"namespace": "gpu-keys", "maxAgeDays": 7, "published": 2}}}
+                              "keys": {"namespace": "gpu-keys", "maxAgeDays": 7, "published": 2}},
+              "deviceClasses": {"attested": {"selectAttested": False}}}
     objects = render(values)
     settings = _plugin_settings(objects, tmp_path).attestation
     assert settings == attestcfg.AttestationSettings(
@@ -323,6 +324,7 @@ BAD_VALUES = [
     ("relative NVML library directory", {"nvml": {"libraryDir": "usr/lib64"}}, "libraryDir"),
     ("unknown class policy", {"deviceClasses": {"attested": {"policy": "fleet"}}}, "policy"),
     ("no published keys", {"attestation": {"keys": {"published": 0}}}, "published"),
+    ("selecting attested GPUs that discovery never marks", {"attestation": {"discovery": False}}, "selectAttested"),
     ("a cluster-wide signing key is gone", {"attestation": {"signingKeySecret": "k"}}, "signingKeySecret"),
     ("no runtime classes", {"admission": {"cdiAnnotation": {"runtimeClassNames": []}}}, "runtimeClassNames"),
     ("bad digest", {"image": {"digest": "latest"}}, "digest"),
