@@ -34,30 +34,42 @@ class NvmlUnavailableError(HostError, TemporaryError):
 
 
 class NvmlGate:
-    """Sessions one at a time, and never while a bind runs (binds may overlap each other)."""
+    """Sessions one at a time, and never while a bind runs (binds may overlap each other).
+
+    A thread that holds the session may open nested ones (one NVML session, counted); a bind from inside its own
+    session is a programming error, raised at once instead of waiting for itself forever.
+    """
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
-        self._session_open = False
+        self._owner: int | None = None  # the thread holding the session
+        self._depth = 0
         self._binds = 0
 
     @contextlib.contextmanager
     def session_slot(self) -> Iterator[None]:
+        me = threading.get_ident()
         with self._cond:
-            self._cond.wait_for(lambda: not self._session_open and self._binds == 0)
-            self._session_open = True
+            if self._owner != me:
+                self._cond.wait_for(lambda: self._owner is None and self._binds == 0)
+                self._owner = me
+            self._depth += 1
         try:
             yield
         finally:
             with self._cond:
-                self._session_open = False
-                self._cond.notify_all()
+                self._depth -= 1
+                if self._depth == 0:
+                    self._owner = None
+                    self._cond.notify_all()
 
     @contextlib.contextmanager
     def quiet(self) -> Iterator[None]:
         """While the body runs (a bind), no NVML session is open in this process."""
         with self._cond:
-            self._cond.wait_for(lambda: not self._session_open)
+            if self._owner == threading.get_ident():
+                raise RuntimeError("a bind inside this thread's own NVML session would find the GPU held by us")
+            self._cond.wait_for(lambda: self._owner is None)
             self._binds += 1
         try:
             yield
@@ -69,7 +81,7 @@ class NvmlGate:
     @property
     def session_open(self) -> bool:
         with self._cond:
-            return self._session_open
+            return self._owner is not None
 
 
 PROCESS_GATE = NvmlGate()
@@ -139,12 +151,19 @@ class Nvml(Protocol):
         """Facts about the GPU at `bdf`, or None when NVML is missing or does not manage that GPU."""
         ...
 
+    def batch(self) -> contextlib.AbstractContextManager[None]:
+        """Questions asked in the body (by this thread) share one NVML session: one discovery pass, one start-up."""
+        ...
+
 
 class NoNvml:
     """NVML absent."""
 
     def device_info(self, bdf: str) -> NvmlDeviceInfo | None:
         return None
+
+    def batch(self) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
 
 
 def _text(value: Any) -> str:
@@ -164,21 +183,45 @@ def _cc_mode_from_settings(settings: Any) -> str | None:
 
 
 class PynvmlReader:
-    """NVML through `pynvml`, one session per question; a failure to start means 'no NVML' from then on."""
+    """NVML through `pynvml`: one session per question, or per `batch()`; a failure to start means 'no NVML' from
+    then on. Starting NVML can take seconds per GPU where no persistence daemon keeps the driver initialised, so a
+    discovery pass asks all its questions in one session."""
 
     def __init__(self, sessions: NvmlSessions | None = None) -> None:
         self._sessions = sessions or NvmlSessions()
         self._failed = False
+        self._batch = threading.local()  # the open module of this thread's batch, if any
+
+    def _unavailable(self, e: NvmlUnavailableError) -> None:
+        log.info("NVML not available (%s); continuing from sysfs only", e)
+        self._failed = True
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        if self._failed or getattr(self._batch, "nv", None) is not None:
+            yield  # no NVML, or already inside this thread's batch
+            return
+        with contextlib.ExitStack() as stack:
+            try:
+                self._batch.nv = stack.enter_context(self._sessions.session())
+            except NvmlUnavailableError as e:
+                self._unavailable(e)
+            try:
+                yield
+            finally:
+                self._batch.nv = None
 
     def device_info(self, bdf: str) -> NvmlDeviceInfo | None:
         if self._failed:
             return None
+        nv = getattr(self._batch, "nv", None)
+        if nv is not None:
+            return self._read(nv, bdf)
         try:
             with self._sessions.session() as nv:
                 return self._read(nv, bdf)
         except NvmlUnavailableError as e:
-            log.info("NVML not available (%s); continuing from sysfs only", e)
-            self._failed = True
+            self._unavailable(e)
             return None
 
     @staticmethod

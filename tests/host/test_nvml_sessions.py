@@ -22,6 +22,7 @@ import pytest
 from cc_gpu.dra.hostport import HostAdapter
 from cc_gpu.dra.settings import Selection
 from cc_gpu.host.binder import GpuInUseError
+from cc_gpu.host.discovery import discover
 from cc_gpu.host.gpuevidence import EvidenceUnavailableError, NvmlEvidenceReader
 from cc_gpu.host.host import Host
 from cc_gpu.host.nvml import NvmlGate, NvmlSessions, PynvmlReader
@@ -39,8 +40,11 @@ class HoldingNvml(types.ModuleType):
         self.dev = dev
         self.open_files: list[IO[bytes]] = []
 
+    inits = 0
+
     def nvmlInit(self) -> None:  # pynvml's names
-        self.open_files = [path.open("rb") for path in sorted(self.dev.glob("nvidia*"))]
+        self.inits += 1
+        self.open_files += [path.open("rb") for path in sorted(self.dev.glob("nvidia*"))]
 
     def nvmlShutdown(self) -> None:
         for f in self.open_files:
@@ -114,6 +118,27 @@ def test_discovery_reader_answers_from_its_session(node: tuple[Host, HoldingNvml
     info = PynvmlReader(NvmlSessions(lambda: module, NvmlGate())).device_info(GPU)
     assert info is not None
     assert (info.uuid, info.cc_mode) == ("GPU-0f0e", "on")
+
+
+def test_a_discovery_pass_is_one_session(node: tuple[Host, HoldingNvml]) -> None:
+    host, module = node
+    host = replace(host, nvml=PynvmlReader(NvmlSessions(lambda: module, NvmlGate())))
+    inventory = discover(host)
+    on_nvidia = [g for g in inventory.gpus if g.driver == "nvidia"]
+    assert len(on_nvidia) == 8
+    assert all(g.uuid == "GPU-0f0e" for g in on_nvidia)
+    assert module.inits == 1
+    assert module.open_files == []
+    binder(host).bind(GROUP, "claim-a")
+
+
+def test_nested_sessions_of_one_thread_and_a_bind_inside_one() -> None:
+    gate = NvmlGate()
+    with gate.session_slot(), gate.session_slot():  # one thread: nested, not a wait for itself
+        assert gate.session_open
+        with pytest.raises(RuntimeError, match="own NVML session"), gate.quiet():
+            pass
+    assert not gate.session_open
 
 
 def test_the_plugins_bind_waits_for_a_session_in_another_thread(node: tuple[Host, HoldingNvml]) -> None:
