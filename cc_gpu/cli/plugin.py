@@ -2,9 +2,9 @@
 
 Flags follow the command-line contract; every flag has an environment mirror (`CC_GPU_<FLAG>`, and `NODE_NAME` for
 `--node-name`), and `--config FILE` reads a TOML file with the same keys (underscores) plus `[selection]`,
-`[policy]` and `[attestation]` tables (attested claims: `cc_gpu.dra.attestcfg`). Precedence: defaults < file <
-environment < flags. This module is the only place that builds the real adapters: the host under the given roots
-(or a simulated one with `--sim`) and the Kubernetes client.
+`[policy]`, `[attestation]` (attested claims: `cc_gpu.dra.attestcfg`) and `[kata_check]` tables. Precedence:
+defaults < file < environment < flags. This module is the only place that builds the real adapters: the host under
+the given roots (or a simulated one with `--sim`) and the Kubernetes client.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ FLAGS: dict[str, tuple[str, str]] = {
     "--sysfs-root": ("sysfs_root", "path"),
     "--dev-root": ("dev_root", "path"),
     "--proc-root": ("proc_root", "path"),
+    "--nvml-library": ("nvml_library", "path"),
     "--kubeconfig": ("kubeconfig", "path"),
     "--plugin-dir": ("plugin_dir", "path"),
     "--registry-dir": ("registry_dir", "path"),
@@ -43,6 +44,7 @@ HELP = {
     "--sysfs-root": "sysfs root (default /sys)",
     "--dev-root": "/dev root (default /dev)",
     "--proc-root": "/proc root (default /proc)",
+    "--nvml-library": "load NVML from this libnvidia-ml.so.1 (default: the library search path)",
     "--kubeconfig": "kubeconfig file (default: in-cluster config)",
     "--plugin-dir": "plugin directory: DRA socket, checkpoint, locks (default /var/lib/kubelet/plugins/<driver>)",
     "--registry-dir": "kubelet plugin registry directory (default /var/lib/kubelet/plugins_registry)",
@@ -65,6 +67,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="manage only these GPUs: comma-separated PCI addresses (env CC_GPU_SELECT_PCI)")
     parser.add_argument("--select-label", dest="select_label", default=None,
                         help="manage the GPUs listed in this node label's value (env CC_GPU_SELECT_LABEL)")
+    parser.add_argument("--kata-check", dest="kata_check", choices=("on", "off"), default=None,
+                        help="check the node's Kata configuration at startup and publish the result (default on; "
+                             "env CC_GPU_KATA_CHECK)")
+    parser.add_argument("--kata-root", dest="kata_root", type=Path, default=None,
+                        help="host root under which the Kata and containerd configuration files are read (default /, "
+                             "the sim tree with --sim; env CC_GPU_KATA_ROOT)")
 
 
 def _env_name(dest: str) -> str:
@@ -104,6 +112,14 @@ def settings_from(args: argparse.Namespace, environ: dict[str, str]) -> Any:
         settings = replace(settings, selection=Selection("pci", tuple(a.strip().lower() for a in pci.split(","))))
     elif label:
         settings = replace(settings, selection=Selection("label", label=label))
+    kata_check = args.kata_check or environ.get("CC_GPU_KATA_CHECK")
+    if kata_check and kata_check not in ("on", "off"):
+        raise ConfigError(f"environment CC_GPU_KATA_CHECK: must be on or off (got {kata_check!r})")
+    kata_root = args.kata_root or (Path(environ["CC_GPU_KATA_ROOT"]) if environ.get("CC_GPU_KATA_ROOT") else None)
+    if kata_check:
+        settings = replace(settings, kata_check=replace(settings.kata_check, enabled=kata_check == "on"))
+    if kata_root:
+        settings = replace(settings, kata_check=replace(settings.kata_check, root=kata_root))
     return settings.validate()
 
 
@@ -122,6 +138,10 @@ def run(args: argparse.Namespace) -> int:
         from cc_gpu.dra.hostport import build_host  # noqa: PLC0415
         from cc_gpu.kube.client import KubernetesApi  # noqa: PLC0415
 
+        if settings.nvml_library and not settings.sim:
+            from cc_gpu.host.nvml import preload_library  # noqa: PLC0415
+
+            preload_library(settings.nvml_library)
         kube = KubernetesApi(settings.kubeconfig)
         host_port, wait_for_change = build_host(settings, kube)
         attestation = None

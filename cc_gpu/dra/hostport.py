@@ -22,6 +22,7 @@ from cc_gpu.host import Host
 from cc_gpu.host.binder import Binder, BindPolicy
 from cc_gpu.host.discovery import Gpu, Inventory, discover
 from cc_gpu.host.errors import ResetUnsupportedError
+from cc_gpu.host.nvml import PROCESS_GATE
 from cc_gpu.host.tee import read_host_tee
 from cc_gpu.kube.api import KubeApi
 from cc_gpu.kube.errors import ApiError
@@ -141,7 +142,9 @@ class HostAdapter:
         return "legacy" if legacy_available else "prefer-iommufd"
 
     def bind(self, group: int, owner: str, iommu_mode: str) -> BoundNodes:
-        bound = self._binder(self._backend_for(iommu_mode)).bind(group, owner)
+        # No NVML session of ours may hold /dev/nvidia* while the binder checks who holds the GPU (host/nvml.py).
+        with PROCESS_GATE.quiet():
+            bound = self._binder(self._backend_for(iommu_mode)).bind(group, owner)
         originals = {d.bdf: d.original_driver for d in bound.devices}
         return BoundNodes(nodes=tuple(bound.device_nodes), original_drivers=originals, mode=bound.backend)
 

@@ -219,16 +219,21 @@ class KubeletDouble:
             if not self._changed.wait_for(lambda: driver not in self.plugins, timeout):
                 raise RegistrationError(f"plugin {driver} is still registered after {timeout}s")
 
-    def prepare(self, driver: str, claims: Sequence[tuple[str, str, str]]) -> dict[str, PrepareResult]:
-        """NodePrepareResources for (namespace, name, uid) claims; maps uid -> result."""
+    def _call(self, driver: str, method: str, claims: Sequence[tuple[str, str, str]]) -> Any:
+        """One Node{Prepare,Unprepare}Resources call for (namespace, name, uid) claims, checking none is left out."""
         p = self.plugins[driver]
-        request = p.pb.NodePrepareResourcesRequest(
+        request = getattr(p.pb, f"{method}Request")(
             claims=[p.pb.Claim(namespace=ns, name=name, uid=uid) for ns, name, uid in claims]
         )
-        response = p.stub.NodePrepareResources(request, timeout=PREPARE_TIMEOUT)
+        response = getattr(p.stub, method)(request, timeout=PREPARE_TIMEOUT)
         missing = {uid for _, _, uid in claims} - set(response.claims)
         if missing:
             raise RegistrationError(f"plugin left out {len(missing)} claims: {sorted(missing)}")
+        return response
+
+    def prepare(self, driver: str, claims: Sequence[tuple[str, str, str]]) -> dict[str, PrepareResult]:
+        """NodePrepareResources for (namespace, name, uid) claims; maps uid -> result."""
+        response = self._call(driver, "NodePrepareResources", claims)
         out: dict[str, PrepareResult] = {}
         for uid, r in response.claims.items():
             devices = tuple(
@@ -239,12 +244,5 @@ class KubeletDouble:
 
     def unprepare(self, driver: str, claims: Sequence[tuple[str, str, str]]) -> dict[str, str]:
         """NodeUnprepareResources; maps uid -> error ('' on success)."""
-        p = self.plugins[driver]
-        request = p.pb.NodeUnprepareResourcesRequest(
-            claims=[p.pb.Claim(namespace=ns, name=name, uid=uid) for ns, name, uid in claims]
-        )
-        response = p.stub.NodeUnprepareResources(request, timeout=PREPARE_TIMEOUT)
-        missing = {uid for _, _, uid in claims} - set(response.claims)
-        if missing:
-            raise RegistrationError(f"plugin left out {len(missing)} claims: {sorted(missing)}")
+        response = self._call(driver, "NodeUnprepareResources", claims)
         return {uid: r.error for uid, r in response.claims.items()}

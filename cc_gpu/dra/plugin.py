@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING
 
 from cc_gpu.dra.cdi import CdiWriter
 from cc_gpu.dra.checkpoint import PREPARE_COMPLETED, Checkpoint
+from cc_gpu.dra.katacheck import ATTRIBUTE as KATA_CHECK_ATTRIBUTE
+from cc_gpu.dra.katacheck import run_kata_check
 from cc_gpu.dra.locks import GroupLocks
 from cc_gpu.dra.observe import Metrics
 from cc_gpu.dra.ports import GpuView, HostPort
@@ -70,6 +72,7 @@ class Plugin:
         self._watcher: threading.Thread | None = None
         self.started_at = time.monotonic()
         self.published_at: float | None = None
+        self.kata_summary: str | None = None  # the startup Kata check's verdict, published on every device
 
     def _devices(self) -> list[GpuView]:
         """Discovered devices, marked unhealthy where a prepared GPU was rebound outside the plugin."""
@@ -91,6 +94,13 @@ class Plugin:
     def refresh(self) -> int:
         """Rediscover, update the inventory, publish slices and health; return the API writes made."""
         devices = self._devices()
+        if self.settings.kata_check.enabled:
+            if self.kata_summary is None:  # once, at startup: the most GPUs one pod can get is all of them
+                kata = self.settings.kata_check
+                self.kata_summary = run_kata_check(self.settings.kata_root, sum(len(d.gpus) for d in devices),
+                                                   kata.containerd_configs).summary
+            devices = [replace(d, attributes={**d.attributes, KATA_CHECK_ATTRIBUTE: {"string": self.kata_summary}})
+                       for d in devices]
         if self.attestation is not None:
             devices = self.attestation.annotate(devices)
             self.attestation.publish_keys()  # also rotates a key past its age

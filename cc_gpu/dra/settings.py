@@ -17,6 +17,7 @@ from typing import Any
 
 from cc_gpu.dra.attestcfg import AttestationSettings, decode_settings
 from cc_gpu.dra.gate import GatePolicy
+from cc_gpu.dra.katacheck import KataCheckSettings
 from cc_gpu.errors import ConfigError
 
 DEFAULT_DRIVER = "gpu.cc-gpu.io"
@@ -41,6 +42,7 @@ class PluginSettings:
     sysfs_root: Path = Path("/sys")
     dev_root: Path = Path("/dev")
     proc_root: Path = Path("/proc")
+    nvml_library: Path | None = None  # libnvidia-ml.so.1 at an explicit path (a mount of the node's driver libraries)
     kubeconfig: Path | None = None
     plugin_dir: Path | None = None  # default /var/lib/kubelet/plugins/<driver>
     registry_dir: Path = Path("/var/lib/kubelet/plugins_registry")
@@ -54,10 +56,20 @@ class PluginSettings:
     selection: Selection = field(default_factory=Selection)
     policy: GatePolicy = field(default_factory=GatePolicy)
     attestation: AttestationSettings = field(default_factory=AttestationSettings)
+    kata_check: KataCheckSettings = field(default_factory=KataCheckSettings)
 
     @property
     def plugin_path(self) -> Path:
         return self.plugin_dir or Path("/var/lib/kubelet/plugins") / self.driver_name
+
+    @property
+    def kata_root(self) -> Path:
+        """Where the node's Kata and containerd files are: as set, else the sim tree on a simulated node, else `/`."""
+        if self.kata_check.root is not None:
+            return self.kata_check.root
+        if self.sim:
+            return self.sim_root or self.plugin_path / "sim"
+        return Path("/")
 
     def validate(self) -> PluginSettings:
         if not self.node_name:
@@ -69,7 +81,8 @@ class PluginSettings:
         return self
 
 
-_PATHS = {"sim_root", "sysfs_root", "dev_root", "proc_root", "kubeconfig", "plugin_dir", "registry_dir", "cdi_root"}
+_PATHS = {"sim_root", "sysfs_root", "dev_root", "proc_root", "nvml_library", "kubeconfig", "plugin_dir", "registry_dir",
+          "cdi_root"}
 _SCALARS: dict[str, type] = {
     "node_name": str, "driver_name": str, "sim": str, "pod_uid": str, "metrics_port": int, "probe_port": int,
     "rescan_seconds": float, "log_level": str, "health_service": bool,
@@ -105,6 +118,8 @@ def apply_mapping(base: PluginSettings, data: Mapping[str, Any], where: str = ""
             changes[key] = _policy(value, base.policy)
         elif key == "attestation":
             changes[key] = decode_settings(value, base.attestation)
+        elif key == "kata_check":
+            changes[key] = _kata_check(value, base.kata_check)
         else:
             raise ConfigError(f"config key {name}: unknown")
     return replace(base, **changes)
@@ -143,6 +158,22 @@ def _policy(value: Any, base: GatePolicy) -> GatePolicy:
             out = replace(out, require_tee=_typed(f"policy.{key}", v, bool))
         else:
             raise ConfigError(f"config key policy.{key}: unknown")
+    return out
+
+
+def _kata_check(value: Any, base: KataCheckSettings) -> KataCheckSettings:
+    if not isinstance(value, dict):
+        raise ConfigError("config key kata_check: must be a table")
+    out = base
+    for key, v in value.items():
+        if key == "enabled":
+            out = replace(out, enabled=_typed("kata_check.enabled", v, bool))
+        elif key == "root":
+            out = replace(out, root=Path(_typed("kata_check.root", v, str)))
+        elif key == "containerd_configs":
+            out = replace(out, containerd_configs=tuple(Path(p) for p in _str_list("kata_check.containerd_configs", v)))
+        else:
+            raise ConfigError(f"config key kata_check.{key}: unknown")
     return out
 
 

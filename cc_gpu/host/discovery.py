@@ -141,7 +141,9 @@ def discover(host: Host, device_filter: DeviceFilter = NVIDIA_GPUS, *, require_i
     for fn in gpus_fn:
         if fn.iommu_group is not None and fn.iommu_group not in groups:
             groups[fn.iommu_group] = read_group(host, fn.iommu_group, device_filter)
-    gpus = tuple(_gpu(host, fn, groups.get(fn.iommu_group) if fn.iommu_group is not None else None) for fn in gpus_fn)
+    with host.nvml.batch():  # one NVML session for the whole pass, closed before anything can bind
+        gpus = tuple(_gpu(host, fn, groups.get(fn.iommu_group) if fn.iommu_group is not None else None)
+                     for fn in gpus_fn)
     return Inventory(gpus, tuple(groups[n] for n in sorted(groups)), io.exists(roots.dev / "iommu"))
 
 

@@ -4,8 +4,9 @@ NVML answers only for a GPU on the `nvidia` driver, so evidence is collected bef
 `nvmlDeviceGetConfComputeGpuAttestationReport` with a caller-chosen 32-byte nonce (the SPDM GET_MEASUREMENTS request
 and response, as the verifier parses them) and `nvmlDeviceGetConfComputeGpuCertificate` (the attestation certificate
 chain, PEM, leaf first). The module is loaded lazily and injected, so tests hand in a fake module object that returns
-the real ctypes structures. Each collection is its own NVML session (`nvmlInit` ... `nvmlShutdown`): an initialised
-NVML keeps `/dev/nvidia*` open, and the binder refuses to move a GPU that a process (this one included) holds open.
+the real ctypes structures. Each collection is its own NVML session (`nvml.NvmlSessions`, shared with discovery): an
+initialised NVML keeps `/dev/nvidia*` open, and the binder refuses to move a GPU that a process (this one included)
+holds open.
 
 For a GPU already on vfio-pci, `HostDriverSwitch` can move it to `nvidia` for the duration of an attestation and back
 again. That is an explicit opt-in of the node admin and the claim, and it is refused outright when the node has
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -25,6 +25,7 @@ from typing import Any
 from cc_gpu.errors import HostError, PermanentError, TemporaryError
 from cc_gpu.host import pci
 from cc_gpu.host.host import Host
+from cc_gpu.host.nvml import NvmlSessions, NvmlUnavailableError
 from cc_gpu.host.pciids import NVIDIA
 
 log = logging.getLogger(__name__)
@@ -56,50 +57,28 @@ def _bytes(array: Any, size: int, what: str) -> bytes:
 
 
 class NvmlEvidenceReader:
-    """Evidence through `pynvml`; `loader` returns the module (a fake one in tests), initialised per collection."""
+    """Evidence through `pynvml`; `loader` returns the module (a stand-in in tests); one NVML session per collection."""
 
-    def __init__(self, loader: Callable[[], Any] | None = None) -> None:
-        self._loader = loader or _load_pynvml
-        self._module: Any = None
-        self._lock = threading.Lock()
-
-    def _nvml(self) -> Any:
-        with self._lock:
-            if self._module is None:
-                try:
-                    self._module = self._loader()
-                except Exception as e:  # NVML missing is a normal state of a node, not a crash
-                    raise EvidenceUnavailableError(f"NVML is not available: {type(e).__name__}: {e}") from e
-            return self._module
+    def __init__(self, loader: Callable[[], Any] | None = None, sessions: NvmlSessions | None = None) -> None:
+        self._sessions = sessions or NvmlSessions(loader)
 
     def collect(self, bdf: str, nonce: bytes) -> RawEvidence:
         if len(nonce) != NONCE_SIZE:
             raise ValueError(f"an attestation nonce is {NONCE_SIZE} bytes")
-        nv = self._nvml()
-        with self._lock:  # one NVML session at a time; closed again so no /dev/nvidia* stays open
-            try:
-                nv.nvmlInit()
-            except Exception as e:
-                raise EvidenceUnavailableError(f"NVML could not start: {type(e).__name__}: {e}") from e
-            try:
-                handle = nv.nvmlDeviceGetHandleByPciBusId(bdf)
-                report = nv.nvmlDeviceGetConfComputeGpuAttestationReport(handle, nonce)
-                certs = nv.nvmlDeviceGetConfComputeGpuCertificate(handle)
-            except Exception as e:  # pynvml raises NVMLError subclasses per return code
-                raise EvidenceUnavailableError(f"NVML could not attest {bdf}: {type(e).__name__}: {e}") from e
-            finally:
-                with contextlib.suppress(Exception):
-                    nv.nvmlShutdown()
+        try:
+            with self._sessions.session() as nv:
+                try:
+                    handle = nv.nvmlDeviceGetHandleByPciBusId(bdf)
+                    report = nv.nvmlDeviceGetConfComputeGpuAttestationReport(handle, nonce)
+                    certs = nv.nvmlDeviceGetConfComputeGpuCertificate(handle)
+                except Exception as e:  # pynvml raises NVMLError subclasses per return code
+                    raise EvidenceUnavailableError(f"NVML could not attest {bdf}: {type(e).__name__}: {e}") from e
+        except NvmlUnavailableError as e:
+            raise EvidenceUnavailableError(str(e)) from e
         return RawEvidence(
             report=_bytes(report.attestationReport, report.attestationReportSize, "attestation report"),
             cert_chain_pem=_bytes(certs.attestationCertChain, certs.attestationCertChainSize, "certificate chain"),
         )
-
-
-def _load_pynvml() -> Any:
-    import pynvml  # noqa: PLC0415 - optional, heavy, absent on most machines
-
-    return pynvml
 
 
 def current_driver(host: Host, bdf: str) -> str | None:

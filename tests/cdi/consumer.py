@@ -21,11 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tests.cdi.schema import GOPATH
+
 REPO = Path(__file__).resolve().parents[2]
 SOURCE = Path(__file__).parent / "consumer" / "main.go"
 CACHE = REPO / ".cache" / "cdi-consumer"
-GOPATH = "/usr/share/gocode"
-CDI_SCHEMA_DIR = Path(GOPATH) / "src/github.com/container-orchestrated-devices/container-device-interface/schema"
 
 
 class ConsumerError(Exception):

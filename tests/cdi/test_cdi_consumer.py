@@ -13,10 +13,9 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
-from referencing import Registry, Resource
-from referencing.jsonschema import DRAFT7
 
-from tests.cdi.consumer import CDI_SCHEMA_DIR, Consumer, ConsumerError, device_paths
+from tests.cdi.consumer import Consumer, ConsumerError, device_paths
+from tests.cdi.schema import validate_cdi, validate_schema
 from tests.cdi.shapes import iommufd_nodes, legacy_nodes, write_claim_spec, write_pod_spec
 
 CLAIM_A = "6f1e2d3c-0000-4aaa-8bbb-111111111111"
@@ -30,6 +29,8 @@ CASES = [
     ("iommufd", {"gpu-0": iommufd_nodes(0)}, ["/dev/vfio/devices/vfio0", "/dev/iommu"]),
     ("two devices in one claim", {"gpu-0": legacy_nodes(7), "gpu-1": legacy_nodes(9)},
      ["/dev/vfio/7", "/dev/vfio/9", "/dev/vfio/vfio"]),
+    ("two iommufd devices in one claim", {"gpu-0": iommufd_nodes(0), "gpu-1": iommufd_nodes(1)},
+     ["/dev/vfio/devices/vfio0", "/dev/vfio/devices/vfio1", "/dev/iommu"]),
 ]
 
 
@@ -99,10 +100,20 @@ def test_the_same_device_in_two_files_conflicts(consumer: Consumer, cdi_root: Pa
 def test_specs_match_the_cdi_json_schema(cdi_root: Path) -> None:
     write_claim_spec(cdi_root, CLAIM_A, {"gpu-0": legacy_nodes(7), "gpu-1": iommufd_nodes(1)})
     write_pod_spec(cdi_root, ADMISSION_UID, [legacy_nodes(7)])
-    schema = json.loads((CDI_SCHEMA_DIR / "schema.json").read_text())
-    defs = Resource.from_contents(json.loads((CDI_SCHEMA_DIR / "defs.json").read_text()), default_specification=DRAFT7)
-    validator = jsonschema.Draft7Validator(schema, registry=Registry().with_resource("defs.json", defs))
     paths = sorted(cdi_root.iterdir())
     assert len(paths) == 2
     for path in paths:
-        validator.validate(json.loads(path.read_text()))
+        validate_cdi(json.loads(path.read_text()))
+
+
+def test_the_schema_check_refuses_what_the_consumer_refuses(consumer: Consumer, cdi_root: Path) -> None:
+    """The suite's schema validator and the Go library agree: a device without container edits is refused."""
+    ids = write_claim_spec(cdi_root, CLAIM_A, {"gpu-0": legacy_nodes(7)})
+    path = cdi_root / f"cc-gpu.io-vfio_{CLAIM_A}.json"
+    spec = json.loads(path.read_text())
+    spec["devices"][0].pop("containerEdits")
+    with pytest.raises(jsonschema.ValidationError):
+        validate_schema(spec)
+    path.write_text(json.dumps(spec))
+    with pytest.raises(ConsumerError):
+        consumer.inject(cdi_root, devices=ids, nodes=legacy_nodes(7))

@@ -7,11 +7,14 @@ namespaces. The last test closes the loop: the annotation the policy sets is res
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
 
+from cc_gpu.dra.keys import NodeKey, configmap_body, key_id
 from tests.cdi.consumer import Consumer, build, device_paths
 from tests.cdi.shapes import legacy_nodes, write_pod_spec
 from tests.deploy.cel import Policy, Review
@@ -22,8 +25,17 @@ MUTATING = Policy(one(OBJECTS, "MutatingAdmissionPolicy", "cdi-annotation")["spe
 GUARD = Policy(one(OBJECTS, "ValidatingAdmissionPolicy", "cdi-annotation-guard")["spec"])
 SLICES = Policy(one(OBJECTS, "ValidatingAdmissionPolicy", "slice-node-restriction")["spec"])
 TENANTS = Policy(one(OBJECTS, "ValidatingAdmissionPolicy", "tenant-namespaces")["spec"])
+TOKEN_KEYS = Policy(one(OBJECTS, "ValidatingAdmissionPolicy", "token-keys-own-node")["spec"])
 UID = "7d1c4c2a-8f61-4a6e-9d0b-5c2e3f4a5b6c"
 OURS = f"cc-gpu.io/vfio=pod-{UID}"
+
+
+def assert_denied(policy: Policy, review: Review, expected: list[str]) -> None:
+    """The policy's denial messages, in order, each contain the expected part (none expected: admitted)."""
+    denials = policy.denials(review)
+    assert len(denials) == len(expected), denials
+    for message, part in zip(denials, expected, strict=True):
+        assert part in message
 
 
 def pod(runtime_class: str | None = "kata-qemu-nvidia-gpu-snp", claims: bool = True,
@@ -82,10 +94,7 @@ GUARD_CASES = [
 
 @pytest.mark.parametrize("review,expected", [c[1:] for c in GUARD_CASES], ids=[c[0] for c in GUARD_CASES])
 def test_guard_rejects_pods_naming_cc_gpu_devices(review: Review, expected: list[str]) -> None:
-    denials = GUARD.denials(review)
-    assert len(denials) == len(expected)
-    for message, part in zip(denials, expected, strict=True):
-        assert part in message
+    assert_denied(GUARD, review, expected)
 
 
 def test_mutation_then_guard_admits_the_pod() -> None:
@@ -130,10 +139,66 @@ SLICE_CASES = [
 
 @pytest.mark.parametrize("review,expected", [c[1:] for c in SLICE_CASES], ids=[c[0] for c in SLICE_CASES])
 def test_plugin_writes_only_its_own_nodes_slices(review: Review, expected: list[str]) -> None:
-    denials = SLICES.denials(review)
-    assert len(denials) == len(expected), denials
-    for message, part in zip(denials, expected, strict=True):
-        assert part in message
+    assert_denied(SLICES, review, expected)
+
+
+KEY = ec.generate_private_key(ec.SECP384R1())
+
+
+def keys_of(node: str, kid_node: str | None = None, versions: tuple[int, ...] = (1, 2)) -> dict[str, Any]:
+    """The ConfigMap the plugin publishes (`cc_gpu.dra.keys.configmap_body`), optionally with another node's key ids."""
+    keys = [NodeKey(key_id(kid_node or node, v), v, datetime(2026, 1, v, tzinfo=UTC), KEY) for v in versions]
+    body = configmap_body(node, "cc-gpu-token-keys", keys)
+    if kid_node:
+        body["metadata"]["name"] = f"cc-gpu-token-keys-{node}"
+    return body
+
+
+def renamed(body: dict[str, Any], name: str) -> dict[str, Any]:
+    return {**body, "metadata": {**body["metadata"], "name": name}}
+
+
+def annotated(body: dict[str, Any], node: str | None) -> dict[str, Any]:
+    annotations = {"cc-gpu.io/node": node} if node else {}
+    return {**body, "metadata": {**body["metadata"], "annotations": annotations}}
+
+
+KEY_CASES = [
+    ("own node's keys, as the plugin publishes them", Review("CREATE", keys_of("node-a"), user=plugin_on("node-a")),
+     []),
+    ("update after a rotation", Review("UPDATE", keys_of("node-a", versions=(2, 3)), old=keys_of("node-a"),
+                                       user=plugin_on("node-a")), []),
+    ("another node's ConfigMap", Review("UPDATE", keys_of("node-b"), old=keys_of("node-b"), user=plugin_on("node-a")),
+     ["may only write cc-gpu-token-keys-node-a", "annotation must name the writing node", "key id"]),
+    ("another node's key ids in its own ConfigMap",
+     Review("CREATE", annotated(keys_of("node-a", kid_node="node-b"), "node-a"), user=plugin_on("node-a")),
+     ["key id must be <node>.k<version> of the writing node"]),
+    ("a prefix of its name is not its name",
+     Review("CREATE", keys_of("node-a", kid_node="node-ab"), user=plugin_on("node-a")), ["key id"]),
+    ("own ConfigMap under another name", Review("CREATE", renamed(keys_of("node-a"), "cc-gpu-token-keys"),
+                                                user=plugin_on("node-a")), ["may only write"]),
+    ("annotation missing", Review("CREATE", annotated(keys_of("node-a"), None), user=plugin_on("node-a")),
+     ["annotation must name"]),
+    ("delete", Review("DELETE", None, old=keys_of("node-a"), user=plugin_on("node-a")), ["not deleted"]),
+    ("token without node", Review("CREATE", keys_of("node-a"), user=plugin_on(None)),
+     ["names no node", "may only write", "annotation", "key id"]),
+    ("other users are not this policy's business",
+     Review("CREATE", keys_of("node-b"), user={"username": "system:admin"}), []),
+]
+
+
+@pytest.mark.parametrize("review,expected", [c[1:] for c in KEY_CASES], ids=[c[0] for c in KEY_CASES])
+def test_plugin_publishes_only_its_own_nodes_keys(review: Review, expected: list[str]) -> None:
+    assert_denied(TOKEN_KEYS, review, expected)
+
+
+def test_key_policy_matches_only_the_key_namespace() -> None:
+    selector = TOKEN_KEYS.spec["matchConstraints"]["namespaceSelector"]
+    assert selector == {"matchLabels": {"kubernetes.io/metadata.name": "cc-gpu-token-keys"}}
+    other = one(render({"attestation": {"keys": {"namespace": "gpu-keys"}}}), "ValidatingAdmissionPolicy",
+                "token-keys-own-node")
+    assert other["spec"]["matchConstraints"]["namespaceSelector"]["matchLabels"] == {
+        "kubernetes.io/metadata.name": "gpu-keys"}
 
 
 def claim(*requests: dict[str, Any], template: bool = False) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 import helm_python as helm
@@ -11,13 +12,13 @@ import pytest
 import yaml
 
 from cc_gpu.cli import plugin
+from cc_gpu.dra import attestcfg, opaque
+from cc_gpu.dra.settings import PluginSettings, load_toml
 from tests.deploy.chart import CHART, NAMESPACE, REPO, notes, one, render
 
 K8S_VERSION = "1.37.0"
 # Kinds from CRDs have no schema in kubernetes-validate; they are checked structurally below instead.
 CRD_KINDS = {"ServiceMonitor"}
-PEM = ("-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEAGb9ECWmEzf6FQbrBZ9w7lshQhqowtrbLDFw4rXAxZuE=\n"
-       "-----END PUBLIC KEY-----\n")
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "defaults": {},
@@ -28,11 +29,15 @@ VARIANTS: dict[str, dict[str, Any]] = {
                                              "attested": {"name": "attested.gpu.example.com"}}},
     "everything on": {"metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}},
                       "runtimeClasses": {"create": True},
-                      "attestation": {"verdictPublicKey": PEM, "signingKeySecret": "cc-gpu-verdict-key"},
                       "image": {"digest": "sha256:" + "a" * 64}},
     "admission off": {"admission": {k: {"enabled": False} for k in
                                     ("cdiAnnotation", "cdiAnnotationGuard", "sliceNodeRestriction",
-                                     "tenantNamespaces")}},
+                                     "tenantNamespaces", "tokenKeysOwnNode")}},
+    "attestation off": {"attestation": {"provider": "none"}},
+    "directory evidence, existing key namespace": {
+        "attestation": {"provider": "directory", "evidenceDir": "/var/lib/cc-gpu/evidence",
+                        "keys": {"namespace": "gpu-keys", "createNamespace": False, "publicRead": False}},
+        "deviceClasses": {"attested": {"policy": "lenient", "selectAttested": False}}},
 }
 
 
@@ -65,17 +70,23 @@ def test_lint_is_clean(variant: tuple[str, list[dict[str, Any]]]) -> None:
 def test_expected_objects_per_variant(variant: tuple[str, list[dict[str, Any]]]) -> None:
     name, objects = variant
     kinds = sorted(o["kind"] for o in objects)
-    base = ["ClusterRole", "ClusterRoleBinding", "DaemonSet", "DeviceClass", "DeviceClass", "ServiceAccount"]
+    base = ["ClusterRole", "ClusterRoleBinding", "ConfigMap", "DaemonSet", "DeviceClass", "DeviceClass",
+            "ServiceAccount"]
     admission = ["MutatingAdmissionPolicy", "MutatingAdmissionPolicyBinding"] + [
         "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"] * 3
+    keys = ["Namespace", "Role", "RoleBinding", "Role", "RoleBinding"]
+    keys_admission = ["ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"]
     expected = {
-        "defaults": base + admission,
-        "attested class off": [k for k in base if k != "DeviceClass"] + ["DeviceClass"] + admission,
-        "no surge": base + admission,
-        "custom driver name": base + admission,
-        "everything on": base + admission + ["ConfigMap", "RuntimeClass", "RuntimeClass", "RuntimeClass", "Service",
-                                             "ServiceMonitor"],
-        "admission off": base,
+        "defaults": base + admission + keys + keys_admission,
+        "attested class off": [k for k in base if k != "DeviceClass"] + ["DeviceClass"] + admission + keys
+        + keys_admission,
+        "no surge": base + admission + keys + keys_admission,
+        "custom driver name": base + admission + keys + keys_admission,
+        "everything on": base + admission + keys + keys_admission + [
+            "RuntimeClass", "RuntimeClass", "RuntimeClass", "Service", "ServiceMonitor"],
+        "admission off": base + keys,
+        "attestation off": base + admission,
+        "directory evidence, existing key namespace": base + admission + ["Role", "RoleBinding"] + keys_admission,
     }[name]
     assert kinds == sorted(expected)
 
@@ -90,17 +101,32 @@ def test_custom_driver_name_reaches_every_place() -> None:
     rule = next(r for r in one(objects, "ClusterRole")["rules"] if r["resources"] == ["resourceclaims/driver"])
     assert rule["resourceNames"] == ["gpu.example.com"]
     for cls in (o for o in objects if o["kind"] == "DeviceClass"):
-        assert cls["spec"]["selectors"] == [{"cel": {"expression": 'device.driver == "gpu.example.com"'}}]
+        assert cls["spec"]["selectors"][0]["cel"]["expression"].startswith('device.driver == "gpu.example.com"')
         assert cls["spec"]["config"][0]["opaque"]["driver"] == "gpu.example.com"
+    selector = one(objects, "DeviceClass", "attested")["spec"]["selectors"][0]["cel"]["expression"]
+    assert 'device.attributes["gpu.example.com"].attested == true' in selector
 
 
-def test_attested_class_requires_attestation() -> None:
-    objects = render()
-    attested = one(objects, "DeviceClass", "attested")["spec"]["config"][0]["opaque"]["parameters"]
+ATTESTED_CLASSES = [
+    ("defaults", {}, "strict", True),
+    ("lenient, any GPU", {"deviceClasses": {"attested": {"policy": "lenient", "selectAttested": False}}},
+     "lenient", False),
+]
+
+
+@pytest.mark.parametrize(("values", "policy", "selects_attested"), [c[1:] for c in ATTESTED_CLASSES],
+                         ids=[c[0] for c in ATTESTED_CLASSES])
+def test_attested_class_requires_attestation(values: dict[str, Any], policy: str, selects_attested: bool) -> None:
+    objects = render(values)
+    attested = one(objects, "DeviceClass", "attested")["spec"]
     plain = one(objects, "DeviceClass", "vfio.gpu.cc-gpu.io")["spec"]["config"][0]["opaque"]["parameters"]
-    assert attested == {"apiVersion": "cc-gpu.io/v1alpha1", "kind": "VfioDeviceConfig",
-                        "attestation": {"required": True}}
     assert plain == {"apiVersion": "cc-gpu.io/v1alpha1", "kind": "VfioDeviceConfig"}
+    # The plugin's own decoder reads the class config as it would at prepare.
+    entries = opaque.entries_for_driver([{"source": "FromClass", "opaque": attested["config"][0]["opaque"]}],
+                                        "gpu.cc-gpu.io")
+    request = attestcfg.request_of(opaque.resolve(entries, "gpu").extra)
+    assert (request.required, request.policy) == (True, policy)
+    assert ("attested == true" in attested["selectors"][0]["cel"]["expression"]) is selects_attested
 
 
 @pytest.mark.parametrize(("surge", "expected"), [(True, (1, 0)), (False, (0, 1))], ids=["surge", "no surge"])
@@ -115,8 +141,11 @@ def test_daemonset_mounts_and_privileges() -> None:
     container = pod["containers"][0]
     mounts = {m["mountPath"]: m.get("readOnly", False) for m in container["volumeMounts"]}
     assert mounts == {"/var/lib/kubelet/plugins/gpu.cc-gpu.io": False, "/var/lib/kubelet/plugins_registry": False,
-                      "/var/run/cdi": False, "/sys": False, "/dev": False, "/lib/modules": True, "/host/proc": True}
-    host_paths = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"]}
+                      "/var/run/cdi": False, "/sys": False, "/dev": False, "/lib/modules": True, "/host/proc": True,
+                      "/etc/cc-gpu": True, "/host/nvidia-lib": True,
+                      "/host/etc/kata-containers": True, "/host/opt/kata/share/defaults/kata-containers": True,
+                      "/host/etc/containerd": True}
+    host_paths = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v}
     assert host_paths["host-proc"] == "/proc"
     assert pod["hostPID"] is False
     assert "hostNetwork" not in pod
@@ -136,7 +165,91 @@ def test_plugin_arguments_are_accepted_by_the_plugin_command(name: str) -> None:
     plugin.add_arguments(parser)
     args = parser.parse_args([a.replace("$(NODE_NAME)", "node-a") for a in container["args"][1:]])
     assert (args.node_name, args.metrics_port, args.probe_port) == ("node-a", 9400, 51515)
+    assert str(args.config) == "/etc/cc-gpu/plugin.toml"
     assert {e["name"] for e in container["env"]} == {"NODE_NAME", "POD_UID"}
+    assert str(args.nvml_library) == "/host/nvidia-lib/libnvidia-ml.so.1"
+
+
+def _plugin_settings(objects: list[dict[str, Any]], tmp_path: Path) -> PluginSettings:
+    """The settings the plugin builds from the rendered ConfigMap, as `--config` reads it."""
+    path = tmp_path / "plugin.toml"
+    path.write_text(one(objects, "ConfigMap", "plugin-config")["data"]["plugin.toml"])
+    return load_toml(path, PluginSettings())
+
+
+def test_default_config_file_decodes_to_the_plugins_defaults(tmp_path: Path) -> None:
+    assert _plugin_settings(render(), tmp_path).attestation == attestcfg.AttestationSettings()
+
+
+def test_attestation_values_reach_the_plugin(tmp_path: Path) -> None:
+    values = {"attestation": {"provider": "directory", "evidenceDir": "/srv/evidence", "ocspOnline": False,
+                              "discovery": False, "discoveryPolicy": "lenient", "allowRebind": True,
+                              "tokenMount": False, "tokenTtlSeconds": 600,
+                              "keys": {"namespace": "gpu-keys", "maxAgeDays": 7, "published": 2}},
+              "deviceClasses": {"attested": {"selectAttested": False}}}
+    objects = render(values)
+    settings = _plugin_settings(objects, tmp_path).attestation
+    assert settings == attestcfg.AttestationSettings(
+        provider="directory", evidence_dir=Path("/host/evidence"), ocsp_online=False, discovery=False,
+        discovery_policy="lenient", allow_rebind=True, token_mount=False, token_ttl_seconds=600,
+        key_max_age_days=7, keys_published=2, keys_namespace="gpu-keys")
+    pod = one(objects, "DaemonSet")["spec"]["template"]["spec"]
+    evidence = next(v for v in pod["volumes"] if v["name"] == "evidence")
+    assert evidence["hostPath"] == {"path": "/srv/evidence", "type": "Directory"}
+    assert {"name": "evidence", "mountPath": "/host/evidence", "readOnly": True} in pod["containers"][0][
+        "volumeMounts"]
+    assert one(objects, "Role", "token-keys-writer")["metadata"]["namespace"] == "gpu-keys"
+
+
+NVML_LIBRARY = [
+    ("driver container", "/run/nvidia/driver/usr/lib/x86_64-linux-gnu", True),
+    ("no NVML", "", False),
+]
+
+
+@pytest.mark.parametrize(("directory", "mounted"), [c[1:] for c in NVML_LIBRARY], ids=[c[0] for c in NVML_LIBRARY])
+def test_nvml_library_comes_from_the_node(directory: str, mounted: bool) -> None:
+    pod = one(render({"nvml": {"libraryDir": directory}}), "DaemonSet")["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    volumes = [v for v in pod["volumes"] if v["name"] == "nvidia-lib"]
+    mounts = [m for m in container["volumeMounts"] if m["name"] == "nvidia-lib"]
+    flags = [a for a in container["args"] if a.startswith("--nvml-library=")]
+    assert "LD_LIBRARY_PATH" not in {e["name"] for e in container["env"]}  # nothing from the node shadows the image
+    if not mounted:
+        assert (volumes, mounts, flags) == ([], [], [])
+        return
+    assert volumes[0]["hostPath"] == {"path": directory, "type": "Directory"}
+    assert mounts[0]["readOnly"] is True
+    assert flags == [f"--nvml-library={mounts[0]['mountPath']}/libnvidia-ml.so.1"]
+
+
+KATA_CHECK = [("on", {}, ["--kata-root=/host"], 3), ("off", {"kataCheck": {"enabled": False}}, ["--kata-check=off"], 0)]
+
+
+@pytest.mark.parametrize(("values", "flags", "mounts"), [c[1:] for c in KATA_CHECK], ids=[c[0] for c in KATA_CHECK])
+def test_kata_check_reads_the_nodes_files(values: dict[str, Any], flags: list[str], mounts: int) -> None:
+    pod = one(render(values), "DaemonSet")["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert [a for a in container["args"] if a.startswith("--kata")] == flags
+    kata = [m for m in container["volumeMounts"] if m["name"].startswith("kata-config")]
+    assert len(kata) == mounts
+    volumes = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"] if v["name"].startswith("kata-config")}
+    for mount in kata:
+        # Each node directory appears under the plugin's --kata-root at its own path.
+        assert mount["mountPath"] == "/host" + volumes[mount["name"]]
+        assert mount["readOnly"] is True
+    parser = argparse.ArgumentParser(exit_on_error=False)
+    plugin.add_arguments(parser)
+    parser.parse_args([a.replace("$(NODE_NAME)", "n") for a in container["args"][1:]])
+
+
+def test_a_config_change_restarts_the_plugin_pods() -> None:
+    def checksum(values: dict[str, Any]) -> str:
+        template = one(render(values), "DaemonSet")["spec"]["template"]
+        return str(template["metadata"]["annotations"]["cc-gpu.io/config-sha256"])
+
+    assert checksum({}) == checksum({"rollingUpdate": {"surge": False}})
+    assert checksum({}) != checksum({"attestation": {"allowRebind": True}})
 
 
 def test_rbac_is_least_privilege() -> None:
@@ -144,8 +257,9 @@ def test_rbac_is_least_privilege() -> None:
     granted = {(g, r, v) for rule in rules for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
     assert not any("*" in item for item in granted)
     assert {r for _, r, _ in granted} == {"resourceslices", "resourceclaims", "resourceclaims/status",
-                                          "resourceclaims/driver", "pods", "nodes"}
-    assert {v for _, r, v in granted if r in ("resourceclaims", "pods", "nodes")} == {"get"}
+                                          "resourceclaims/driver", "pods", "nodes", "runtimeclasses", "events"}
+    assert {v for _, r, v in granted if r in ("resourceclaims", "pods", "nodes", "runtimeclasses")} == {"get"}
+    assert {v for _, r, v in granted if r == "events"} == {"create"}
     assert {v for _, r, v in granted if r == "resourceclaims/driver"} == {"associated-node:update",
                                                                           "associated-node:patch"}
     assert not any(r == "secrets" for _, r, _ in granted)
@@ -159,9 +273,27 @@ def test_runtime_classes_match_the_kata_folder() -> None:
     assert sorted(rendered, key=lambda o: o["metadata"]["name"]) == shipped
 
 
-def test_verdict_key_configmap_and_service_monitor() -> None:
+def test_token_keys_namespace_rbac_and_no_signing_key() -> None:
+    """Per-node keys: the plugin writes ConfigMaps only in the key namespace; no key material in the chart."""
+    objects = render()
+    assert one(objects, "Namespace")["metadata"]["name"] == "cc-gpu-token-keys"
+    writer = one(objects, "Role", "token-keys-writer")
+    assert writer["metadata"]["namespace"] == "cc-gpu-token-keys"
+    assert writer["rules"] == [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "create", "update"]}]
+    binding = one(objects, "RoleBinding", "token-keys-writer")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "cc-gpu-kubelet-plugin",
+                                    "namespace": NAMESPACE}]
+    reader = one(objects, "RoleBinding", "token-keys-reader")
+    assert reader["subjects"][0]["name"] == "system:authenticated"
+    assert one(objects, "Role", "token-keys-reader")["rules"][0]["verbs"] == ["get", "list", "watch"]
+    pod = one(objects, "DaemonSet")["spec"]["template"]["spec"]
+    assert not any("secret" in v for v in pod["volumes"])
+    assert not any(o["kind"] == "Secret" for o in objects)
+    assert "PRIVATE KEY" not in yaml.safe_dump_all(objects)
+
+
+def test_service_monitor_and_digest() -> None:
     objects = render(VARIANTS["everything on"])
-    assert one(objects, "ConfigMap")["data"]["verdict-public-key.pem"].strip() == PEM.strip()
     monitor = one(objects, "ServiceMonitor")
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
     assert monitor["metadata"]["labels"]["release"] == "prom"
@@ -170,10 +302,6 @@ def test_verdict_key_configmap_and_service_monitor() -> None:
     assert monitor["spec"]["endpoints"][0]["port"] == service["spec"]["ports"][0]["name"]
     pod = one(objects, "DaemonSet")["spec"]["template"]["spec"]
     assert pod["containers"][0]["image"] == "ghcr.io/cc-gpu/cc-gpu@sha256:" + "a" * 64
-    key = next(v for v in pod["volumes"] if v["name"] == "verdict-key")
-    assert key["secret"] == {"secretName": "cc-gpu-verdict-key", "defaultMode": 0o400}
-    mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "verdict-key")
-    assert mount["readOnly"] is True
 
 
 def test_notes_tell_how_to_check_the_install() -> None:
@@ -181,6 +309,8 @@ def test_notes_tell_how_to_check_the_install() -> None:
     assert "kubectl get resourceslices --field-selector spec.driver=gpu.cc-gpu.io" in text
     assert "cc-gpu kata check" in text
     assert "kubectl label namespace <tenant> cc-gpu.io/gpu-tenant=true" in text
+    assert "kubectl -n cc-gpu-token-keys get configmaps -l cc-gpu.io/token-keys=true" in text
+    assert "token-keys" not in notes({"attestation": {"provider": "none"}})
 
 
 BAD_VALUES = [
@@ -189,7 +319,13 @@ BAD_VALUES = [
     ("port out of range", {"probePort": 70000}, "probePort"),
     ("relative kubelet dir", {"kubeletDir": "var/lib/kubelet"}, "kubeletDir"),
     ("not a CDI directory", {"cdiRoot": "/tmp/cdi"}, "cdiRoot"),
-    ("not a PEM key", {"attestation": {"verdictPublicKey": "ssh-ed25519 AAAA"}}, "verdictPublicKey"),
+    ("unknown evidence provider", {"attestation": {"provider": "tpm"}}, "provider"),
+    ("directory provider without a directory", {"attestation": {"provider": "directory"}}, "evidenceDir"),
+    ("relative NVML library directory", {"nvml": {"libraryDir": "usr/lib64"}}, "libraryDir"),
+    ("unknown class policy", {"deviceClasses": {"attested": {"policy": "fleet"}}}, "policy"),
+    ("no published keys", {"attestation": {"keys": {"published": 0}}}, "published"),
+    ("selecting attested GPUs that discovery never marks", {"attestation": {"discovery": False}}, "selectAttested"),
+    ("a cluster-wide signing key is gone", {"attestation": {"signingKeySecret": "k"}}, "signingKeySecret"),
     ("no runtime classes", {"admission": {"cdiAnnotation": {"runtimeClassNames": []}}}, "runtimeClassNames"),
     ("bad digest", {"image": {"digest": "latest"}}, "digest"),
     ("flag as string", {"rollingUpdate": {"surge": "yes"}}, "surge"),

@@ -11,10 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from cc_gpu.dra.kubelet import KubeletDouble
-from cc_gpu.kube.apiserver import ApiServerDouble
-from cc_gpu.kube.client import KubernetesApi
-from tests.dra.harness import DRIVER, NODE, REPO, Node, opaque
+from tests.dra.harness import DRIVER, NODE, REPO, Node, opaque, simulated_node
 
 KEYS_NAMESPACE = "cc-gpu-token-keys"
 FAULTS_FILE = "attestation-faults.json"
@@ -38,26 +35,14 @@ def attest_config(source: str = "FromClass", **section: Any) -> dict[str, Any]:
 def attested_node(root: Path, topology: str = "dgx-h100", faults: dict[str, Any] | None = None,
                   settings: str = "") -> Iterator[Node]:
     """A node (API-server double, kubelet double) whose plugin will run with the given `[attestation]` settings."""
-    with ApiServerDouble() as server:
-        api = KubernetesApi(server.write_kubeconfig(root / "kubeconfig"))
-        kubelet = KubeletDouble(root / "registry")
-        kubelet.start()
-        node = Node(root, server, api, kubelet, topology=topology)
-        node.seed()
-        server.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": KEYS_NAMESPACE}})
+    with simulated_node(root, topology) as node:
+        node.server.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": KEYS_NAMESPACE}})
         config = root / "plugin.toml"
         config.write_text(f'[attestation]\nkeys_namespace = "{KEYS_NAMESPACE}"\n{settings}')
         node.extra_args = ["--config", str(config)]
         node.sim_root.mkdir(parents=True, exist_ok=True)
         (node.sim_root / FAULTS_FILE).write_text(json.dumps(faults or {}))
-        try:
-            yield node
-        finally:
-            if node.proc is not None and node.proc.poll() is None:
-                node.proc.kill()
-                node.proc.wait()
-            kubelet.stop()
-            api.close()
+        yield node
 
 
 def move_to_vfio(node: Node, bdf: str) -> None:

@@ -7,6 +7,7 @@ status subresource over HTTP) and the kubelet (through `KubeletDouble`, over the
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -187,3 +189,22 @@ class Node:
             if time.monotonic() > deadline:
                 raise AssertionError("condition not met in time")
             time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def simulated_node(root: Path, topology: str = "dgx-h100") -> Iterator[Node]:
+    """A seeded node (API-server double, kubelet double) under `root`; the plugin, if started, is killed at the end."""
+    with ApiServerDouble() as server:
+        api = KubernetesApi(server.write_kubeconfig(root / "kubeconfig"))
+        kubelet = KubeletDouble(root / "registry")
+        kubelet.start()
+        node = Node(root, server, api, kubelet, topology=topology)
+        node.seed()
+        try:
+            yield node
+        finally:
+            if node.proc is not None and node.proc.poll() is None:
+                node.proc.kill()
+                node.proc.wait()
+            kubelet.stop()
+            api.close()

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.cdi.schema import validate_cdi
 from tests.dra.attested import (
     attest_config,
     attested_node,
@@ -26,7 +27,6 @@ from tests.dra.attested import (
     move_to_vfio,
     pod_uid_of,
 )
-from tests.dra.cdischema import validate_cdi
 from tests.dra.harness import DRIVER, NODE, Node
 
 GOOD, TAMPERED, NO_VBIOS_RIM, REVOKED, ON_VFIO, PLAIN, OLD_DRIVER, SPARE = (

@@ -15,7 +15,7 @@ from cc_gpu.dra.cdi import (
     qualified,
 )
 from cc_gpu.dra.errors import CdiError
-from tests.dra.cdischema import validate_cdi
+from tests.cdi.schema import validate_cdi
 
 UID = "3f1c2a9e-6f0b-4b8e-9a55-0d7c1e2b4a10"
 

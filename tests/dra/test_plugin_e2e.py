@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from concurrent.futures import ThreadPoolExecutor
 
-from tests.dra.cdischema import validate_cdi
+from tests.cdi.schema import validate_cdi
 from tests.dra.harness import DRIVER, NODE, Node, opaque
 
 

@@ -52,6 +52,10 @@ def test_precedence_file_env_flag(tmp_path: Path) -> None:
         ("bad selection mode", '[selection]\nmode = "some"\n', "selection.mode"),
         ("handler list of non-strings", "[policy]\nallowed_handlers = [1]\n", "policy.allowed_handlers"),
         ("not TOML", "node_name = \n", "not valid TOML"),
+        ("unknown kata check key", "[kata_check]\nenable = false\n", "kata_check.enable: unknown"),
+        ("kata check switch as string", '[kata_check]\nenabled = "no"\n', "kata_check.enabled: must be bool"),
+        ("containerd configs not a list", '[kata_check]\ncontainerd_configs = "/etc"\n',
+         "kata_check.containerd_configs"),
     ],
 )
 def test_bad_config_files(tmp_path: Path, name: str, toml: str, message: str) -> None:
@@ -68,6 +72,7 @@ def test_bad_config_files(tmp_path: Path, name: str, toml: str, message: str) ->
         ("node name missing", [], {}, "node name is required"),
         ("driver name not DNS", ["--node-name", "n", "--driver-name", "GPU_Driver"], {}, "not a DNS subdomain"),
         ("bad env number", ["--node-name", "n"], {"CC_GPU_METRICS_PORT": "x"}, "CC_GPU_METRICS_PORT"),
+        ("kata check neither on nor off", ["--node-name", "n"], {"CC_GPU_KATA_CHECK": "yes"}, "CC_GPU_KATA_CHECK"),
         ("both selections", ["--node-name", "n", "--select-pci", "0000:01:00.0", "--select-label", "l"], {},
          "not both"),
     ],
@@ -76,6 +81,35 @@ def test_bad_flags(name: str, argv: list[str], env: dict[str, str], message: str
     with pytest.raises(ConfigError) as exc:
         cli_plugin.settings_from(parse(argv), env)
     assert message in str(exc.value), name
+
+
+KATA_ROOTS = [
+    ("a node", [], {}, "", Path("/")),
+    ("a simulated node reads its sim tree", ["--sim", "dgx-h100", "--sim-root", "/sim"], {}, "", Path("/sim")),
+    ("from the file", [], {}, '[kata_check]\nroot = "/host"\n', Path("/host")),
+    ("environment over the file", [], {"CC_GPU_KATA_ROOT": "/env"}, '[kata_check]\nroot = "/host"\n', Path("/env")),
+    ("flag over everything", ["--kata-root", "/flag", "--sim", "dgx-h100"], {"CC_GPU_KATA_ROOT": "/env"}, "",
+     Path("/flag")),
+]
+
+
+@pytest.mark.parametrize(("argv", "env", "toml", "root"), [c[1:] for c in KATA_ROOTS], ids=[c[0] for c in KATA_ROOTS])
+def test_kata_check_root(tmp_path: Path, argv: list[str], env: dict[str, str], toml: str, root: Path) -> None:
+    config = tmp_path / "plugin.toml"
+    config.write_text(toml)
+    s = cli_plugin.settings_from(parse(["--node-name", "n", "--config", str(config), *argv]), env)
+    assert s.kata_root == root
+    assert s.kata_check.enabled
+
+
+def test_kata_check_switch_and_containerd_files(tmp_path: Path) -> None:
+    config = tmp_path / "plugin.toml"
+    config.write_text('[kata_check]\nenabled = false\ncontainerd_configs = ["/etc/containerd/config.toml"]\n')
+    s = cli_plugin.settings_from(parse(["--node-name", "n", "--config", str(config)]), {})
+    assert not s.kata_check.enabled
+    assert s.kata_check.containerd_configs == (Path("/etc/containerd/config.toml"),)
+    flagged = cli_plugin.settings_from(parse(["--node-name", "n", "--config", str(config), "--kata-check", "on"]), {})
+    assert flagged.kata_check.enabled
 
 
 def test_settings_are_frozen() -> None:

@@ -6,12 +6,17 @@ code, lazy import and error handling included, is what runs.
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 import types
+from pathlib import Path
 
 import pytest
 
 from cc_gpu.host.nvml import NvmlDeviceInfo, PynvmlReader
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _fake_pynvml(*, init_fails: bool = False, settings: dict[str, int] | None = None) -> types.ModuleType:
@@ -78,3 +83,54 @@ def test_nvml_missing_is_a_normal_state(monkeypatch: pytest.MonkeyPatch) -> None
 def test_real_nvml_on_this_machine_answers_or_says_none() -> None:
     info = PynvmlReader().device_info("0000:18:00.0")
     assert info is None or isinstance(info, NvmlDeviceInfo)
+
+
+STAND_IN_LIBRARY = """
+int nvmlInitWithFlags(unsigned int flags) { return 0; }
+int nvmlInit_v2(void) { return 0; }
+int nvmlShutdown(void) { return 0; }
+"""
+PROBE = """
+import sys
+from pathlib import Path
+import pynvml
+from cc_gpu.host.nvml import preload_library
+if sys.argv[1] != "-":
+    print("preloaded" if preload_library(Path(sys.argv[1])) else "not preloaded")
+try:
+    pynvml.nvmlInit()
+    pynvml.nvmlShutdown()
+    print("nvml started")
+except pynvml.NVMLError as e:
+    print("nvml failed:", e)
+"""
+
+
+@pytest.fixture(scope="module")
+def stand_in_library(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A shared object with NVML's soname and session entry points, in a directory not on the search path."""
+    out = tmp_path_factory.mktemp("driver-lib")
+    source = out / "nvml.c"
+    source.write_text(STAND_IN_LIBRARY)
+    library = out / "libnvidia-ml.so.1"
+    subprocess.run(["gcc", "-shared", "-fPIC", "-Wl,-soname,libnvidia-ml.so.1", "-o", str(library), str(source)],
+                   check=True, capture_output=True, timeout=60)
+    return library
+
+
+PRELOADS = [
+    ("without a preload the library is not found", "-", ["nvml failed: NVML Shared Library Not Found"]),
+    ("preloaded from its mount, pynvml finds it by soname", "LIB", ["preloaded", "nvml started"]),
+    ("a missing library is the normal 'no NVML' state", "/nonexistent/libnvidia-ml.so.1",
+     ["not preloaded", "nvml failed: NVML Shared Library Not Found"]),
+]
+
+
+@pytest.mark.parametrize(("argument", "expected"), [c[1:] for c in PRELOADS], ids=[c[0] for c in PRELOADS])
+def test_library_preloaded_from_an_explicit_path(stand_in_library: Path, argument: str, expected: list[str]) -> None:
+    """A fresh interpreter each time: a loaded library cannot be unloaded from the test process."""
+    arg = str(stand_in_library) if argument == "LIB" else argument
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    out = subprocess.run([sys.executable, "-c", PROBE, arg], capture_output=True, text=True, env=env, timeout=60,
+                         check=True)
+    assert out.stdout.splitlines() == expected

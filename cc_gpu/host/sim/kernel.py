@@ -24,7 +24,7 @@ import shutil
 import struct
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -415,6 +415,9 @@ class SimNvml:
 
     def device_info(self, bdf: str) -> NvmlDeviceInfo | None:
         return self.kernel.nvml_info(bdf)
+
+    def batch(self) -> AbstractContextManager[None]:
+        return nullcontext()
 
 
 class _LogSubscription(SubscriptionBase):

@@ -1,4 +1,7 @@
-"""Validation of emitted CDI specs against the CDI JSON schema (from Debian's Go CDI package) and the Kata rules."""
+"""Validation of emitted CDI specs against the CDI JSON schema (from Debian's Go CDI package) and the Kata rules.
+
+The one schema validator of the suite: the plugin's unit and end-to-end tests and the Go consumer's tests use it.
+"""
 
 from __future__ import annotations
 
@@ -12,9 +15,8 @@ import jsonschema
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT7
 
-SCHEMA_DIR = Path(
-    "/usr/share/gocode/src/github.com/container-orchestrated-devices/container-device-interface/schema"
-)
+GOPATH = "/usr/share/gocode"
+SCHEMA_DIR = Path(GOPATH) / "src/github.com/container-orchestrated-devices/container-device-interface/schema"
 KATA_MAX_VERSION = (0, 5, 0)  # the highest cdiVersion the Go CDI library in Debian (and NVIDIA's Kata pin) accepts
 
 
@@ -55,8 +57,13 @@ def kata_violations(spec: dict[str, Any]) -> list[str]:
     return out
 
 
+def validate_schema(spec: dict[str, Any]) -> None:
+    """Raise `jsonschema.ValidationError` when `spec` fails the CDI JSON schema."""
+    _validator().validate(spec)
+
+
 def validate_cdi(spec: dict[str, Any]) -> None:
     """Raise when `spec` fails the CDI JSON schema or any Kata rule."""
-    _validator().validate(spec)
+    validate_schema(spec)
     problems = kata_violations(spec)
     assert not problems, problems
