@@ -56,12 +56,26 @@ class ValidatedChain:
         return self.not_before <= at <= self.not_after
 
 
+def decoded(cert: x509.Certificate) -> x509.Certificate:
+    """Return `cert` once every field the verifier reads has been decoded.
+
+    cryptography parses names, validity and extensions lazily, so a corrupt subject would otherwise surface as an
+    untyped ValueError deep inside chain validation; decoding up front turns it into a parse error at the input.
+    """
+    try:
+        _ = (cert.subject, cert.issuer, cert.not_valid_before_utc, cert.not_valid_after_utc, cert.extensions,
+             cert.public_key(), cert.signature_hash_algorithm)
+    except (ValueError, TypeError, x509.UnsupportedGeneralNameType, x509.DuplicateExtension) as e:
+        raise CertificateParseError(f"certificate {cert.serial_number:#x} has a malformed field: {e}") from e
+    return cert
+
+
 def load_pem_chain(data: bytes) -> tuple[x509.Certificate, ...]:
     try:
         certs = x509.load_pem_x509_certificates(data)
     except ValueError as e:
         raise CertificateParseError(f"certificate chain is not a PEM certificate list: {e}") from e
-    return tuple(certs)
+    return tuple(decoded(c) for c in certs)
 
 
 def common_name(cert: x509.Certificate) -> str:

@@ -26,8 +26,8 @@ from signxml.algorithms import DigestAlgorithm, SignatureMethod
 from signxml.exceptions import SignXMLException
 from signxml.verifier import SignatureConfiguration, XMLVerifier
 
-from cc_gpu.attest.certs import ChainError, ValidatedChain, validate_chain
-from cc_gpu.attest.errors import RimError
+from cc_gpu.attest.certs import ChainError, ValidatedChain, decoded, validate_chain
+from cc_gpu.attest.errors import CertificateParseError, RimError
 from cc_gpu.attest.trust import TrustStore
 from cc_gpu.errors import AttestationError
 
@@ -117,8 +117,8 @@ def _check_signature_shape(root: etree._Element) -> list[x509.Certificate]:
     certs: list[x509.Certificate] = []
     for elem in sig.findall("ds:KeyInfo/ds:X509Data/ds:X509Certificate", _NS):
         try:
-            certs.append(x509.load_der_x509_certificate(base64.b64decode("".join((elem.text or "").split()))))
-        except (ValueError, binascii.Error) as e:
+            certs.append(decoded(x509.load_der_x509_certificate(base64.b64decode("".join((elem.text or "").split())))))
+        except (ValueError, binascii.Error, CertificateParseError) as e:
             raise RimError(f"RIM embeds an undecodable certificate: {e}") from e
     if not certs:
         raise RimError("RIM signature carries no X509 certificates")

@@ -123,3 +123,14 @@ def test_path_rules(case: str, match: str | None, keys: dict[str, ec.EllipticCur
 def test_unparseable_chain_is_typed() -> None:
     with pytest.raises(CertificateParseError):
         load_pem_chain(b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+
+
+def test_corrupt_subject_is_a_parse_error_not_a_crash(keys: dict[str, ec.EllipticCurvePrivateKey]) -> None:
+    """cryptography decodes names lazily: a corrupt subject must fail at load, typed, not deep in chain validation."""
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    der = _cert("Corruptible Leaf", keys["leaf"], ("Mid", keys["mid"]), ca=False).public_bytes(Encoding.DER)
+    bad = der.replace(b"Corruptible Leaf", b"Corruptible\xffLeaf", 1)  # same length, invalid UTF-8
+    pem = x509.load_der_x509_certificate(bad).public_bytes(Encoding.PEM)
+    with pytest.raises(CertificateParseError, match="malformed field"):
+        load_pem_chain(pem)
