@@ -8,6 +8,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
 from cc_gpu.attest.certs import FWID_OID_BLACKWELL, ChainError, leaf_fwid, load_pem_chain, validate_chain
@@ -127,8 +128,6 @@ def test_unparseable_chain_is_typed() -> None:
 
 def test_corrupt_subject_is_a_parse_error_not_a_crash(keys: dict[str, ec.EllipticCurvePrivateKey]) -> None:
     """cryptography decodes names lazily: a corrupt subject must fail at load, typed, not deep in chain validation."""
-    from cryptography.hazmat.primitives.serialization import Encoding
-
     der = _cert("Corruptible Leaf", keys["leaf"], ("Mid", keys["mid"]), ca=False).public_bytes(Encoding.DER)
     bad = der.replace(b"Corruptible Leaf", b"Corruptible\xffLeaf", 1)  # same length, invalid UTF-8
     pem = x509.load_der_x509_certificate(bad).public_bytes(Encoding.PEM)

@@ -111,7 +111,8 @@ def build(kernel: Kernel, cache: Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         staging = Path(tmp) / "root"
-        for d in ("bin", "sbin", "proc", "sys", "dev", "tmp", "run", "project", "out", "etc", "lib/modules", "opt/pylib"):
+        dirs = ("bin", "sbin", "proc", "sys", "dev", "tmp", "run", "project", "out", "etc", "lib/modules", "opt/pylib")
+        for d in dirs:
             (staging / d).mkdir(parents=True, exist_ok=True)
         shutil.copy2(BUSYBOX, staging / "bin" / "busybox")
         shutil.copy2(INIT_SCRIPT, staging / "init")
