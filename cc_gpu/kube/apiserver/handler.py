@@ -16,7 +16,7 @@ from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from cc_gpu.kube.apiserver.patches import apply_patch
+from cc_gpu.kube.apiserver.patches import apply_patch, check_patch_type
 from cc_gpu.kube.apiserver.resources import RESOURCE_TYPES, ResourceType, lookup
 from cc_gpu.kube.apiserver.selectors import parse_field_selector, parse_label_selector
 from cc_gpu.kube.apiserver.status import (
@@ -176,6 +176,7 @@ class Handler(BaseHTTPRequestHandler):
             )
         if verb == "patch":
             content_type = self.headers.get("Content-Type", "")
+            check_patch_type(content_type)
             patch = _decode(raw)
             subresource = route.subresource
 

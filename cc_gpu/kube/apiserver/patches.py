@@ -92,6 +92,12 @@ def _merge_keyed_list(target: Any, patch: list[Any], key: str, path: str) -> lis
     return items
 
 
+def check_patch_type(content_type: str) -> None:
+    """415 for a patch media type the double does not apply (checked before the object is looked up, as upstream)."""
+    if content_type.split(";", maxsplit=1)[0].strip().lower() not in (MERGE, STRATEGIC, JSON_PATCH):
+        raise unsupported_media_type(content_type)
+
+
 def apply_patch(content_type: str, target: dict[str, Any], patch: Any) -> dict[str, Any]:
     """The object after applying `patch` of the given media type; raises `ApiStatus` like the real server."""
     media = content_type.split(";", maxsplit=1)[0].strip().lower()

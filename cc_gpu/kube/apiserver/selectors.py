@@ -17,8 +17,8 @@ from cc_gpu.kube.apiserver.status import ApiStatus, bad_request
 
 Predicate = Callable[[dict[str, object]], bool]
 
-_LABEL_KEY = r"(?:[a-z0-9A-Z.\-]+/)?[a-z0-9A-Z]([a-z0-9A-Z_.\-]*[a-z0-9A-Z])?"
-_LABEL_VALUE = r"(?:[a-z0-9A-Z]([a-z0-9A-Z_.\-]*[a-z0-9A-Z])?)?"
+_LABEL_KEY = r"(?:[a-z0-9A-Z.\-]+/)?[a-z0-9A-Z](?:[a-z0-9A-Z_.\-]*[a-z0-9A-Z])?"
+_LABEL_VALUE = r"(?:[a-z0-9A-Z](?:[a-z0-9A-Z_.\-]*[a-z0-9A-Z])?)?"
 _SET_RE = re.compile(rf"^\s*({_LABEL_KEY})\s+(in|notin)\s+\(([^)]*)\)\s*$")
 _CMP_RE = re.compile(rf"^\s*({_LABEL_KEY})\s*(==|!=|=|>|<)\s*({_LABEL_VALUE})\s*$")
 _EXISTS_RE = re.compile(rf"^\s*(!?)\s*({_LABEL_KEY})\s*$")

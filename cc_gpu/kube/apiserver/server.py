@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from cc_gpu.kube.apiserver.handler import Handler, Route
-from cc_gpu.kube.apiserver.resources import by_kind, get_path
+from cc_gpu.kube.apiserver.resources import RESOURCE_TYPES, ResourceType, by_kind, get_path
 from cc_gpu.kube.apiserver.status import bad_request
-from cc_gpu.kube.apiserver.store import Clock, Store
+from cc_gpu.kube.apiserver.store import HISTORY, Clock, Store
 
 WRITE_VERBS = frozenset({"create", "update", "patch", "delete"})
 DEFAULT_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
@@ -53,8 +53,9 @@ class ApiServerDouble:
         port: int = 0,
         clock: Clock | None = None,
         namespaces: Sequence[str] = DEFAULT_NAMESPACES,
+        watch_history: int = HISTORY,
     ) -> None:
-        self.store = Store(clock)
+        self.store = Store(clock, history=watch_history)
         self._address = (host, port)
         self._audit: list[AuditEntry] = []
         self._audit_lock = threading.Lock()
@@ -122,6 +123,13 @@ class ApiServerDouble:
             raise bad_request(f"the double does not serve {obj.get('apiVersion')}/{obj.get('kind')}")
         namespace = str(get_path(obj, "metadata.namespace") or ("default" if rt.namespaced else ""))
         return self.store.create(rt, namespace, obj)
+
+    def store_type(self, plural: str, group: str | None = None) -> ResourceType:
+        """The served resource type called `plural` (the first match when no group is given)."""
+        for rt in RESOURCE_TYPES:
+            if rt.plural == plural and (group is None or rt.group == group):
+                return rt
+        raise KeyError(plural)
 
     # -- audit ---------------------------------------------------------------------------------------------------
 

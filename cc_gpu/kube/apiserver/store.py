@@ -73,11 +73,11 @@ def _uid_conflict(rt: ResourceType, name: str, wanted: str, current: JsonObject)
 class Store:
     """Objects by resource, namespace and name, with the real server's write semantics."""
 
-    def __init__(self, clock: Clock | None = None) -> None:
+    def __init__(self, clock: Clock | None = None, *, history: int = HISTORY) -> None:
         self._clock: Clock = clock or (lambda: datetime.now(UTC))
         self._objects: dict[Key, JsonObject] = {}
         self._revision = 0
-        self._history: deque[WatchEvent] = deque(maxlen=HISTORY)
+        self._history: deque[WatchEvent] = deque(maxlen=history)
         self._changed = threading.Condition(threading.RLock())
         self.closed = False
 
