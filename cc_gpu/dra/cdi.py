@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cc_gpu.dra.checkpoint import write_atomic
+from cc_gpu.dra.checkpoint import remove_stale_temps, write_atomic
 from cc_gpu.dra.errors import CdiError
 
 CDI_VERSION = "0.5.0"
@@ -124,6 +124,10 @@ class CdiWriter:
         if not self.root.is_dir():
             return []
         return sorted(self.root.glob(f"{VENDOR}-{CLASS}_*.json"))
+
+    def remove_stale_temps(self) -> int:
+        """Remove temp files of interrupted spec writes (never read by CDI loaders, which want *.json/*.yaml)."""
+        return remove_stale_temps(self.root, f"{VENDOR}-{CLASS}_")
 
     @staticmethod
     def id_of(path: Path) -> str:

@@ -24,11 +24,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cc_gpu.dra.crashpoints import crashpoint
 from cc_gpu.dra.errors import CheckpointCorruptError
 
 VERSION = "v1"
 PREPARE_STARTED = "PrepareStarted"
 PREPARE_COMPLETED = "PrepareCompleted"
+UNPREPARE_STARTED = "UnprepareStarted"  # unprepare began: a restart finishes it instead of keeping the claim
 
 
 @dataclass(frozen=True)
@@ -124,6 +126,7 @@ def write_atomic(path: Path, content: bytes, mode: int = 0o600) -> None:
             f.write(content)
             f.flush()
             os.fsync(f.fileno())
+        crashpoint("atomic-write-before-rename")
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -134,6 +137,38 @@ def write_atomic(path: Path, content: bytes, mode: int = 0o600) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def remove_stale_temps(directory: Path, prefix: str) -> int:
+    """Remove temp files `write_atomic` left behind for targets starting with `prefix` when their writer died.
+
+    The writer's pid is part of the temp name; a file whose writer is alive may be mid-write and is kept.
+    """
+    removed = 0
+    if not directory.is_dir():
+        return removed
+    for tmp in directory.glob(f".{prefix}*.tmp"):
+        parts = tmp.name.split(".")
+        try:
+            pid = int(parts[-3])
+        except (ValueError, IndexError):
+            continue
+        if pid != os.getpid() and _alive(pid):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+            removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class Checkpoint:

@@ -23,10 +23,24 @@ class GroupLocks:
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._guard = threading.Lock()
         self._thread_locks: dict[int, threading.Lock] = {}
+        self._named: dict[str, threading.Lock] = {}
 
     def _thread_lock(self, group: int) -> threading.Lock:
         with self._guard:
             return self._thread_locks.setdefault(group, threading.Lock())
+
+    @contextlib.contextmanager
+    def hold_named(self, name: str) -> Iterator[None]:
+        """Hold a lock that is not a group's (`<name>.lock`), e.g. for a file several claims write."""
+        with self._guard:
+            lock = self._named.setdefault(name, threading.Lock())
+        with lock:
+            fd = os.open(self.directory / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                yield
+            finally:
+                os.close(fd)
 
     @contextlib.contextmanager
     def hold(self, groups: Iterable[int]) -> Iterator[None]:

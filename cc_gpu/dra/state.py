@@ -19,7 +19,15 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from cc_gpu.dra import cdi
-from cc_gpu.dra.checkpoint import PREPARE_COMPLETED, PREPARE_STARTED, Checkpoint, ClaimEntry, PreparedDevice
+from cc_gpu.dra.checkpoint import (
+    PREPARE_COMPLETED,
+    PREPARE_STARTED,
+    UNPREPARE_STARTED,
+    Checkpoint,
+    ClaimEntry,
+    PreparedDevice,
+    remove_stale_temps,
+)
 from cc_gpu.dra.claims import ClaimPlan, parse_claim
 from cc_gpu.dra.crashpoints import crashpoint
 from cc_gpu.dra.errors import ClaimError, GateRefusedError
@@ -184,6 +192,7 @@ class DeviceState:
                         cdi_ids=(cdi.qualified(name),),
                     )
                 )
+                crashpoint("prepare-after-bind-group")
         except CcGpuError:
             self._rollback(entry)
             raise
@@ -223,6 +232,11 @@ class DeviceState:
             entry = self.checkpoint.get(ref.uid)
             if entry is None:
                 return
+            if entry.state == PREPARE_COMPLETED:
+                # From here on a restart finishes the unprepare instead of keeping a claim that is half undone.
+                entry = replace(entry, state=UNPREPARE_STARTED)
+                self.checkpoint.put(entry)
+                crashpoint("unprepare-after-marked")
             self._rollback(entry)
 
     def _rollback(self, entry: ClaimEntry) -> None:
@@ -233,21 +247,25 @@ class DeviceState:
         self.cdi_writer.remove_claim(entry.uid)
         crashpoint("unprepare-after-cdi-removed")
         self.checkpoint.drop(entry.uid)
+        crashpoint("unprepare-after-dropped")
         if entry.pod_cdi_device:
             self._refresh_pod_spec(entry.pod_uid, entry.pod_cdi_device)
 
     # ---- the per-pod CDI spec (released-Kata annotation path) -----------------------------------------------------
 
     def _refresh_pod_spec(self, pod_uid: str, pod_device: str) -> None:
-        claims = self.checkpoint.read().values()
-        nodes: list[str] = []
-        for c in sorted(claims, key=lambda c: c.uid):
-            if c.pod_uid == pod_uid and c.pod_cdi_device == pod_device and c.state == PREPARE_COMPLETED:
-                nodes += [n for d in c.devices for n in d.device_nodes if n not in nodes]
-        if nodes:
-            self.cdi_writer.write_pod(pod_device, nodes)
-        else:
-            self.cdi_writer.remove_pod(pod_device)
+        # Several claims of one pod may finish at once on different groups: read and write under one lock, or the
+        # last writer could drop the nodes of a claim it did not see.
+        with self.locks.hold_named("pod-cdi"):
+            claims = self.checkpoint.read().values()
+            nodes: list[str] = []
+            for c in sorted(claims, key=lambda c: c.uid):
+                if c.pod_uid == pod_uid and c.pod_cdi_device == pod_device and c.state == PREPARE_COMPLETED:
+                    nodes += [n for d in c.devices for n in d.device_nodes if n not in nodes]
+            if nodes:
+                self.cdi_writer.write_pod(pod_device, nodes)
+            else:
+                self.cdi_writer.remove_pod(pod_device)
 
     # ---- startup reconciliation ----------------------------------------------------------------------------------
 
@@ -278,6 +296,12 @@ class DeviceState:
             if owner not in claims and owner not in pod_devices:
                 path.unlink(missing_ok=True)
                 counts["orphan_specs_removed"] += 1
+        counts["temp_files_removed"] = self.cdi_writer.remove_stale_temps()
+        counts["temp_files_removed"] += remove_stale_temps(self.checkpoint.path.parent, self.checkpoint.path.name)
+        crashpoint("reconcile-after-orphans")
+        # A crash between a checkpoint write and the per-pod spec refresh leaves that spec stale: rebuild them all.
+        for pod_uid, pod_device in sorted({(c.pod_uid, c.pod_cdi_device) for c in claims.values() if c.pod_cdi_device}):
+            self._refresh_pod_spec(pod_uid, pod_device)
         return counts
 
     # ---- claim status and events ---------------------------------------------------------------------------------
