@@ -10,8 +10,7 @@ import pytest
 from cc_gpu.kube.apiserver import ApiServerDouble
 from cc_gpu.kube.client import KubernetesApi
 from tests.reliability.scenarios import Shared
-
-SUMMARY: dict[str, str] = {}
+from tests.reliability.summary import SUMMARY
 
 
 @pytest.fixture(scope="session")

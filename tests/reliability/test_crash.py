@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from cc_gpu import crashpoints
-from tests.reliability.conftest import SUMMARY
 from tests.reliability.scenarios import SCENARIOS, Outcome, Scenario, Shared, kill_targets, run
+from tests.reliability.summary import SUMMARY
 
 REPO = Path(__file__).resolve().parents[2]
 TRACES: dict[str, Outcome] = {}
