@@ -224,9 +224,10 @@ class DeviceState:
     # ---- unprepare -----------------------------------------------------------------------------------------------
 
     def unprepare(self, ref: ClaimRef) -> None:
-        """Undo a prepare from the checkpoint alone; an unknown claim is a no-op."""
+        """Undo a prepare from the checkpoint; a claim it does not know is released from the host's bind records."""
         entry = self.checkpoint.get(ref.uid)
         if entry is None:
+            self._release_unrecorded(ref.uid)
             return
         with self.locks.hold(d.iommu_group for d in entry.devices):
             entry = self.checkpoint.get(ref.uid)
@@ -238,6 +239,21 @@ class DeviceState:
                 self.checkpoint.put(entry)
                 crashpoint("unprepare-after-marked")
             self._rollback(entry)
+
+    def _release_unrecorded(self, uid: str) -> None:
+        """Restore groups the host layer records as held by `uid` although the checkpoint has no entry for it.
+
+        Normally there are none (a no-op for an unknown claim). After a corrupt checkpoint was replaced by its previous
+        generation, the newest prepare may be missing from it; its devices are found here instead of being stranded.
+        """
+        groups = sorted(g for g, owner in self.host.bound_groups().items() if owner == uid)
+        if not groups:
+            return
+        log.warning("releasing groups the checkpoint does not record", extra={"claim_uid": uid, "groups": groups})
+        with self.locks.hold(groups):
+            for group in groups:
+                self.host.restore(group, uid, reset=True)
+            self.cdi_writer.remove_claim(uid)
 
     def _rollback(self, entry: ClaimEntry) -> None:
         """Restore every device of `entry`, remove its CDI spec and its checkpoint entry (caller holds the locks)."""
@@ -272,8 +288,13 @@ class DeviceState:
     def reconcile(self) -> dict[str, int]:
         """Bring checkpoint, host and CDI root into agreement after a (re)start; return what was done, by kind."""
         counts = {"kept": 0, "rolled_back": 0, "dropped_other_boot": 0, "orphan_specs_removed": 0}
-        for entry in list(self.checkpoint.read().values()):
-            if entry.boot_id != self.boot_id:
+        entries = list(self.checkpoint.read().values())
+        recovered = self.checkpoint.recovered_from is not None
+        bound = self.host.bound_groups() if recovered else {}
+        for entry in entries:
+            if recovered and entry.boot_id == self.boot_id:
+                self._reconcile_recovered(entry, bound, counts)
+            elif entry.boot_id != self.boot_id:
                 # The reboot already undid every binding; the kubelet re-prepares claims of pods still running.
                 self.cdi_writer.remove_claim(entry.uid)
                 self.checkpoint.drop(entry.uid)
@@ -303,6 +324,21 @@ class DeviceState:
         for pod_uid, pod_device in sorted({(c.pod_uid, c.pod_cdi_device) for c in claims.values() if c.pod_cdi_device}):
             self._refresh_pod_spec(pod_uid, pod_device)
         return counts
+
+    def _reconcile_recovered(self, entry: ClaimEntry, bound: Mapping[int, str], counts: dict[str, int]) -> None:
+        """Startup after the checkpoint fell back to its previous generation, which may be one update behind.
+
+        Its half-done entries may in truth have completed, with a VM now using the devices: they are kept, never
+        rolled back here; the kubelet's retry (prepare or unprepare) settles them. A completed entry whose groups the
+        host no longer records as held by the claim was unprepared after that generation was written: finish it.
+        """
+        groups = {d.iommu_group for d in entry.devices}
+        if entry.state == PREPARE_COMPLETED and any(bound.get(g) != entry.uid for g in groups):
+            with self.locks.hold(groups):
+                self._rollback(entry)
+            counts["rolled_back"] += 1
+        else:
+            counts["kept"] += 1
 
     # ---- claim status and events ---------------------------------------------------------------------------------
 
