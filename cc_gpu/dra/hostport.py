@@ -13,6 +13,7 @@ import logging
 import threading
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from cc_gpu.dra.ports import BoundNodes, GpuView
@@ -21,7 +22,7 @@ from cc_gpu.errors import CcGpuError
 from cc_gpu.host import Host
 from cc_gpu.host.binder import Binder, BindPolicy
 from cc_gpu.host.discovery import Gpu, Inventory, discover
-from cc_gpu.host.errors import ResetUnsupportedError
+from cc_gpu.host.errors import GroupOwnedError, ResetUnsupportedError
 from cc_gpu.host.tee import read_host_tee
 from cc_gpu.kube.api import KubeApi
 from cc_gpu.kube.errors import ApiError
@@ -94,6 +95,7 @@ class HostAdapter:
         self.selection = selection
         self.label_value = label_value or (lambda: None)
         self._binders: dict[str, Binder] = {}
+        self._cc_modes: dict[str, str] = {}
         self._lock = threading.Lock()
 
     def _binder(self, backend: str) -> Binder:
@@ -103,7 +105,24 @@ class HostAdapter:
             return self._binders[backend]
 
     def devices(self) -> list[GpuView]:
-        return views_from(discover(self.host), self.selection, self.label_value())
+        views = views_from(discover(self.host), self.selection, self.label_value())
+        return [self._remember_cc_mode(v) for v in views]
+
+    def _remember_cc_mode(self, view: GpuView) -> GpuView:
+        """The CC mode last read while the GPU was on the host, for a GPU now on vfio (whose BAR0 is never read).
+
+        The mode changes only through a reset by the host's driver, so it cannot change while the GPU is on vfio.
+        Without this, a GPU just released by one claim would read `unknown` until the next rescan and the gate would
+        refuse the next confidential claim for it. A GPU found on vfio at startup stays `unknown` (fail closed).
+        """
+        with self._lock:
+            if view.cc_mode != "unknown":
+                self._cc_modes[view.name] = view.cc_mode
+                return view
+            known = self._cc_modes.get(view.name)
+        if known is not None and "vfio" in (view.driver or ""):
+            return replace(view, cc_mode=known)
+        return view
 
     def tee_enabled(self) -> bool:
         return read_host_tee(self.host.io, self.host.roots).any
@@ -149,7 +168,12 @@ class HostAdapter:
                         binder.reset_function(member.bdf)
                     except ResetUnsupportedError as e:
                         log.warning("function not reset", extra={"bdf": member.bdf, "error": str(e)})
-        binder.restore(group, owner)
+        try:
+            binder.restore(group, owner)
+        except GroupOwnedError:
+            # Another claim holds the group (this one failed to get it, or lost it): nothing of ours to undo, and
+            # another claim's device must never be taken from it.
+            log.warning("group held by another claim; left alone", extra={"group": group, "claim_uid": owner})
 
 
 def _ensure_sim_boot_id(host: Host) -> None:
