@@ -235,6 +235,11 @@ class Checkpoint:
         with self._locked():
             return self._read_unlocked()
 
+    def while_locked(self, action: Callable[[dict[str, ClaimEntry]], None]) -> None:
+        """Run `action` on the current claim map while no one can change it (for files derived from it)."""
+        with self._locked():
+            action(self._read_unlocked())
+
     def get(self, uid: str) -> ClaimEntry | None:
         return self.read().get(uid)
 

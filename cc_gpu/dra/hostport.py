@@ -22,7 +22,7 @@ from cc_gpu.errors import CcGpuError
 from cc_gpu.host import Host
 from cc_gpu.host.binder import Binder, BindPolicy
 from cc_gpu.host.discovery import Gpu, Inventory, discover
-from cc_gpu.host.errors import GroupOwnedError, ResetUnsupportedError
+from cc_gpu.host.errors import ResetUnsupportedError
 from cc_gpu.host.tee import read_host_tee
 from cc_gpu.kube.api import KubeApi
 from cc_gpu.kube.errors import ApiError
@@ -95,8 +95,8 @@ class HostAdapter:
         self.selection = selection
         self.label_value = label_value or (lambda: None)
         self._binders: dict[str, Binder] = {}
-        self._cc_modes: dict[str, str] = {}
         self._lock = threading.Lock()
+        self._last_cc: dict[str, str] = {}  # bdf -> CC mode last read while the host driver held the GPU
 
     def _binder(self, backend: str) -> Binder:
         with self._lock:
@@ -106,23 +106,23 @@ class HostAdapter:
 
     def devices(self) -> list[GpuView]:
         views = views_from(discover(self.host), self.selection, self.label_value())
-        return [self._remember_cc_mode(v) for v in views]
+        return [self._with_remembered_cc(v) for v in views]
 
-    def _remember_cc_mode(self, view: GpuView) -> GpuView:
-        """The CC mode last read while the GPU was on the host, for a GPU now on vfio (whose BAR0 is never read).
-
-        The mode changes only through a reset by the host's driver, so it cannot change while the GPU is on vfio.
-        Without this, a GPU just released by one claim would read `unknown` until the next rescan and the gate would
-        refuse the next confidential claim for it. A GPU found on vfio at startup stays `unknown` (fail closed).
-        """
+    def _with_remembered_cc(self, view: GpuView) -> GpuView:
+        """A GPU on vfio is never read (it may belong to a VM): while *we* hold its group, report the mode it had
+        when we took it, so preparing a claim does not flip the published mode to `unknown`. A group on vfio that
+        we do not hold stays `unknown`, and the gate refuses it."""
         with self._lock:
-            if view.cc_mode != "unknown":
-                self._cc_modes[view.name] = view.cc_mode
+            if view.cc_mode not in ("unknown", "mixed"):
+                for bdf in view.gpus:
+                    self._last_cc[bdf] = view.cc_mode
                 return view
-            known = self._cc_modes.get(view.name)
-        if known is not None and "vfio" in (view.driver or ""):
-            return replace(view, cc_mode=known)
-        return view
+            remembered = {self._last_cc.get(b) for b in view.gpus}
+        if len(remembered) != 1 or None in remembered or not (view.driver or "").startswith("vfio"):
+            return view
+        if self._binder("legacy").status(view.iommu_group).owner is None:
+            return view
+        return replace(view, cc_mode=remembered.pop() or view.cc_mode)
 
     def tee_enabled(self) -> bool:
         return read_host_tee(self.host.io, self.host.roots).any
@@ -158,22 +158,23 @@ class HostAdapter:
 
     def restore(self, group: int, owner: str, reset: bool) -> None:
         binder = self._binder("legacy")
+        status = binder.status(group)
+        if status.owner is None:
+            return  # nothing recorded: the bind never started, or the group is already back
+        if status.owner != owner:
+            # Another claim holds this group (a bind of ours was refused because of it): not ours to touch.
+            log.warning("group held by another claim; left alone", extra={"group": group, "holder": status.owner,
+                                                                          "claim_uid": owner})
+            return
         if reset:
-            status = binder.status(group)
-            if status.owner == owner:
-                for member in status.members:
-                    if member.is_bridge or not (member.driver or "").startswith("vfio"):
-                        continue
-                    try:
-                        binder.reset_function(member.bdf)
-                    except ResetUnsupportedError as e:
-                        log.warning("function not reset", extra={"bdf": member.bdf, "error": str(e)})
-        try:
-            binder.restore(group, owner)
-        except GroupOwnedError:
-            # Another claim holds the group (this one failed to get it, or lost it): nothing of ours to undo, and
-            # another claim's device must never be taken from it.
-            log.warning("group held by another claim; left alone", extra={"group": group, "claim_uid": owner})
+            for member in status.members:
+                if member.is_bridge or not (member.driver or "").startswith("vfio"):
+                    continue
+                try:
+                    binder.reset_function(member.bdf)
+                except ResetUnsupportedError as e:
+                    log.warning("function not reset", extra={"bdf": member.bdf, "error": str(e)})
+        binder.restore(group, owner)
 
 
 def _ensure_sim_boot_id(host: Host) -> None:

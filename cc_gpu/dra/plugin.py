@@ -14,11 +14,11 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import FrameType
 
 from cc_gpu.dra.cdi import CdiWriter
-from cc_gpu.dra.checkpoint import Checkpoint
+from cc_gpu.dra.checkpoint import PREPARE_COMPLETED, Checkpoint
 from cc_gpu.dra.locks import GroupLocks
 from cc_gpu.dra.observe import Metrics
 from cc_gpu.dra.ports import GpuView, HostPort
@@ -66,7 +66,21 @@ class Plugin:
         self.published_at: float | None = None
 
     def _devices(self) -> list[GpuView]:
-        return self.host.devices()
+        """Discovered devices, marked unhealthy where a prepared GPU was rebound outside the plugin."""
+        prepared = {
+            d.device: c.uid
+            for c in self.state.checkpoint.read().values()
+            if c.state == PREPARE_COMPLETED and c.boot_id == self.state.boot_id
+            for d in c.devices
+        }
+        out = []
+        for view in self.host.devices():
+            owner = prepared.get(view.name)
+            rebound = bool(owner) and not (view.driver or "").startswith("vfio")
+            out.append(replace(view, healthy=False, health_message=(
+                f"prepared for claim {owner} but the GPU is on driver {view.driver or 'none'}: "
+                "rebound outside the plugin")) if rebound else view)
+        return out
 
     def refresh(self) -> int:
         """Rediscover, update the inventory, publish slices and health; return the API writes made."""
@@ -103,6 +117,9 @@ class Plugin:
             changed = False
             if self.wait_for_change is not None:
                 changed = self.wait_for_change(0.5)
+                settle = time.monotonic() + 1.0
+                while changed and time.monotonic() < settle and self.wait_for_change(0.1):
+                    pass  # a bind is a burst of uevents: publish once it settles (at most 1 s later)
             else:
                 self._stop.wait(0.5)
             due = time.monotonic() - last_scan >= self.settings.rescan_seconds

@@ -11,11 +11,11 @@ from __future__ import annotations
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from cc_gpu.dra.gate import DEFAULT_ALLOWED_HANDLERS, DEFAULT_CONFIDENTIAL_HANDLERS, GatePolicy
+from cc_gpu.dra.gate import GatePolicy
 from cc_gpu.errors import ConfigError
 
 DEFAULT_DRIVER = "gpu.cc-gpu.io"
@@ -151,6 +151,3 @@ def load_toml(path: Path, base: PluginSettings) -> PluginSettings:
         raise ConfigError(f"config file {path} is not valid TOML: {e}") from e
     return apply_mapping(base, data)
 
-
-FIELD_NAMES = tuple(f.name for f in fields(PluginSettings))
-__all__ = ["DEFAULT_ALLOWED_HANDLERS", "DEFAULT_CONFIDENTIAL_HANDLERS", "FIELD_NAMES", "PluginSettings", "Selection"]

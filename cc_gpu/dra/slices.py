@@ -26,7 +26,7 @@ MAX_DEVICES = 128
 MAX_DEVICES_TAINTED = 64
 MAX_ATTRS = 32
 MAX_STRING = 64
-UNHEALTHY_TAINT_KEY = "unhealthy"
+UNHEALTHY_TAINT_KEY = "cc-gpu.io/unhealthy"
 
 
 def _s(value: str) -> dict[str, str]:
@@ -61,7 +61,7 @@ def device_json(gpu: GpuView) -> dict[str, Any]:
     if capacity:
         out["capacity"] = capacity
     if not gpu.healthy:
-        out["taints"] = [{"key": f"{UNHEALTHY_TAINT_KEY}", "value": "true", "effect": "NoSchedule"}]
+        out["taints"] = [{"key": UNHEALTHY_TAINT_KEY, "value": "true", "effect": "NoSchedule"}]
     return out
 
 

@@ -12,6 +12,7 @@ group's lock file, also across the two processes of a rolling update.
 
 from __future__ import annotations
 
+import datetime
 import logging
 import threading
 from collections.abc import Mapping, Sequence
@@ -122,9 +123,20 @@ class DeviceState:
         except NotFoundError as e:
             raise ClaimError(f"claim {ref.namespace}/{ref.name} not found") from e
 
+    def _fresh_cc_modes(self, plan: ClaimPlan) -> dict[str, str]:
+        """The CC mode of each planned device as the host reports it now, not as last published."""
+        fresh = {d.name: d for d in self.host.devices()}
+        self.set_inventory(list(fresh.values()))
+        modes = {}
+        for d in plan.devices:
+            if d.device.name not in fresh:
+                raise ClaimError(f"device {d.device.name} is no longer present on this node")
+            modes[d.device.name] = fresh[d.device.name].cc_mode
+        return modes
+
     def _gate(self, claim: Mapping[str, Any], plan: ClaimPlan) -> PodView:
         pod = self._pod_view(plan.namespace, plan.pod)
-        cc_modes = {d.device.name: d.device.cc_mode for d in plan.devices}
+        cc_modes = self._fresh_cc_modes(plan)
         try:
             decide(pod, self.policy, self.host.tee_enabled(), cc_modes)
         except GateRefusedError as e:
@@ -270,18 +282,19 @@ class DeviceState:
     # ---- the per-pod CDI spec (released-Kata annotation path) -----------------------------------------------------
 
     def _refresh_pod_spec(self, pod_uid: str, pod_device: str) -> None:
-        # Several claims of one pod may finish at once on different groups: read and write under one lock, or the
-        # last writer could drop the nodes of a claim it did not see.
-        with self.locks.hold_named("pod-cdi"):
-            claims = self.checkpoint.read().values()
+        """Rewrite the pod's spec from the checkpoint, under its lock, so concurrent claims of one pod never race."""
+
+        def write(claims: dict[str, ClaimEntry]) -> None:
             nodes: list[str] = []
-            for c in sorted(claims, key=lambda c: c.uid):
+            for c in sorted(claims.values(), key=lambda c: c.uid):
                 if c.pod_uid == pod_uid and c.pod_cdi_device == pod_device and c.state == PREPARE_COMPLETED:
                     nodes += [n for d in c.devices for n in d.device_nodes if n not in nodes]
             if nodes:
                 self.cdi_writer.write_pod(pod_device, nodes)
             else:
                 self.cdi_writer.remove_pod(pod_device)
+
+        self.checkpoint.while_locked(write)
 
     # ---- startup reconciliation ----------------------------------------------------------------------------------
 
@@ -302,11 +315,16 @@ class DeviceState:
                     self._refresh_pod_spec(entry.pod_uid, entry.pod_cdi_device)
                 counts["dropped_other_boot"] += 1
             elif entry.state != PREPARE_COMPLETED:
-                with self.locks.hold(d.iommu_group for d in entry.devices):
-                    current = self.checkpoint.get(entry.uid)
-                    if current is not None and current.state != PREPARE_COMPLETED:
-                        self._rollback(current)
-                        counts["rolled_back"] += 1
+                try:
+                    with self.locks.hold(d.iommu_group for d in entry.devices):
+                        current = self.checkpoint.get(entry.uid)
+                        if current is not None and current.state != PREPARE_COMPLETED:
+                            self._rollback(current)
+                            counts["rolled_back"] += 1
+                except CcGpuError as e:
+                    # Keep serving: the entry stays, the kubelet's next unprepare (or prepare) retries the rollback.
+                    log.error("rollback at startup failed", extra={"claim_uid": entry.uid, "error": str(e)})
+                    counts["rollback_failed"] = counts.get("rollback_failed", 0) + 1
                 crashpoint("reconcile-after-rollback")
             else:
                 counts["kept"] += 1
@@ -408,6 +426,4 @@ class DeviceState:
 
 
 def _now() -> str:
-    import datetime  # noqa: PLC0415  (kept local: only status writes need wall-clock time)
-
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

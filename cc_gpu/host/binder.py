@@ -17,13 +17,12 @@ from __future__ import annotations
 import errno
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from cc_gpu.crashpoints import crashpoint
 from cc_gpu.host import pci
 from cc_gpu.host.ccmode import is_vfio_driver
-from cc_gpu.host.discovery import CLASS_3D, CLASS_VGA, DeviceFilter
 from cc_gpu.host.errors import (
     BackendUnavailableError,
     BindFailedError,
@@ -34,6 +33,7 @@ from cc_gpu.host.errors import (
     GroupNotFoundError,
     GroupNotViableError,
     GroupOwnedError,
+    NoIommuError,
     ResetUnsupportedError,
     RestoreFailedError,
     SriovActiveError,
@@ -42,82 +42,22 @@ from cc_gpu.host.fsio import HostIO
 from cc_gpu.host.host import Host
 from cc_gpu.host.inuse import gpu_holders
 from cc_gpu.host.modalias import choose_vfio_module, driver_name_for_module, load_aliases
-from cc_gpu.host.pciids import NVIDIA
+from cc_gpu.host.policy import (
+    HOST_SAFE_DRIVERS,
+    NVIDIA_PASSTHROUGH,
+    BindPolicy,
+    BoundDevice,
+    BoundGroup,
+    GroupStatus,
+    MemberStatus,
+)
 from cc_gpu.host.records import DeviceRecord, GroupRecord, RecordStore
 from cc_gpu.host.roots import HostRoots
 from cc_gpu.host.uevents import UeventSubscription
 
 log = logging.getLogger(__name__)
 
-CLASS_AUDIO = 0x0403
-HOST_SAFE_DRIVERS = ("pcieport", "pci-stub")
-BACKENDS = ("legacy", "prefer-iommufd")
-
-# Functions that may leave the host without an admin's say: NVIDIA GPUs and their HD-audio functions.
-NVIDIA_PASSTHROUGH = DeviceFilter(frozenset({NVIDIA}), frozenset({CLASS_VGA, CLASS_3D, CLASS_AUDIO}))
-
-
-@dataclass(frozen=True)
-class BindPolicy:
-    """What may leave the host, which VFIO interface to use, and how long to wait."""
-
-    allowed_devices: frozenset[str] = frozenset()  # admin allow-list: "0000:83:00.0", "15b3:1021" or "15b3:*"
-    passthrough: DeviceFilter = NVIDIA_PASSTHROUGH
-    backend: str = "legacy"
-    bind_timeout: float = 10.0
-    in_use_timeout: float = 5.0
-    lock_timeout: float = 30.0
-    poll_interval: float = 0.05
-
-    def __post_init__(self) -> None:
-        if self.backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, not {self.backend!r}")
-
-    def may_leave_host(self, fn: pci.PciFunction) -> bool:
-        if self.passthrough.matches(fn) or fn.bdf in self.allowed_devices or fn.ids in self.allowed_devices:
-            return True
-        return f"{fn.vendor_id:04x}:*" in self.allowed_devices
-
-
-@dataclass(frozen=True)
-class BoundDevice:
-    bdf: str
-    original_driver: str | None
-    driver: str
-    vfio_cdev: str | None
-
-
-@dataclass(frozen=True)
-class BoundGroup:
-    """A group on vfio, with the host device nodes a CDI spec must name (never legacy and iommufd mixed)."""
-
-    group: int
-    owner: str
-    backend: str  # "legacy" | "iommufd"
-    devices: tuple[BoundDevice, ...]
-    device_nodes: tuple[str, ...]  # /dev/vfio/<group>, or /dev/vfio/devices/vfioN per device
-    control_nodes: tuple[str, ...]  # /dev/vfio/vfio, or /dev/iommu
-
-
-@dataclass(frozen=True)
-class MemberStatus:
-    bdf: str
-    ids: str
-    class_code: int
-    driver: str | None
-    driver_override: str | None
-    is_bridge: bool
-
-
-@dataclass(frozen=True)
-class GroupStatus:
-    group: int
-    members: tuple[MemberStatus, ...]
-    owner: str | None
-    phase: str | None
-    viable: bool  # every member on vfio, a host-safe driver or none
-    vfio_node: bool  # /dev/vfio/<group> exists
-    record: GroupRecord | None = field(default=None, repr=False)
+__all__ = ["NVIDIA_PASSTHROUGH", "BindPolicy", "Binder", "BoundDevice", "BoundGroup", "GroupStatus", "MemberStatus"]
 
 
 @dataclass(frozen=True)
@@ -149,8 +89,6 @@ class Binder:
             bdfs = pci.group_members(io, roots, group)
         except FileNotFoundError:
             if not pci.iommu_enabled(io, roots):
-                from cc_gpu.host.errors import NoIommuError  # noqa: PLC0415 - error path only
-
                 raise NoIommuError(f"no IOMMU groups under {roots.iommu_groups}: the IOMMU is off") from None
             raise GroupNotFoundError(f"IOMMU group {group} does not exist on this host") from None
         return [pci.read_function(io, roots, b) for b in bdfs]
@@ -206,7 +144,10 @@ class Binder:
         self._wait_not_in_use(group, [m.fn for m in moves])
         self._ensure_drivers({m.target for m in moves}, group)
         record = GroupRecord(
-            group, owner, "binding", backend,
+            group,
+            owner,
+            "binding",
+            backend,
             tuple(DeviceRecord(m.fn.bdf, m.fn.driver, m.fn.driver_override, m.target) for m in moves),
         )
         self.records.write(record)  # before the first sysfs write: restore must work whatever happens next
@@ -340,13 +281,10 @@ class Binder:
             try:
                 self._wait(ready, sub, group, f"{node} to appear")
             except BindTimeoutError as e:
-                blockers = [f"{f.bdf} on {f.driver}" for f in self._members(group) if not _viable_driver(f.driver)]
-                if blockers:
-                    raise GroupNotViableError(
-                        f"IOMMU group {group} is not viable: {', '.join(blockers)}; every device of the group must be "
-                        "on vfio or no driver"
-                    ) from e
+                self._check_viable(group, e)
                 raise
+            # Linux creates the node with the first vfio device, viable or not: check the whole group too.
+            self._check_viable(group, None)
             return
         for move in moves:
             bdf = move.fn.bdf
@@ -356,6 +294,14 @@ class Binder:
                 return cdev is not None and io.exists(roots.dev / "vfio" / "devices" / cdev)
 
             self._wait(cdev_ready, sub, group, f"the iommufd cdev of {bdf}")
+
+    def _check_viable(self, group: int, cause: BaseException | None) -> None:
+        blockers = [f"{f.bdf} on {f.driver}" for f in self._members(group) if not _viable_driver(f.driver)]
+        if blockers:
+            raise GroupNotViableError(
+                f"IOMMU group {group} is not viable: {', '.join(blockers)}; every device of the group must be on "
+                "vfio, pcieport, pci-stub or no driver"
+            ) from cause
 
     def _wait(self, cond: Callable[[], bool], sub: UeventSubscription, group: int, what: str) -> None:
         """Until `cond()` holds: re-check on every uevent and at the polling interval; bounded by the bind timeout."""
@@ -425,13 +371,21 @@ class Binder:
                         self._write(record.group, roots.pci_drivers / current / "unbind", bdf, f"unbinding {bdf}")
                         self._wait(_driver_is(io, roots, bdf, None), sub, record.group, f"{bdf} to leave {current}")
                         crashpoint("restore-after-unbind")
-                    self._write(record.group, pci.device_dir(roots, bdf) / "driver_override",
-                                dev_rec.original_override or "\n", f"restoring driver_override of {bdf}")
+                    self._write(
+                        record.group,
+                        pci.device_dir(roots, bdf) / "driver_override",
+                        dev_rec.original_override or "\n",
+                        f"restoring driver_override of {bdf}",
+                    )
                     if original is not None and current != original:
                         drv_dir = _driver_dir(roots.pci_drivers, original, io) or roots.pci_drivers / original
                         self._write(record.group, drv_dir / "bind", bdf, f"binding {bdf} back to {original}")
-                        self._wait(_driver_is(io, roots, bdf, drv_dir.name), sub, record.group,
-                                   f"{bdf} to return to {original}")
+                        self._wait(
+                            _driver_is(io, roots, bdf, drv_dir.name),
+                            sub,
+                            record.group,
+                            f"{bdf} to return to {original}",
+                        )
                     crashpoint("restore-after-member")
                 except DeviceVanishedError:
                     log.warning("group %d: %s vanished; nothing to restore for it", record.group, bdf)

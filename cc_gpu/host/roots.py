@@ -47,7 +47,3 @@ class HostRoots:
     @property
     def iommu_groups(self) -> Path:
         return self.sysfs / "kernel" / "iommu_groups"
-
-    def host_dev_path(self, node: Path) -> str:
-        """The path a device node has on the host (for CDI and /proc fd links), whatever our dev root is."""
-        return "/dev/" + str(node.relative_to(self.dev))

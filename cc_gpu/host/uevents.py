@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import logging
 import select
+import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Protocol
@@ -76,7 +77,9 @@ class UeventSource(Protocol):
         ...
 
 
-class _SubscriptionBase:
+class SubscriptionBase:
+    """Shared context-manager plumbing of subscriptions."""
+
     def next(self, timeout: float) -> Uevent | None:
         raise NotImplementedError
 
@@ -92,28 +95,26 @@ class _SubscriptionBase:
         self.close()
 
 
-class _Silent(_SubscriptionBase):
-    def __init__(self, clock_sleep: Any) -> None:
-        self._sleep = clock_sleep
+class _Silent(SubscriptionBase):
+    def __init__(self, sleep: Callable[[float], None]) -> None:
+        self._sleep = sleep
 
     def next(self, timeout: float) -> Uevent | None:
-        self._sleep(timeout)
+        self._sleep(max(0.0, timeout))
         return None
 
 
 class PollingOnly:
     """A source that never delivers events: waiters fall back to polling sysfs at their interval."""
 
-    def __init__(self) -> None:
-        import time  # noqa: PLC0415 - the only user of sleep here
-
-        self._sleep = time.sleep
+    def __init__(self, sleep: Callable[[float], None] = time.sleep) -> None:
+        self._sleep = sleep
 
     def subscribe(self) -> UeventSubscription:
         return _Silent(self._sleep)
 
 
-class _NetlinkSubscription(_SubscriptionBase):
+class _NetlinkSubscription(SubscriptionBase):
     def __init__(self, sock: Any) -> None:
         self._sock = sock
         self._pending: deque[Uevent] = deque()

@@ -7,11 +7,13 @@ status subresource over HTTP) and the kubelet (through `KubeletDouble`, over the
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,7 +64,8 @@ class Node:
     def log_path(self) -> Path:
         return self.root / "plugin.log"
 
-    def start_plugin(self, *extra: str, env: dict[str, str] | None = None, wait: bool = True) -> None:
+    def spawn_plugin(self, *extra: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        """Start one plugin process on this node (the same host, API server and directories)."""
         args = [
             sys.executable, "-m", "cc_gpu", "plugin", "--node-name", NODE, "--sim", self.topology,
             "--sim-root", str(self.sim_root), "--kubeconfig", str(self.root / "kubeconfig"),
@@ -71,10 +74,14 @@ class Node:
         ]
         full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
         with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(args, env=full_env, stdout=subprocess.DEVNULL, stderr=log)
+            return subprocess.Popen(args, env=full_env, stdout=subprocess.DEVNULL, stderr=log)
+
+    def start_plugin(self, *extra: str, env: dict[str, str] | None = None, wait: bool = True) -> None:
+        seen = self.kubelet.registrations
+        self.proc = self.spawn_plugin(*extra, env=env)
         if wait:
             try:
-                self.kubelet.wait_registered(DRIVER, timeout=30)
+                self.kubelet.wait_registered(DRIVER, timeout=30, after=seen)
             except Exception:
                 self.proc.kill()
                 raise RuntimeError("plugin did not register:\n" + self.log_path.read_text()[-4000:]) from None
@@ -153,6 +160,19 @@ class Node:
         self._n += 1
         pod = self.pod(f"vm-{self._n}", kw.pop("runtime_class", SNP), kw.pop("annotations", None))
         return self.claim(f"claim-{self._n}", devices, [pod], **kw)
+
+    def http(self, method: str, path: str) -> dict[str, Any]:
+        """A raw request to the double, as any other client would send it."""
+        req = urllib.request.Request(f"{self.server.url}{path}", method=method)
+        with urllib.request.urlopen(req) as resp:  # the double's plain-HTTP URL
+            return dict(json.loads(resp.read()))
+
+    def events_for(self, claim_name: str, namespace: str = "default") -> list[dict[str, Any]]:
+        items = self.http("GET", f"/api/v1/namespaces/{namespace}/events")["items"]
+        return [e for e in items if e["involvedObject"]["name"] == claim_name]
+
+    def delete_claim(self, namespace: str, name: str) -> None:
+        self.http("DELETE", f"/apis/resource.k8s.io/v1/namespaces/{namespace}/resourceclaims/{name}")
 
     def devices(self) -> list[str]:
         (s,) = self.api.list_resource_slices(DRIVER, NODE)

@@ -9,6 +9,7 @@ import pytest
 
 from cc_gpu.errors import TemporaryError
 from cc_gpu.host.binder import BindPolicy
+from cc_gpu.host.discovery import DeviceFilter
 from cc_gpu.host.errors import (
     BindFailedError,
     BindTimeoutError,
@@ -21,6 +22,7 @@ from cc_gpu.host.errors import (
     NoIommuError,
     RecordCorruptError,
     ResetUnsupportedError,
+    RestoreFailedError,
     SriovActiveError,
 )
 from cc_gpu.host.records import RecordStore
@@ -34,7 +36,9 @@ def test_whole_group_moves_gpu_and_audio_function(sim: SimFactory) -> None:
     bound = binder(host).bind(30, "claim-a")
     assert drivers(host, GPU, AUDIO) == ["vfio-pci", "vfio-pci"]
     assert [(d.bdf, d.original_driver, d.driver) for d in bound.devices] == [
-        (GPU, "nvidia", "vfio-pci"), (AUDIO, "snd_hda_intel", "vfio-pci")]
+        (GPU, "nvidia", "vfio-pci"),
+        (AUDIO, "snd_hda_intel", "vfio-pci"),
+    ]
     assert bound.backend == "legacy"
     assert (bound.device_nodes, bound.control_nodes) == (("/dev/vfio/30",), ("/dev/vfio/vfio",))
     assert (kernel.dev / "vfio" / "30").exists()
@@ -297,3 +301,70 @@ def test_bind_timeout_is_temporary_and_policy_rejects_bad_backend() -> None:
     assert issubclass(BindTimeoutError, TemporaryError)
     with pytest.raises(ValueError, match="backend"):
         BindPolicy(backend="vfio-magic")
+
+
+def test_failed_restore_keeps_the_record_and_can_be_retried(sim: SimFactory) -> None:
+    host, kernel = sim("h100-pcie-audio")
+    b = binder(host)
+    b.bind(30, "t")
+    kernel.set_bind_behaviour(GPU, "fail", errno.EIO, driver="nvidia")
+    with pytest.raises(RestoreFailedError, match=rf"{GPU} -> nvidia.*record is kept"):
+        b.restore(30, "t")
+    assert drivers(host, GPU, AUDIO) == [None, "snd_hda_intel"]
+    record = RecordStore(host.roots.state).read(30)
+    assert record is not None and record.phase == "restoring"
+    assert b.interrupted() == [30]
+    kernel.set_bind_behaviour(GPU, "ok")
+    b.restore(30, "t")
+    assert drivers(host, GPU, AUDIO) == ["nvidia", "snd_hda_intel"]
+    assert b.interrupted() == []
+
+
+def test_gpu_vanishing_during_a_bind_rolls_back_the_rest(sim: SimFactory) -> None:
+    host, kernel = sim("h100-pcie-audio")
+    kernel.set_bind_behaviour(AUDIO, "never")
+    timer = threading.Timer(0.1, kernel.remove_device, args=(AUDIO,))
+    timer.start()
+    try:
+        with pytest.raises((DeviceVanishedError, BindTimeoutError)):
+            binder(host, bind_timeout=2.0).bind(30, "t")
+    finally:
+        timer.join()
+    assert drivers(host, GPU) == ["nvidia"]
+    assert RecordStore(host.roots.state).read(30) is None
+
+
+def test_status_reports_members_owner_and_viability(sim: SimFactory) -> None:
+    host, _ = sim("two-gpus-one-group")
+    b = binder(host)
+    st = b.status(32)
+    assert (st.owner, st.phase, st.viable, st.vfio_node) == (None, None, False, False)
+    assert [m.is_bridge for m in st.members] == [True, False, False]
+    b.bind(32, "claim")
+    st = b.status(32)
+    assert (st.owner, st.phase, st.viable, st.vfio_node) == ("claim", "bound", True, True)
+
+
+def test_emulated_devices_bind_with_an_injected_policy(sim: SimFactory) -> None:
+    host, kernel = sim("emulated-edu")
+    with pytest.raises(ForeignDeviceError):
+        binder(host).bind(3, "t")
+    edu = DeviceFilter(frozenset({0x1234}), frozenset({0x00FF}))
+    b = binder(host, passthrough=edu)
+    bound = b.bind(3, "t")
+    assert [(d.original_driver, d.driver) for d in bound.devices] == [(None, "vfio-pci")]
+    assert (kernel.dev / "vfio" / "3").exists()
+    b.restore(3, "t")
+    assert drivers(host, "0000:00:03.0") == [None]
+    assert b.status(3).members[0].driver_override is None
+
+
+def test_viability_is_checked_from_sysfs_not_inferred_from_the_node(sim: SimFactory) -> None:
+    # Linux creates /dev/vfio/<group> with the group's first vfio device, viable or not; the binder checks members.
+    host, _ = sim("h100-pcie-audio")
+    b = binder(host)
+    with pytest.raises(GroupNotViableError, match=rf"IOMMU group 30 is not viable: {GPU} on nvidia, {AUDIO} on snd"):
+        b._check_viable(30, None)
+    host.io.write_text(host.roots.pci_drivers / "nvidia" / "unbind", GPU)
+    host.io.write_text(host.roots.pci_drivers / "snd_hda_intel" / "unbind", AUDIO)
+    b._check_viable(30, None)

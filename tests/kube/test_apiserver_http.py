@@ -249,3 +249,56 @@ def test_scheduler_play_builds_objects_the_schemas_accept(double: ApiServerDoubl
     )
     assert allocated["status"]["allocation"]["devices"]["results"][1]["adminAccess"] is True
     assert allocated["status"]["allocation"]["devices"]["config"] == config
+
+
+@pytest.mark.parametrize(
+    ("sent", "stored"),
+    [
+        pytest.param("2026-01-01T00:00:00Z", "2026-01-01T00:00:00Z", id="already-canonical"),
+        pytest.param("2026-01-01T00:00:00+00:00", "2026-01-01T00:00:00Z", id="numeric-offset"),
+        pytest.param("2026-01-01T02:00:00.750+02:00", "2026-01-01T00:00:00Z", id="offset-and-fraction"),
+    ],
+)
+def test_timestamps_are_stored_as_the_real_server_encodes_them(
+    raw: Http, seeded: Seeded, sent: str, stored: str
+) -> None:
+    condition = {"type": "Ready", "status": "True", "reason": "Prepared", "message": "", "lastTransitionTime": sent}
+    device = {"driver": DRIVER, "pool": NODE, "device": "gpu-0", "conditions": [condition], "data": {"time": "soon"}}
+    reply = raw("PATCH", f"{CLAIM}/status", {"status": {"devices": [device]}}, "application/merge-patch+json")
+    assert reply.code == 200, reply.body
+    assert reply.body["status"]["devices"][0]["conditions"][0]["lastTransitionTime"] == stored
+    assert reply.body["status"]["devices"][0]["data"] == {"time": "soon"}  # free-form data is never reinterpreted
+    version = reply.body["metadata"]["resourceVersion"]
+    again = raw("PATCH", f"{CLAIM}/status", {"status": {"devices": [device]}}, "application/merge-patch+json")
+    assert again.body["metadata"]["resourceVersion"] == version
+
+
+def test_an_unparseable_timestamp_is_a_bad_request(raw: Http, seeded: Seeded) -> None:
+    condition = {"type": "Ready", "status": "True", "reason": "R", "message": "", "lastTransitionTime": "yesterday"}
+    device = {"driver": DRIVER, "pool": NODE, "device": "gpu-0", "conditions": [condition]}
+    reply = raw("PATCH", f"{CLAIM}/status", {"status": {"devices": [device]}}, "application/merge-patch+json")
+    assert reply.code == 400
+    assert "status.devices[0].conditions[0].lastTransitionTime" in reply.body["message"]
+
+
+def test_delete_collection_by_field_selector_as_the_kubelet_does_at_start(raw: Http, double: ApiServerDouble) -> None:
+    for name, node in [("mine-1", NODE), ("mine-2", NODE), ("theirs", "node-b")]:
+        body = slice_body(name)
+        body["spec"]["nodeName"] = node
+        raw("POST", SLICES, body)
+    reply = raw("DELETE", f"{SLICES}?fieldSelector=spec.nodeName%3D{NODE}")
+    assert reply.code == 200
+    assert sorted(i["metadata"]["name"] for i in reply.body["items"]) == ["mine-1", "mine-2"]
+    assert _names(raw("GET", SLICES).body) == ["theirs"]
+    assert double.writes("deletecollection", "resourceslices") == 1
+
+
+def test_a_stopped_double_can_start_again_and_serve_watches() -> None:
+    double = ApiServerDouble()
+    double.start()
+    double.stop()
+    with double:
+        raw = Http(double.url)
+        raw("POST", SLICES, slice_body("x"))
+        events = _watch_lines(double, f"{SLICES}?watch=1&timeoutSeconds=1", 1)
+        assert events[0]["type"] == "ADDED"

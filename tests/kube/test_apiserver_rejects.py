@@ -276,3 +276,28 @@ def test_malformed_requests(raw: Http, method: str, path: str, body: Any, conten
     reply = raw(method, path, body, content_type or "application/json")
     assert reply.code == code, reply.body
     assert reply.body["kind"] == "Status"
+
+
+def test_event_must_live_in_its_objects_namespace(raw: Http, seeded: Seeded) -> None:
+    event = {
+        "metadata": {"generateName": "gpu-claim."},
+        "involvedObject": {"kind": "ResourceClaim", "namespace": "default", "name": "gpu-claim"},
+        "reason": "Refused",
+        "message": "m",
+        "type": "Warning",
+    }
+    reply = raw("POST", "/api/v1/namespaces/kube-system/events", event)
+    assert reply.code == 422
+    assert reply.body["details"]["causes"][0]["field"] == "involvedObject.namespace"
+    assert raw("POST", "/api/v1/namespaces/default/events", event).code == 201
+
+
+def test_pod_runtime_class_cannot_change(raw: Http, seeded: Seeded) -> None:
+    reply = raw(
+        "PATCH",
+        "/api/v1/namespaces/default/pods/vm",
+        {"spec": {"runtimeClassName": None}},
+        "application/merge-patch+json",
+    )
+    assert reply.code == 422
+    assert reply.body["details"]["causes"][0]["field"] == "spec.runtimeClassName"

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import copy
 import socket
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
+from kubernetes import client, config, dynamic, watch
 
 from cc_gpu.errors import ConfigError, TemporaryError
 from cc_gpu.kube import errors
 from cc_gpu.kube.apiserver import ApiServerDouble
+from cc_gpu.kube.apiserver import cluster as c
 from cc_gpu.kube.client import KubernetesApi, error_from_status
 from tests.kube.conftest import DRIVER, NODE, Seeded, slice_body
 
@@ -207,6 +211,15 @@ def test_bad_kubeconfig_is_a_config_error(tmp_path: Path, content: str | None) -
     assert isinstance(caught.value, ConfigError)
 
 
+def test_kubeconfig_errors_never_quote_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "kubeconfig"
+    path.write_text("users:\n- name: u\n  user:\n    token: s3cr3t-t0ken\n  [broken\n")
+    with pytest.raises(errors.KubeConfigError) as caught:
+        KubernetesApi(path)
+    assert "s3cr3t" not in str(caught.value)
+    assert "line" in str(caught.value)
+
+
 def test_no_in_cluster_service_account_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     with pytest.raises(errors.KubeConfigError):
@@ -235,3 +248,81 @@ def test_status_codes_map_to_typed_errors(code: int, body: str, expected: type[e
     assert error.code == code
     if isinstance(error, errors.ApiUnavailableError):
         assert error.retry_after == 3.0
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        pytest.param(lambda a: a.get_pod("default", ""), id="empty-pod-name"),
+        pytest.param(lambda a: a.get_node(""), id="empty-node-name"),
+        pytest.param(lambda a: a.get_resource_claim("", "gpu-claim"), id="empty-namespace"),
+        pytest.param(lambda a: a.update_config_map("default", {"metadata": {}}), id="body-without-name"),
+    ],
+)
+def test_empty_names_never_become_list_requests(api: KubernetesApi, double: ApiServerDouble, call: object) -> None:
+    double.reset_audit()
+    with pytest.raises(errors.InvalidError):
+        call(api)  # type: ignore[operator]
+    assert double.audit == []
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        pytest.param(lambda a: a.get_pod("default", "../../nodes/node-a"), id="pod"),
+        pytest.param(lambda a: a.get_node("node-a/status"), id="node-subresource"),
+        pytest.param(lambda a: a.get_resource_claim("default", "../../../../api/v1/nodes/node-a"), id="claim"),
+    ],
+)
+def test_names_cannot_escape_their_path(api: KubernetesApi, seeded: Seeded, call: object) -> None:
+    with pytest.raises(errors.NotFoundError):
+        call(api)  # type: ignore[operator]
+
+
+def test_the_official_watch_consumes_the_doubles_stream(kubeconfig: Path, double: ApiServerDouble) -> None:
+    configuration = client.Configuration()
+    config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
+    with client.ApiClient(configuration) as api_client:
+        resources = client.ResourceV1Api(api_client)
+        double.create(slice_body("before"))
+        later = threading.Timer(0.3, lambda: double.create(slice_body("after")))
+        later.start()
+        seen = []
+        stream = watch.Watch().stream(
+            resources.list_resource_slice, field_selector=f"spec.nodeName={NODE}", timeout_seconds=1
+        )
+        for event in stream:
+            seen.append((event["type"], event["object"].metadata.name))
+        later.join()
+    assert seen == [("ADDED", "before"), ("ADDED", "after")]
+
+
+def test_one_client_serves_many_threads(api: KubernetesApi, double: ApiServerDouble) -> None:
+    double.create(c.device_class("vfio-gpu", DRIVER))
+    pod = double.create(c.pod("default", "vm", node_name=NODE, runtime_class_name=None))
+    for i in range(8):
+        claim = double.create(c.resource_claim("default", f"claim-{i}", device_class_name="vfio-gpu"))
+        c.allocate(double.store, claim, [c.Allocated("gpu", DRIVER, NODE, f"gpu-{i}")], [pod], node_name=NODE)
+
+    def prepare(i: int) -> str:
+        claim = api.get_resource_claim("default", f"claim-{i}")
+        api.get_pod("default", "vm")
+        device = {"driver": DRIVER, "pool": NODE, "device": f"gpu-{i}"}
+        patched = api.patch_resource_claim_status("default", f"claim-{i}", {"status": {"devices": [device]}})
+        assert patched["metadata"]["uid"] == claim["metadata"]["uid"]
+        return str(patched["status"]["devices"][0]["device"])
+
+    with ThreadPoolExecutor(8) as pool:
+        assert sorted(pool.map(prepare, range(8))) == [f"gpu-{i}" for i in range(8)]
+    assert double.writes("patch", "resourceclaims", succeeded=True) == 8
+
+
+def test_the_official_dynamic_client_discovers_and_lists(kubeconfig: Path, double: ApiServerDouble) -> None:
+    double.create(slice_body("a"))
+    with config.new_client_from_config(config_file=str(kubeconfig)) as api_client:
+        api = dynamic.DynamicClient(api_client)
+        slices = api.resources.get(api_version="resource.k8s.io/v1", kind="ResourceSlice")
+        assert [item.metadata.name for item in slices.get().items] == ["a"]
+        runtime_classes = api.resources.get(api_version="node.k8s.io/v1", kind="RuntimeClass")
+        runtime_classes.create(body={"metadata": {"name": "kata"}, "handler": "kata-qemu-nvidia-gpu-snp"})
+        assert runtime_classes.get(name="kata").handler == "kata-qemu-nvidia-gpu-snp"

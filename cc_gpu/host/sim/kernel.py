@@ -30,7 +30,7 @@ from typing import Any
 
 from cc_gpu.host.fsio import RealHostIO
 from cc_gpu.host.nvml import NvmlDeviceInfo
-from cc_gpu.host.uevents import Uevent, UeventSubscription, _SubscriptionBase
+from cc_gpu.host.uevents import SubscriptionBase, Uevent, UeventSubscription
 
 VFIO_SAFE_DRIVERS = ("pci-stub", "pcieport")
 CC_REGISTER_VALUES = {"off": 0x0, "on": 0x1, "devtools": 0x3, "ppcie": 0x21, "all-ones": 0xFFFFFFFF}
@@ -197,10 +197,10 @@ class SimKernel:
 
     def _attach(self, state: dict[str, Any], drv: str, bdf: str) -> None:
         dev = self.device_dir(bdf)
-        if is_vfio(drv):
-            if self._read(bdf, "class").removeprefix("0x").startswith("0604"):
-                raise _oserror(errno.EINVAL, f"{drv} refuses bridge {bdf}")
-            knob = state.get("bind", {}).get(bdf, {})
+        if is_vfio(drv) and self._read(bdf, "class").removeprefix("0x").startswith("0604"):
+            raise _oserror(errno.EINVAL, f"{drv} refuses bridge {bdf}")
+        knob = state.get("bind", {}).get(bdf, {})
+        if knob.get("driver") == drv or (knob.get("driver") is None and is_vfio(drv)):
             mode = knob.get("mode", "ok")
             if mode == "fail":
                 raise _oserror(int(knob.get("errno", errno.EIO)), f"probe of {bdf} by {drv} failed")
@@ -296,10 +296,15 @@ class SimKernel:
             self.emit("add", f"/module/{mod}", SUBSYSTEM="module")
 
     # ---- knobs for tests and the demo ----------------------------------------------------------------------------
-    def set_bind_behaviour(self, bdf: str, mode: str = "ok", err: int = errno.EIO, delay: float | None = None) -> None:
-        """`mode`: ok | fail (the probe returns -err) | never (the probe never completes). Applies to vfio drivers."""
+    def set_bind_behaviour(
+        self, bdf: str, mode: str = "ok", err: int = errno.EIO, delay: float | None = None, driver: str | None = None
+    ) -> None:
+        """`mode`: ok | fail (the probe returns -err) | never (the probe never completes).
+
+        Applies to binds by `driver`, or by any vfio driver when `driver` is None.
+        """
         with self.locked() as state:
-            knob: dict[str, Any] = {"mode": mode, "errno": err}
+            knob: dict[str, Any] = {"mode": mode, "errno": err, "driver": driver}
             if delay is not None:
                 knob["delay"] = delay
             state.setdefault("bind", {})[bdf] = knob
@@ -410,7 +415,7 @@ class SimNvml:
         return self.kernel.nvml_info(bdf)
 
 
-class _LogSubscription(_SubscriptionBase):
+class _LogSubscription(SubscriptionBase):
     POLL = 0.005
 
     def __init__(self, path: Path) -> None:
@@ -428,8 +433,9 @@ class _LogSubscription(_SubscriptionBase):
                 if self._partial.endswith("\n"):
                     line, self._partial = self._partial, ""
                     props = json.loads(line)
-                    return Uevent(props["ACTION"], props["DEVPATH"], props.get("SUBSYSTEM", ""),
-                                  props.get("DRIVER", ""), props)
+                    return Uevent(
+                        props["ACTION"], props["DEVPATH"], props.get("SUBSYSTEM", ""), props.get("DRIVER", ""), props
+                    )
                 continue
             remaining = deadline - time.monotonic()
             if remaining <= 0:

@@ -91,6 +91,35 @@ def _discovery(path: str) -> JsonObject | None:
                 for g, v in groups
             ],
         }
+    parts = path.strip("/").split("/")
+    if parts == ["api", "v1"] or (len(parts) == 3 and parts[0] == "apis"):
+        group, version = ("", "v1") if parts[0] == "api" else (parts[1], parts[2])
+        served = [rt for rt in RESOURCE_TYPES if (rt.group, rt.version) == (group, version)]
+        if not served:
+            return None
+        verbs = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
+        resources: list[JsonObject] = []
+        for rt in served:
+            resources.append(
+                {
+                    "name": rt.plural,
+                    "singularName": rt.kind.lower(),
+                    "namespaced": rt.namespaced,
+                    "kind": rt.kind,
+                    "verbs": verbs,
+                }
+            )
+            if rt.status_subresource:
+                resources.append(
+                    {
+                        "name": f"{rt.plural}/status",
+                        "singularName": "",
+                        "namespaced": rt.namespaced,
+                        "kind": rt.kind,
+                        "verbs": ["get", "patch", "update"],
+                    }
+                )
+        return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": rt.api_version, "resources": resources}
     return None
 
 
@@ -98,6 +127,7 @@ class Handler(BaseHTTPRequestHandler):
     """One HTTP/1.1 connection to the double (keep-alive, so the client's connection pool is reused)."""
 
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out as two writes: without this each reply waits ~40 ms
     double: ApiServerDouble  # set on the subclass the server creates
 
     def log_message(self, format: str, *args: Any) -> None:  # the audit log replaces access logs
@@ -142,11 +172,11 @@ class Handler(BaseHTTPRequestHandler):
             code, reply = self._serve(verb, route, query, raw)
         except ApiStatus as e:
             code, reply = e.code, e.to_status()
-        self._send(code, reply)
-        if route is not None:
+        if route is not None:  # recorded before replying, so a client that saw the reply also sees the entry
             self.double.record(
                 method, verb, route, code, user_agent=self.headers.get("User-Agent", ""), started=started
             )
+        self._send(code, reply)
 
     def _serve(self, verb: str, route: Route, query: dict[str, str], raw: bytes) -> tuple[int, JsonObject]:
         store, rt, ns = self.double.store, route.rt, route.namespace or ""
@@ -194,6 +224,21 @@ class Handler(BaseHTTPRequestHandler):
                 raise bad_request("preconditions must be an object")
             gone = store.get(rt, ns, route.name) if dry_run else store.delete(rt, ns, route.name, preconditions)
             return 200, success_status(rt, route.name, gone["metadata"]["uid"])
+        if verb == "deletecollection":
+            label = parse_label_selector(query.get("labelSelector", ""))
+            field = parse_field_selector(query.get("fieldSelector", ""), rt)
+            items, _ = store.list_matching(rt, route.namespace, lambda o: label(o) and field(o))
+            deleted = []
+            for item in items:
+                if dry_run:
+                    deleted.append(item)
+                    continue
+                try:
+                    deleted.append(store.delete(rt, item["metadata"].get("namespace", ""), item["metadata"]["name"]))
+                except ApiStatus as e:
+                    if e.code != 404:  # deleted meanwhile by someone else: as upstream, not an error
+                        raise
+            return 200, {"kind": f"{rt.kind}List", "apiVersion": rt.api_version, "metadata": {}, "items": deleted}
         raise method_not_allowed(verb, self.path)
 
     def _watch(self, route: Route, query: dict[str, str]) -> None:
@@ -274,6 +319,8 @@ def _verb(method: str, route: Route, query: dict[str, str]) -> str:
         if route.namespace is None and route.rt.namespaced:
             raise method_not_allowed(method, f"/{route.rt.plural}")
         return "create"
+    if method == "DELETE" and not route.name:
+        return "deletecollection"
     verbs = {"PUT": "update", "PATCH": "patch", "DELETE": "delete"}
     if method in verbs and route.name:
         return verbs[method]

@@ -55,7 +55,7 @@ RESOURCE_TYPES: tuple[ResourceType, ...] = (
         "Pod",
         namespaced=True,
         status_subresource=True,
-        immutable=("spec.runtimeClassName", "spec.resourceClaims", "spec.containers", "spec.volumes"),
+        immutable=("spec.runtimeClassName", "spec.resourceClaims", "spec.nodeName"),
         field_labels=(
             "spec.nodeName",
             "spec.restartPolicy",

@@ -23,7 +23,7 @@ from cc_gpu.kube.apiserver.resources import RESOURCE_TYPES, ResourceType, by_kin
 from cc_gpu.kube.apiserver.status import bad_request
 from cc_gpu.kube.apiserver.store import HISTORY, Clock, Store
 
-WRITE_VERBS = frozenset({"create", "update", "patch", "delete"})
+WRITE_VERBS = frozenset({"create", "update", "patch", "delete", "deletecollection"})
 DEFAULT_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 
 
@@ -41,6 +41,11 @@ class AuditEntry:
     code: int
     user_agent: str
     seconds: float
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 128  # the default backlog of 5 drops SYNs when a client opens many connections at once
 
 
 class ApiServerDouble:
@@ -69,8 +74,8 @@ class ApiServerDouble:
     def start(self) -> ApiServerDouble:
         """Listen and serve on a background thread; returns self."""
         handler = type("BoundHandler", (Handler,), {"double": self})
-        self._httpd = ThreadingHTTPServer(self._address, handler)
-        self._httpd.daemon_threads = True
+        self.store.closed = False
+        self._httpd = _Server(self._address, handler)
         self._thread = threading.Thread(
             target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="apiserver-double", daemon=True
         )

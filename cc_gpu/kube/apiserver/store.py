@@ -22,14 +22,14 @@ from typing import Any
 
 from cc_gpu.kube.apiserver.resources import ResourceType
 from cc_gpu.kube.apiserver.status import STALE, ApiStatus, already_exists, bad_request, conflict, not_found
-from cc_gpu.kube.apiserver.validation import validate_object
+from cc_gpu.kube.apiserver.validation import normalize_times, validate_object
 
 JsonObject = dict[str, Any]
 Clock = Callable[[], datetime]
 Key = tuple[str, str, str]  # plural, namespace ("" when cluster-scoped), name
 
 _GENERATE_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # the real server's: no vowels, no look-alikes
-HISTORY = 4096
+HISTORY = 1024  # watch history, in changes; each keeps a copy of the object
 
 
 @dataclass(frozen=True)
@@ -114,7 +114,7 @@ class Store:
     # -- writes --------------------------------------------------------------------------------------------------
 
     def create(self, rt: ResourceType, namespace: str, body: JsonObject, *, dry_run: bool = False) -> JsonObject:
-        obj = copy.deepcopy(body)
+        obj: JsonObject = normalize_times(copy.deepcopy(body))
         _stamp_type(rt, obj)
         meta = obj.setdefault("metadata", {})
         if not isinstance(meta, dict):
@@ -185,6 +185,7 @@ class Store:
             requested = build(copy.deepcopy(current))
             if not isinstance(requested, dict) or not isinstance(requested.get("metadata", {}), dict):
                 raise bad_request("the body must be an object with object metadata")
+            requested = normalize_times(copy.deepcopy(requested))
             _stamp_type(rt, requested)
             meta = requested.setdefault("metadata", {})
             if meta.get("name", name) != name:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import json
 import re
+from datetime import UTC, datetime
 from typing import Any
 
 from cc_gpu.kube.apiserver.resources import ResourceType, get_path
@@ -93,6 +94,61 @@ def check_schema(rt: ResourceType, obj: dict[str, Any]) -> None:
         raise bad_request(f"json: cannot decode {where or 'the object'}: {error.message}")
     name = str(get_path(obj, "metadata.name") or "")
     raise invalid(rt, name, [Cause(where, "FieldValueInvalid", f"Invalid value: {error.message}")])
+
+
+TIME_FIELDS = frozenset(
+    {
+        "creationTimestamp",
+        "deletionTimestamp",
+        "lastTransitionTime",
+        "lastUpdateTime",
+        "lastHeartbeatTime",
+        "lastProbeTime",
+        "timeAdded",
+        "firstTimestamp",
+        "lastTimestamp",
+        "startedAt",
+        "finishedAt",
+        "startTime",
+    }
+)
+FREE_FORM_FIELDS = frozenset(
+    {"data", "binaryData", "stringData", "annotations", "labels", "parameters", "managedFields"}
+)
+"""User-defined content: never reinterpreted, whatever its keys are called."""
+MICRO_TIME_FIELDS = frozenset({"eventTime", "lastObservedTime", "renewTime", "acquireTime"})
+
+
+def _normalized_time(where: str, value: object, micro: bool) -> str:
+    try:
+        parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError as e:
+        raise bad_request(f'{where}: parsing time "{value}" as RFC 3339 failed') from e
+    if parsed.tzinfo is None:
+        raise bad_request(f'{where}: parsing time "{value}": RFC 3339 needs a time zone')
+    parsed = parsed.astimezone(UTC)
+    return parsed.strftime("%Y-%m-%dT%H:%M:%S.%fZ" if micro else "%Y-%m-%dT%H:%M:%SZ")
+
+
+def normalize_times(obj: Any, where: str = "") -> Any:
+    """Timestamps as the real server stores them: UTC, `Z`, whole seconds (microseconds for MicroTime fields).
+
+    Clients send what their libraries produce (`+00:00`, fractions); the server decodes into Go times and encodes
+    them back, so an update that only re-spells a timestamp changes nothing. An unparseable time is a 400.
+    """
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            at = f"{where}.{key}" if where else key
+            if key in FREE_FORM_FIELDS:
+                continue
+            if isinstance(value, str) and value and (key in TIME_FIELDS or key in MICRO_TIME_FIELDS):
+                obj[key] = _normalized_time(at, value, key in MICRO_TIME_FIELDS)
+            else:
+                normalize_times(value, at)
+    elif isinstance(obj, list):
+        for i, item in enumerate(obj):
+            normalize_times(item, f"{where}[{i}]")
+    return obj
 
 
 def check_name(rt: ResourceType, name: str) -> list[Cause]:
@@ -302,6 +358,16 @@ def check_claim_status(old: dict[str, Any] | None, new: dict[str, Any]) -> list[
     return causes
 
 
+def check_event(obj: dict[str, Any]) -> list[Cause]:
+    """A core/v1 Event must live in the namespace of the object it is about (when that object is namespaced)."""
+    involved = obj.get("involvedObject") or {}
+    namespace = (obj.get("metadata") or {}).get("namespace", "")
+    if involved.get("namespace") and involved["namespace"] != namespace:
+        message = f'Invalid value: "{involved["namespace"]}": does not match event.namespace'
+        return [Cause("involvedObject.namespace", "FieldValueInvalid", message)]
+    return []
+
+
 def check_semantics(rt: ResourceType, old: dict[str, Any] | None, new: dict[str, Any]) -> list[Cause]:
     """All resource-specific checks for a create (`old` None) or an update."""
     causes = check_name(rt, str(get_path(new, "metadata.name") or ""))
@@ -311,6 +377,8 @@ def check_semantics(rt: ResourceType, old: dict[str, Any] | None, new: dict[str,
         causes += check_resource_slice(new)
     elif rt.kind == "ResourceClaim":
         causes += check_claim_status(old, new)
+    elif rt.kind == "Event":
+        causes += check_event(new)
     return causes
 
 

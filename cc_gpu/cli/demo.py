@@ -1,0 +1,194 @@
+"""`cc-gpu demo`: a simulated 8-GPU node end to end, narrated.
+
+It starts the API-server double, the real plugin process (`cc-gpu plugin --sim dgx-h100`) on a simulated host and the
+kubelet double; then it shows the published ResourceSlice, prepares a claim for a `kata-qemu-nvidia-gpu-snp` pod
+(printing the CDI spec and the bound devices), refuses a claim for a plain `runc` pod with the reason the plugin gives,
+prepares two claims in parallel (each bind takes 0.5 s on the simulated kernel), unprepares everything and shows each
+device back on its original driver. Everything happens under a temporary directory unless `--workdir` keeps it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+DRIVER = "gpu.cc-gpu.io"
+NODE = "demo-node"
+SNP = "kata-qemu-nvidia-gpu-snp"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--topology", default="dgx-h100", help="simulated node topology (default: %(default)s)")
+    parser.add_argument("--workdir", type=Path, help="keep the simulated node's files here (default: a temp dir)")
+    parser.add_argument("--bind-delay", type=float, default=0.5, help="simulated seconds per device bind")
+
+
+def _say(title: str) -> None:
+    print(f"\n== {title}")
+
+
+def _bdf(device: str) -> str:
+    parts = device.removeprefix("gpu-").split("-")
+    return f"{parts[0]}:{parts[1]}:{parts[2]}.{parts[3]}"
+
+
+class _Demo:
+    def __init__(self, root: Path, topology: str, bind_delay: float) -> None:
+        from cc_gpu.dra.kubelet import KubeletDouble  # noqa: PLC0415 (lazy: see cc_gpu.cli)
+        from cc_gpu.kube.apiserver import ApiServerDouble  # noqa: PLC0415
+        from cc_gpu.kube.client import KubernetesApi  # noqa: PLC0415
+
+        self.root = root
+        self.topology = topology
+        self.bind_delay = bind_delay
+        self.server = ApiServerDouble().start()
+        self.kubeconfig = self.server.write_kubeconfig(root / "kubeconfig")
+        self.api = KubernetesApi(self.kubeconfig)
+        self.kubelet = KubeletDouble(root / "registry")
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.n = 0
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=20)
+        self.kubelet.stop()
+        self.api.close()
+        self.server.stop()
+
+    def seed(self) -> None:
+        from cc_gpu.kube.apiserver import cluster  # noqa: PLC0415
+
+        self.server.create(cluster.node(NODE))
+        for handler in (SNP, "kata-qemu-nvidia-gpu-tdx", "runc"):
+            self.server.create(cluster.runtime_class(handler, handler))
+        self.server.create(cluster.device_class("vfio-gpu", DRIVER))
+
+    def start_plugin(self) -> None:
+        args = [sys.executable, "-m", "cc_gpu", "plugin", "--node-name", NODE, "--sim", self.topology,
+                "--sim-root", str(self.root / "sim"), "--kubeconfig", str(self.kubeconfig),
+                "--plugin-dir", str(self.root / "plugin"), "--registry-dir", str(self.root / "registry"),
+                "--cdi-root", str(self.root / "cdi")]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2]),
+                                                              os.environ.get("PYTHONPATH", "")])}
+        self.kubelet.start()
+        with (self.root / "plugin.log").open("ab") as log:
+            self.proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=log)
+        self.kubelet.wait_registered(DRIVER, timeout=30)
+
+    def claim_for(self, runtime_class: str | None, device: str) -> tuple[str, str, str]:
+        from cc_gpu.kube.apiserver import cluster  # noqa: PLC0415
+
+        self.n += 1
+        pod = self.server.create(cluster.pod("default", f"vm-{self.n}", node_name=NODE,
+                                             runtime_class_name=runtime_class, claims=[f"gpu-{self.n}"]))
+        claim = self.server.create(cluster.resource_claim("default", f"gpu-{self.n}", device_class_name="vfio-gpu"))
+        claim["status"] = cluster.allocation_status(
+            [cluster.Allocated("gpu", DRIVER, NODE, device)], [pod], node_name=NODE
+        )
+        self.api.update_resource_claim_status("default", f"gpu-{self.n}", claim)
+        return "default", f"gpu-{self.n}", str(claim["metadata"]["uid"])
+
+    def events_for(self, claim_name: str) -> list[dict[str, Any]]:
+        """The Events on a claim, read over HTTP from the double like `kubectl get events` would."""
+        import urllib.request  # noqa: PLC0415
+
+        with urllib.request.urlopen(f"{self.server.url}/api/v1/namespaces/default/events") as resp:  # noqa: S310
+            items = json.loads(resp.read())["items"]
+        return [e for e in items if e["involvedObject"]["name"] == claim_name]
+
+    def driver_of(self, device: str) -> str:
+        from cc_gpu.host.sim import SimKernel  # noqa: PLC0415
+
+        return SimKernel(self.root / "sim").driver_of(_bdf(device)) or "(none)"
+
+
+def _attr(device: dict[str, Any], name: str) -> str:
+    value = device["attributes"].get(name, {})
+    return str(next(iter(value.values()), ""))
+
+
+def _show_slice(demo: _Demo) -> list[str]:
+    (s,) = demo.api.list_resource_slices(DRIVER, NODE)
+    pool = s["spec"]["pool"]
+    print(f"ResourceSlice {s['metadata']['name']}: pool {pool['name']} generation {pool['generation']}, "
+          f"{len(s['spec']['devices'])} devices, owner Node/{s['metadata']['ownerReferences'][0]['name']}")
+    print(f"  {'device':<18} {'pciBusID':<13} {'product':<16} {'iommuGroup':>10} {'ccMode':>7} {'driver':>8}")
+    for d in s["spec"]["devices"]:
+        print(f"  {d['name']:<18} {_attr(d, 'resource.kubernetes.io/pciBusID'):<13} {_attr(d, 'productName'):<16} "
+              f"{_attr(d, 'iommuGroup'):>10} {_attr(d, 'ccMode'):>7} {_attr(d, 'driver'):>8}")
+    return [d["name"] for d in s["spec"]["devices"]]
+
+
+def _script(demo: _Demo) -> int:
+    from cc_gpu.host.sim import SimKernel  # noqa: PLC0415
+
+    _say("A simulated node, the API-server double and the kubelet double")
+    demo.seed()
+    print(f"API server double at {demo.server.url}; node {NODE}; RuntimeClasses {SNP}, kata-qemu-nvidia-gpu-tdx, runc")
+    start = time.monotonic()
+    demo.start_plugin()
+    plugin = demo.kubelet.plugins[DRIVER]
+    print(f"plugin registered in {time.monotonic() - start:.2f}s: {plugin.name}, versions {list(plugin.versions)}, "
+          f"kubelet chose {plugin.version}")
+
+    _say("The published ResourceSlice")
+    devices = _show_slice(demo)
+
+    _say(f"Prepare a claim for a pod with runtimeClassName {SNP}")
+    snp = demo.claim_for(SNP, devices[0])
+    result = demo.kubelet.prepare(DRIVER, [snp])[snp[2]]
+    if result.error:
+        print(f"unexpected error: {result.error}")
+        return 1
+    for requests, pool, device, ids in result.devices:
+        print(f"prepared {device} (pool {pool}, request {requests[0]}) -> CDI {', '.join(ids)}")
+    spec_path = demo.root / "cdi" / f"cc-gpu.io-vfio_{snp[2]}.json"
+    print(f"CDI spec {spec_path.name}:")
+    print("  " + json.dumps(json.loads(spec_path.read_text()), indent=2).replace("\n", "\n  "))
+    print(f"bound: {_bdf(devices[0])} is on {demo.driver_of(devices[0])}")
+
+    _say("The same kind of claim for a plain runc pod is refused")
+    runc = demo.claim_for("runc", devices[1])
+    refused = demo.kubelet.prepare(DRIVER, [runc])[runc[2]]
+    print(f"refused: {refused.error}")
+    print(f"nothing bound: {_bdf(devices[1])} is still on {demo.driver_of(devices[1])}")
+    for event in demo.events_for(runc[1]):
+        print(f"Event on ResourceClaim default/{runc[1]}: {event['type']} {event['reason']}")
+
+    _say(f"Two claims on two GPUs in parallel ({demo.bind_delay}s simulated bind each)")
+    SimKernel(demo.root / "sim").set_default_bind_delay(demo.bind_delay)
+    pair = [demo.claim_for(SNP, devices[2]), demo.claim_for(SNP, devices[3])]
+    start = time.monotonic()
+    results = demo.kubelet.prepare(DRIVER, pair)
+    elapsed = time.monotonic() - start
+    for c in pair:
+        (dev,) = results[c[2]].devices
+        print(f"prepared {dev[2]} -> {dev[3][0]} (error: {results[c[2]].error or 'none'})")
+    print(f"wall time for both: {elapsed:.2f}s (a node-wide lock would take at least {2 * demo.bind_delay:.1f}s)")
+
+    _say("Unprepare everything: every device back on its original driver")
+    errors = demo.kubelet.unprepare(DRIVER, [snp, runc, *pair])
+    for d in (devices[0], devices[2], devices[3]):
+        print(f"{_bdf(d)}: {demo.driver_of(d)}")
+    remaining = sorted(p.name for p in (demo.root / "cdi").glob("*.json"))
+    print(f"CDI specs left: {remaining or 'none'}; unprepare errors: {[e for e in errors.values() if e] or 'none'}")
+    return 0 if not any(errors.values()) else 1
+
+
+def run(args: argparse.Namespace) -> int:
+    with tempfile.TemporaryDirectory(prefix="cc-gpu-demo-", dir="/tmp") as tmp:
+        root = args.workdir or Path(tmp)
+        root.mkdir(parents=True, exist_ok=True)
+        demo = _Demo(root, args.topology, args.bind_delay)
+        try:
+            return _script(demo)
+        finally:
+            demo.close()
