@@ -12,7 +12,7 @@ the project has no general ASN.1 library; the walker only reads (tag, length, va
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -77,12 +77,21 @@ def _is_self_issued(cert: x509.Certificate) -> bool:
     return cert.issuer == cert.subject
 
 
-def _check_algorithms(cert: x509.Certificate, label: str) -> None:
+def _label(cert: x509.Certificate, position: int) -> str:
+    return f"certificate {position} ({common_name(cert)!r})"
+
+
+def _check_algorithms(cert: x509.Certificate, position: int) -> None:
     if not isinstance(cert.signature_hash_algorithm, hashes.SHA384):
-        raise ChainError(f"{label} is not signed with SHA-384")
+        raise ChainError(f"{_label(cert, position)} is not signed with SHA-384")
     key = cert.public_key()
     if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP384R1):
-        raise ChainError(f"{label} does not carry a P-384 key")
+        raise ChainError(f"{_label(cert, position)} does not carry a P-384 key")
+
+
+def signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    """True when `issuer` issued `cert` (names chain and the signature verifies with the issuer's key)."""
+    return _signed_by(cert, issuer)
 
 
 def _signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
@@ -100,10 +109,21 @@ def _is_ca(cert: x509.Certificate) -> bool:
         return False
 
 
+SignedBy = Callable[[x509.Certificate, x509.Certificate], bool]
+
+
 def validate_chain(
-    chain: Sequence[x509.Certificate], anchors: Sequence[x509.Certificate], at: datetime, expected_length: int
+    chain: Sequence[x509.Certificate],
+    anchors: Sequence[x509.Certificate],
+    at: datetime,
+    expected_length: int,
+    signed_by: SignedBy | None = None,
 ) -> ValidatedChain:
-    """Validate `chain` (leaf first, possibly ending in a copy of the root) to one of `anchors` at time `at`."""
+    """Validate `chain` (leaf first, possibly ending in a copy of the root) to one of `anchors` at time `at`.
+
+    `signed_by` may memoise signature checks (intermediates are shared between chains); default: check each time.
+    """
+    signed_by = signed_by or _signed_by
     if not chain:
         raise ChainError("empty certificate chain")
     certs = list(chain)
@@ -113,24 +133,23 @@ def validate_chain(
         if _der(root) not in anchor_ders:
             raise ChainError(f"root {common_name(root)!r} in the evidence is not a configured trust anchor")
     for i, cert in enumerate(certs[:-1]):
-        if not _signed_by(cert, certs[i + 1]):
+        if not signed_by(cert, certs[i + 1]):
             raise ChainError(f"certificate {i} ({common_name(cert)!r}) is not issued by certificate {i + 1}")
     top = certs[-1]
-    anchor = next((a for a in anchors if a.subject == top.issuer and _signed_by(top, a)), None)
+    anchor = next((a for a in anchors if a.subject == top.issuer and signed_by(top, a)), None)
     if anchor is None:
         raise ChainError(f"certificate {len(certs) - 1} ({common_name(top)!r}) is not issued by a trusted root")
     path = (*certs, anchor)
     if len(path) != expected_length:
         raise ChainError(f"chain has {len(path)} certificates including the root, expected {expected_length}")
     for i, cert in enumerate(path):
-        label = f"certificate {i} ({common_name(cert)!r})"
-        _check_algorithms(cert, label)
+        _check_algorithms(cert, i)
         if i > 0 and not _is_ca(cert):
-            raise ChainError(f"{label} issues certificates but is not a CA")
+            raise ChainError(f"{_label(cert, i)} issues certificates but is not a CA")
         if not cert.not_valid_before_utc <= at <= cert.not_valid_after_utc:
             raise ChainError(
-                f"{label} is not valid at {at.isoformat()} (valid {cert.not_valid_before_utc.isoformat()} .. "
-                f"{cert.not_valid_after_utc.isoformat()})"
+                f"{_label(cert, i)} is not valid at {at.isoformat()} (valid {cert.not_valid_before_utc.isoformat()} "
+                f".. {cert.not_valid_after_utc.isoformat()})"
             )
     return ValidatedChain(
         path=path,

@@ -16,6 +16,7 @@ number; a duplicated type is an error because a relying party could otherwise be
 from __future__ import annotations
 
 import binascii
+import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -230,8 +231,8 @@ def decode_report_text(text: str | bytes) -> bytes:
     """Turn the hex text NVML tools write (whitespace allowed) into bytes; raw bytes pass through unchanged."""
     if isinstance(text, bytes):
         stripped = text.strip()
-        if not stripped or any(c not in b"0123456789abcdefABCDEF \t\r\n" for c in stripped):
-            return text
+        if not stripped or stripped.translate(None, b"0123456789abcdefABCDEF \t\r\n"):
+            return text  # not hex text: raw report bytes
         text = stripped.decode("ascii")
     compact = "".join(text.split())
     if len(compact) % 2:
@@ -288,7 +289,33 @@ def parse_report(data: bytes) -> AttestationReport:
     )
 
 
+_BLOCK = struct.Struct("<BBHBH")  # index, spec, size, DMTF value type, value size
+
+
 def _parse_record(record: bytes, count: int, base: int) -> tuple[MeasurementBlock, ...]:
+    # Fast path for the well-formed case (64 blocks per report, checked on every verification); anything unusual
+    # falls through to the field-by-field parser below, which names the field and offset of the problem.
+    blocks_fast: list[MeasurementBlock] = []
+    pos = 0
+    seen_fast: set[int] = set()
+    for _ in range(count):
+        if pos + 7 > len(record):
+            break
+        index, spec, size, value_type, value_size = _BLOCK.unpack_from(record, pos)
+        if index == 0 or index in seen_fast or spec != DMTF_SPEC or size != 51 or value_size != DIGEST_LENGTH:
+            break
+        if pos + 4 + size > len(record):
+            break
+        seen_fast.add(index)
+        blocks_fast.append(MeasurementBlock(index, value_type, record[pos + 7 : pos + 4 + size]))
+        pos += 4 + size
+    else:
+        if pos == len(record):
+            return tuple(blocks_fast)
+    return _parse_record_checked(record, count, base)
+
+
+def _parse_record_checked(record: bytes, count: int, base: int) -> tuple[MeasurementBlock, ...]:
     cur = _Cursor(record, base)
     blocks: list[MeasurementBlock] = []
     seen: set[int] = set()

@@ -104,20 +104,38 @@ def cert_id_key(cert: x509.Certificate, issuer: x509.Certificate) -> str:
     return f"{req.issuer_key_hash.hex()}-{cert.serial_number:x}"
 
 
-def _verify_response_signature(resp: ocsp.OCSPResponse, issuer: x509.Certificate) -> None:
-    signer = issuer
-    if resp.responder_name != issuer.subject and resp.responder_key_hash is None:
-        delegated = [c for c in resp.certificates if c.subject == resp.responder_name]
-        if not delegated:
-            raise OcspError("OCSP response is signed by a responder that is neither the issuer nor delegated by it")
-        signer = delegated[0]
-        try:
-            signer.verify_directly_issued_by(issuer)
-            eku = signer.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-        except (ValueError, TypeError, InvalidSignature, x509.ExtensionNotFound) as e:
-            raise OcspError("OCSP responder certificate is not delegated by the issuer") from e
-        if ExtendedKeyUsageOID.OCSP_SIGNING not in eku:
-            raise OcspError("OCSP responder certificate lacks the OCSP-signing usage")
+def _key_hash(cert: x509.Certificate) -> bytes:
+    """SHA-1 of the subject public key bits, as OCSP's ResponderID byKey names a responder (RFC 6960)."""
+    return x509.SubjectKeyIdentifier.from_public_key(cert.public_key()).digest
+
+
+def _responder(resp: ocsp.OCSPResponse, issuer: x509.Certificate) -> x509.Certificate:
+    """The certificate whose key must have signed `resp`: the issuer itself, or a responder it delegated to."""
+    if resp.responder_key_hash is not None:
+        if resp.responder_key_hash == _key_hash(issuer):
+            return issuer
+        candidates = [c for c in resp.certificates if _key_hash(c) == resp.responder_key_hash]
+    else:
+        if resp.responder_name == issuer.subject:
+            return issuer
+        candidates = [c for c in resp.certificates if c.subject == resp.responder_name]
+    if len(candidates) != 1:
+        raise OcspError("OCSP response is signed by a responder that is neither the issuer nor delegated by it")
+    delegate = candidates[0]
+    try:
+        delegate.verify_directly_issued_by(issuer)
+        eku = delegate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except (ValueError, TypeError, InvalidSignature, x509.ExtensionNotFound) as e:
+        raise OcspError("OCSP responder certificate is not delegated by the issuer") from e
+    if ExtendedKeyUsageOID.OCSP_SIGNING not in eku:
+        raise OcspError("OCSP responder certificate lacks the OCSP-signing usage")
+    return delegate
+
+
+def _verify_response_signature(resp: ocsp.OCSPResponse, issuer: x509.Certificate, at: datetime) -> None:
+    signer = _responder(resp, issuer)
+    if signer is not issuer and not signer.not_valid_before_utc <= at <= signer.not_valid_after_utc:
+        raise OcspError("OCSP responder certificate is not valid at the verification time")
     key = signer.public_key()
     algorithm = resp.signature_hash_algorithm
     if not isinstance(key, ec.EllipticCurvePublicKey) or algorithm is None:
@@ -138,7 +156,7 @@ def evaluate_response(  # noqa: PLR0917 - mirrors the question asked: which resp
         raise OcspError(f"OCSP response is not DER: {e}") from e
     if resp.response_status != ocsp.OCSPResponseStatus.SUCCESSFUL:
         raise OcspError(f"OCSP responder answered {resp.response_status.name}")
-    _verify_response_signature(resp, issuer)
+    _verify_response_signature(resp, issuer, at)
     expected = ocsp.OCSPRequestBuilder().add_certificate(cert, issuer, hashes.SHA384()).build()
     matches = [
         single

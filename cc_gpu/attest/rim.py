@@ -15,7 +15,7 @@ import base64
 import binascii
 import hashlib
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from types import MappingProxyType
@@ -42,6 +42,8 @@ RIM_CHAIN_LENGTH = 4
 MAX_RIM_BYTES = 4 * 1024 * 1024
 
 _NS = {"swid": SWID_NS, "ds": DSIG_NS}
+_HASH_ATTRS = tuple(f"{{{HASH_NS}}}Hash{n}" for n in range(64))
+_RESOURCE = f"{{{SWID_NS}}}Resource"
 _SIG_CONFIG_METHODS = frozenset({SignatureMethod.ECDSA_SHA384})
 _SIG_CONFIG_DIGESTS = frozenset({DigestAlgorithm.SHA384})
 
@@ -133,7 +135,7 @@ def _golden(root: etree._Element) -> tuple[str, str, str | None, dict[int, Golde
     if payload is None:
         raise RimError("RIM has no Payload")
     golden: dict[int, GoldenMeasurement] = {}
-    for res in payload.findall("swid:Resource", _NS):
+    for res in payload.iterchildren(_RESOURCE):
         try:
             index = int(res.get("index", ""))
             count = int(res.get("alternatives", ""))
@@ -149,7 +151,7 @@ def _golden(root: etree._Element) -> tuple[str, str, str | None, dict[int, Golde
             raise RimError(f"RIM lists index {index} twice")
         values = []
         for n in range(count):
-            text = res.get(f"{{{HASH_NS}}}Hash{n}")
+            text = res.get(_HASH_ATTRS[n])
             if text is None or len(text) != 96:
                 raise RimError(f"RIM Resource {index} lacks a 48-byte Hash{n}")
             try:
@@ -162,12 +164,20 @@ def _golden(root: etree._Element) -> tuple[str, str, str | None, dict[int, Golde
     return root.get("tagId", ""), version, manufacturer, golden
 
 
-def verify_rim(content: bytes, trust: TrustStore, at: datetime) -> VerifiedRim:
-    """Parse and verify one RIM. Raises RimError (malformed) or RimSignatureError (does not verify)."""
+ChainValidator = Callable[[Sequence[x509.Certificate], Sequence[x509.Certificate], datetime, int], ValidatedChain]
+
+
+def verify_rim(
+    content: bytes, trust: TrustStore, at: datetime, chain_validator: ChainValidator = validate_chain
+) -> VerifiedRim:
+    """Parse and verify one RIM. Raises RimError (malformed) or RimSignatureError (does not verify).
+
+    `chain_validator` lets a caller reuse validated chains (driver and VBIOS RIMs share one signing chain).
+    """
     root = _parse(content)
     certs = _check_signature_shape(root)
     try:
-        chain = validate_chain(certs, trust.rim_roots, at, RIM_CHAIN_LENGTH)
+        chain = chain_validator(certs, trust.rim_roots, at, RIM_CHAIN_LENGTH)
     except ChainError as e:
         raise RimSignatureError(f"RIM signing chain: {e.reason}") from e
     config = SignatureConfiguration(
@@ -204,13 +214,20 @@ class RimCache:
         self._lock = threading.Lock()
         self._max = max_entries
 
-    def verify(self, content: bytes, trust: TrustStore, at: datetime, trust_id: str | None = None) -> VerifiedRim:
+    def verify(
+        self,
+        content: bytes,
+        trust: TrustStore,
+        at: datetime,
+        trust_id: str | None = None,
+        chain_validator: ChainValidator = validate_chain,
+    ) -> VerifiedRim:
         key = (hashlib.sha256(content).hexdigest(), trust_id or trust.fingerprint())
         with self._lock:
             hit = self._entries.get(key)
         if hit is not None and hit.chain.valid_at(at):
             return hit
-        rim = verify_rim(content, trust, at)
+        rim = verify_rim(content, trust, at, chain_validator)
         with self._lock:
             if len(self._entries) >= self._max:
                 self._entries.pop(next(iter(self._entries)))

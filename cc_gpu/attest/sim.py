@@ -244,12 +244,13 @@ class SimulatedGpu:
     # -- report --------------------------------------------------------------------------------------------------
 
     def _opaque(self, faults: Faults) -> bytes:
-        major, minor, sub, oem, build = (int(p, 16) for p in self.vbios_version.split("."))
+        # "96.00.9F.00.01" is carried as bytes [3].[2].[1].[0].[4] of the 8-byte TLV
+        v0, v1, v2, v3, v4 = (int(p, 16) for p in self.vbios_version.split("."))
         fwid = hashlib.sha384(b"other").digest() if faults.fwid_mismatch else self.fwid
         tlvs = [
             (3, self.driver_version.encode() + b"\0"),
             (4, bytes.fromhex("8001000000000000")),
-            (6, bytes([oem, sub, minor, major, build, 0, 0, 0])),
+            (6, bytes([v3, v2, v1, v0, v4, 0, 0, 0])),
             (11, bytes([NVDEC0_ENABLED if faults.nvdec0_enabled else NVDEC0_DISABLED])),
             (12, b"".join((1).to_bytes(4, "little") for _ in range(BLOCKS))),
             (15, self.chip_sku.encode() + b"\0"),

@@ -15,8 +15,10 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from cryptography import x509
+from cryptography.hazmat.primitives.hashes import SHA256
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from cc_gpu.attest import policy as P
@@ -26,6 +28,7 @@ from cc_gpu.attest.certs import (
     common_name,
     leaf_fwid,
     load_pem_chain,
+    signed_by,
     validate_chain,
     verify_report_signature,
 )
@@ -40,6 +43,14 @@ from cc_gpu.attest.verdict import FAIL, NOT_APPLICABLE, PASS, SKIPPED, UNVERIFIA
 from cc_gpu.errors import CcGpuError
 
 DEVICE_CHAIN_LENGTH = 5
+CACHE_LIMIT = 4096  # entries per cache; a node has a handful of GPUs, so only junk input ever reaches it
+
+
+def _remember(cache: dict[Any, Any], key: object, value: object) -> None:
+    """Insert, dropping everything first when full (caches hold only re-derivable results)."""
+    if len(cache) >= CACHE_LIMIT:
+        cache.clear()
+    cache[key] = value
 
 
 def utc_now() -> datetime:
@@ -60,7 +71,13 @@ class _Run:
     def set(self, name: str, status: str, detail: str = "") -> None:
         self.results[name] = (status, detail)
 
-    def verdict(self, nonce: bytes, **kwargs: object) -> Verdict:
+    def verdict(
+        self,
+        nonce: bytes,
+        report: AttestationReport | None = None,
+        chain: ValidatedChain | None = None,
+        driver: VerifiedRim | None = None,
+    ) -> Verdict:
         required = self.policy.required_checks - self.optional
         checks = tuple(
             Check(name, *self.results.get(name, (SKIPPED, "not reached")), required=name in required)
@@ -72,7 +89,14 @@ class _Run:
             verified_at=self.at,
             revocation_mode=self.policy.revocation.value,
             revocation=dict(self.ocsp),
-            **kwargs,  # type: ignore[arg-type]
+            identity=GpuIdentity(
+                ueid=None if chain is None else str(chain.path[0].serial_number),
+                hwmodel=None if chain is None or len(chain.path) < 2 else common_name(chain.path[1]),
+                oemid=None if driver is None else driver.manufacturer_id,
+            ),
+            driver_version=None if report is None else report.opaque.driver_version,
+            vbios_version=None if report is None else report.opaque.vbios_version,
+            mismatched_indexes=self.mismatches,
         )
 
 
@@ -92,6 +116,7 @@ class Verifier:
         self._rims = RimCache()
         self._pem_cache: dict[bytes, tuple[x509.Certificate, ...]] = {}
         self._chain_cache: dict[bytes, ValidatedChain] = {}
+        self._links: dict[tuple[bytes, bytes], bool] = {}
         self._lock = threading.Lock()
 
     # -- public API ----------------------------------------------------------------------------------------------
@@ -130,18 +155,7 @@ class Verifier:
         self._check_versions(run, parsed)
         driver, vbios = self._check_rims(run, parsed, rims)
         self._check_measurements(run, parsed, driver, vbios)
-        identity = GpuIdentity(
-            ueid=None if chain is None else str(chain.path[0].serial_number),
-            hwmodel=None if chain is None or len(chain.path) < 2 else common_name(chain.path[1]),
-            oemid=None if driver is None else driver.manufacturer_id,
-        )
-        return run.verdict(
-            nonce,
-            identity=identity,
-            driver_version=parsed.opaque.driver_version,
-            vbios_version=parsed.opaque.vbios_version,
-            mismatched_indexes=run.mismatches,
-        )
+        return run.verdict(nonce, parsed, chain, driver)
 
     # -- the checks ----------------------------------------------------------------------------------------------
 
@@ -170,19 +184,40 @@ class Verifier:
         if hit is None:
             hit = load_pem_chain(cert_chain)
             with self._lock:
-                self._pem_cache[cert_chain] = hit
+                _remember(self._pem_cache, cert_chain, hit)
         return hit
 
-    def _validated(self, certs: Sequence[x509.Certificate], at: datetime) -> ValidatedChain:
-        key = hashlib.sha256(b"".join(c.public_bytes(Encoding.DER) for c in certs)).digest()
+    def _validated(
+        self,
+        certs: Sequence[x509.Certificate],
+        anchors: Sequence[x509.Certificate],
+        at: datetime,
+        expected_length: int,
+    ) -> ValidatedChain:
+        """`validate_chain` with a cache by chain content; the trust store is fixed per verifier."""
+        h = hashlib.sha256(expected_length.to_bytes(1, "big"))
+        for cert in (*anchors, None, *certs):
+            h.update(b"|" if cert is None else cert.public_bytes(Encoding.DER))
+        key = h.digest()
         with self._lock:
             hit = self._chain_cache.get(key)
         if hit is not None and hit.valid_at(at):
             return hit
-        chain = validate_chain(certs, self.trust.device_roots, at, DEVICE_CHAIN_LENGTH)
+        chain = validate_chain(certs, anchors, at, expected_length, self._signed_by)
         with self._lock:
-            self._chain_cache[key] = chain
+            _remember(self._chain_cache, key, chain)
         return chain
+
+    def _signed_by(self, cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+        """Memoised issuer-signature check: RIM signing chains share their upper certificates."""
+        key = (cert.fingerprint(SHA256()), issuer.fingerprint(SHA256()))
+        with self._lock:
+            known = self._links.get(key)
+        if known is None:
+            known = signed_by(cert, issuer)
+            with self._lock:
+                _remember(self._links, key, known)
+        return known
 
     def _revoked(self, run: _Run, chain: ValidatedChain, indexes: range, label: str) -> str | None:
         """Checks OCSP for `chain.path[i]` per policy; returns a failure reason or None."""
@@ -216,7 +251,7 @@ class Verifier:
             return None
         chain: ValidatedChain | None = None
         try:
-            chain = self._validated(certs, run.at)
+            chain = self._validated(certs, self.trust.device_roots, run.at, DEVICE_CHAIN_LENGTH)
         except ChainError as e:
             run.set(P.CHECK_CHAIN, FAIL, e.reason)
         if chain is not None:
@@ -256,17 +291,21 @@ class Verifier:
                 ok = False
             run.set(name, PASS if ok else FAIL, value if ok else f"{value} is below the minimum {minimum}")
 
-    def _route_explicit(self, rims: Sequence[bytes]) -> dict[str, bytes]:
+    def _route_explicit(self, rims: Sequence[bytes], at: datetime) -> dict[str, bytes]:
+        """Sorts explicitly given RIMs into driver and VBIOS by their version's form (VBIOS: five hex pairs)."""
         routed: dict[str, bytes] = {}
         for content in rims:
-            version = peek_version(content) or ""
+            try:  # a RIM that verifies is routed by its signed version (and is cached for the check that follows)
+                version = self._rims.verify(content, self.trust, at, self._trust_id, self._validated).version
+            except CcGpuError:  # one that does not is routed by its unverified version, then fails its checks
+                version = peek_version(content) or ""
             routed.setdefault("vbios" if is_vbios_version(version) else "driver", content)
         return routed
 
     def _check_rims(
         self, run: _Run, report: AttestationReport, rims: Sequence[bytes]
     ) -> tuple[VerifiedRim | None, VerifiedRim | None]:
-        explicit = self._route_explicit(rims) if rims else {}
+        explicit = self._route_explicit(rims, run.at) if rims else {}
         found: dict[str, VerifiedRim | None] = {}
         for kind, rim_id, version in (
             ("driver", driver_rim_id(report), report.opaque.driver_version),
@@ -299,7 +338,7 @@ class Verifier:
             return None
         step("fetched", PASS, rim_id or "")
         try:
-            rim = self._rims.verify(content, self.trust, run.at, self._trust_id)
+            rim = self._rims.verify(content, self.trust, run.at, self._trust_id, self._validated)
         except RimError as e:
             step("schema-validated", FAIL, str(e))
             return None

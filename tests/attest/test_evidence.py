@@ -42,8 +42,16 @@ def _tlv(kind: int, value: bytes) -> bytes:
 
 
 def _build(
-    *, version: int = 0x11, code: int = 0x60, blocks: int = 1, spec: int = 1, value_size: int = 48,
-    opaque: bytes = _tlv(3, b"550.00\0"), trailing: bytes = b"", record_delta: int = 0, index: int = 1,
+    *,
+    version: int = 0x11,
+    code: int = 0x60,
+    blocks: int = 1,
+    spec: int = 1,
+    value_size: int = 48,
+    opaque: bytes = _tlv(3, b"550.00\0"),
+    trailing: bytes = b"",
+    record_delta: int = 0,
+    index: int = 1,
 ) -> bytes:
     block = bytes([index, spec]) + (value_size + 3).to_bytes(2, "little") + b"\x01"
     block += value_size.to_bytes(2, "little") + bytes(value_size)

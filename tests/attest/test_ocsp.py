@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509 import ocsp
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from cc_gpu.attest import policy as P
 from cc_gpu.attest.errors import OcspError
@@ -64,8 +66,9 @@ def test_revoked_and_held_device_certs(
 ) -> None:
     gpu = ca.gpu("GPU-r")
     ca.revoke(gpu.brom.cert, reason)
-    verdict = _verify(ca, RevocationChecker(transport=ca.ocsp_responder()), Policy(allow_certificate_hold=allow_hold),
-                      gpu="GPU-r")
+    verdict = _verify(
+        ca, RevocationChecker(transport=ca.ocsp_responder()), Policy(allow_certificate_hold=allow_hold), gpu="GPU-r"
+    )
     assert verdict.ok is ok
     if not ok:
         assert verdict.check(P.CHECK_CHAIN).status == "fail"
@@ -75,8 +78,9 @@ def test_revoked_and_held_device_certs(
 def test_hold_on_one_chain_does_not_excuse_another(ca: SimulatedCa) -> None:
     ca.revoke(ca.rim_l3.cert, x509.ReasonFlags.key_compromise)
     ca.revoke(ca.gpu("GPU-h").brom.cert, x509.ReasonFlags.certificate_hold)
-    verdict = _verify(ca, RevocationChecker(transport=ca.ocsp_responder()), Policy(allow_certificate_hold=True),
-                      gpu="GPU-h")
+    verdict = _verify(
+        ca, RevocationChecker(transport=ca.ocsp_responder()), Policy(allow_certificate_hold=True), gpu="GPU-h"
+    )
     assert verdict.check(P.CHECK_CHAIN).status == "pass"
     assert verdict.check(P.rim_check("driver", "cert-chain")).status == "fail"
 
@@ -115,20 +119,39 @@ def test_off_mode_is_reported(ca: SimulatedCa) -> None:
     assert verdict.claims()["x-cc-gpu-ocsp"] == {"device": "off", "driver-rim": "off", "vbios-rim": "off"}
 
 
-def _response(ca: SimulatedCa, cert: x509.Certificate, issuer_node, *, this_update=None, next_update=None,  # type: ignore[no-untyped-def]
-              nonce: bytes | None = None, signer=None) -> bytes:
+def _response(
+    ca: SimulatedCa,
+    cert: x509.Certificate,
+    issuer_node,
+    *,
+    this_update=None,
+    next_update=None,  # type: ignore[no-untyped-def]
+    nonce: bytes | None = None,
+    signer=None,
+) -> bytes:
     this_update = this_update or SIM_NOW.replace(tzinfo=None) - timedelta(hours=1)
-    builder = ocsp.OCSPResponseBuilder().add_response(
-        cert=cert, issuer=issuer_node.cert, algorithm=hashes.SHA384(), cert_status=ocsp.OCSPCertStatus.GOOD,
-        this_update=this_update, next_update=next_update, revocation_time=None, revocation_reason=None,
-    ).responder_id(ocsp.OCSPResponderEncoding.HASH, (signer or issuer_node).cert)
+    builder = (
+        ocsp.OCSPResponseBuilder()
+        .add_response(
+            cert=cert,
+            issuer=issuer_node.cert,
+            algorithm=hashes.SHA384(),
+            cert_status=ocsp.OCSPCertStatus.GOOD,
+            this_update=this_update,
+            next_update=next_update,
+            revocation_time=None,
+            revocation_reason=None,
+        )
+        .responder_id(ocsp.OCSPResponderEncoding.HASH, (signer or issuer_node).cert)
+    )
     if nonce is not None:
         builder = builder.add_extension(x509.OCSPNonce(nonce), critical=False)
     return builder.sign((signer or issuer_node).key, hashes.SHA384()).public_bytes(Encoding.DER)
 
 
-@pytest.mark.parametrize("case", ["no-next-update", "future-this-update", "wrong-signer", "nonce-mismatch",
-                                  "wrong-serial", "garbage"])
+@pytest.mark.parametrize(
+    "case", ["no-next-update", "future-this-update", "wrong-signer", "nonce-mismatch", "wrong-serial", "garbage"]
+)
 def test_invalid_responses_are_refused(case: str, ca: SimulatedCa) -> None:
     cert, issuer = ca.identity.cert, ca.device_root
     naive = SIM_NOW.replace(tzinfo=None)
@@ -143,9 +166,16 @@ def test_invalid_responses_are_refused(case: str, ca: SimulatedCa) -> None:
     elif case == "nonce-mismatch":
         kwargs["nonce"] = b"x" * 32
         nonce = b"y" * 32
-    der = b"\x30\x03\x0a\x01\x00" if case == "garbage" else _response(
-        ca, ca.provisioner.cert if case == "wrong-serial" else cert,
-        ca.identity if case == "wrong-serial" else issuer, **kwargs)
+    der = (
+        b"\x30\x03\x0a\x01\x00"
+        if case == "garbage"
+        else _response(
+            ca,
+            ca.provisioner.cert if case == "wrong-serial" else cert,
+            ca.identity if case == "wrong-serial" else issuer,
+            **kwargs,
+        )
+    )
     with pytest.raises(OcspError):
         evaluate_response(der, cert, issuer.cert, SIM_NOW, nonce, "test")
 
@@ -157,3 +187,51 @@ def test_store_keys_and_memory_store(ca: SimulatedCa) -> None:
     store.put(key, b"x")
     assert store.get(key) == b"x"
     assert key.endswith(f"-{ca.identity.cert.serial_number:x}")
+
+
+def _delegate(ca: SimulatedCa, *, ocsp_eku: bool) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    key = ec.generate_private_key(ec.SECP384R1())
+    naive = SIM_NOW.replace(tzinfo=None)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "OCSP responder")]))
+        .issuer_name(ca.device_root.cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(naive - timedelta(days=1))
+        .not_valid_after(naive + timedelta(days=30))
+    )
+    usages = [ExtendedKeyUsageOID.OCSP_SIGNING] if ocsp_eku else [ExtendedKeyUsageOID.CLIENT_AUTH]
+    builder = builder.add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+    return builder.sign(ca.device_root.key, hashes.SHA384()), key
+
+
+@pytest.mark.parametrize("encoding", [ocsp.OCSPResponderEncoding.HASH, ocsp.OCSPResponderEncoding.NAME])
+@pytest.mark.parametrize(("ocsp_eku", "accepted"), [(True, True), (False, False)], ids=["ocsp-eku", "no-ocsp-eku"])
+def test_delegated_responder(
+    encoding: ocsp.OCSPResponderEncoding, ocsp_eku: bool, accepted: bool, ca: SimulatedCa
+) -> None:
+    responder, key = _delegate(ca, ocsp_eku=ocsp_eku)
+    naive = SIM_NOW.replace(tzinfo=None)
+    der = (
+        ocsp.OCSPResponseBuilder()
+        .add_response(
+            cert=ca.identity.cert,
+            issuer=ca.device_root.cert,
+            algorithm=hashes.SHA384(),
+            cert_status=ocsp.OCSPCertStatus.GOOD,
+            this_update=naive - timedelta(hours=1),
+            next_update=naive + timedelta(days=1),
+            revocation_time=None,
+            revocation_reason=None,
+        )
+        .responder_id(encoding, responder)
+        .certificates([responder])
+        .sign(key, hashes.SHA384())
+        .public_bytes(Encoding.DER)
+    )
+    if accepted:
+        assert evaluate_response(der, ca.identity.cert, ca.device_root.cert, SIM_NOW, None, "t").status == "good"
+    else:
+        with pytest.raises(OcspError, match="OCSP-signing"):
+            evaluate_response(der, ca.identity.cert, ca.device_root.cert, SIM_NOW, None, "t")

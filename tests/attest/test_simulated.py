@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 
 import pytest
 
@@ -30,8 +31,9 @@ def verifier(ca: SimulatedCa) -> Verifier:
 def test_good_simulated_evidence_passes_the_strict_default_policy(ca: SimulatedCa, verifier: Verifier) -> None:
     gpu = ca.gpu("GPU-good")
     ev = gpu.evidence(NONCE)
-    verdict = verifier.verify(ev.report, ev.cert_chain_pem, NONCE, Policy(), at=SIM_NOW,
-                              rims=[ev.driver_rim, ev.vbios_rim])
+    verdict = verifier.verify(
+        ev.report, ev.cert_chain_pem, NONCE, Policy(), at=SIM_NOW, rims=[ev.driver_rim, ev.vbios_rim]
+    )
     assert verdict.ok, verdict.failed
     assert verdict.identity.ueid == str(gpu.leaf.cert.serial_number)
     assert verdict.check(P.CHECK_FWID).status == "pass"
@@ -51,8 +53,11 @@ FAULTS = [
     ("rim-version-mismatch", Faults(rim_version_mismatch=True), {P.rim_check("vbios", "version-match")}),
     ("index-conflict", Faults(index_conflict=True), {P.CHECK_INDEX_CONFLICT, P.CHECK_MEASUREMENTS}),
     ("tampered-rim", Faults(tamper_rim=True), {P.rim_check("vbios", "signature-verified")}),
-    ("expired-rim-signer", Faults(expired_rim_signer=True),
-     {P.rim_check("driver", "cert-chain"), P.rim_check("vbios", "cert-chain")}),
+    (
+        "expired-rim-signer",
+        Faults(expired_rim_signer=True),
+        {P.rim_check("driver", "cert-chain"), P.rim_check("vbios", "cert-chain")},
+    ),
 ]
 
 
@@ -61,8 +66,9 @@ def test_each_fault_fails_its_check(
     case: str, faults: Faults, expected: set[str], ca: SimulatedCa, verifier: Verifier
 ) -> None:
     ev = ca.gpu(f"GPU-{case}").evidence(NONCE, faults)
-    verdict = verifier.verify(ev.report, ev.cert_chain_pem, NONCE, Policy(), at=SIM_NOW,
-                              rims=[ev.driver_rim, ev.vbios_rim])
+    verdict = verifier.verify(
+        ev.report, ev.cert_chain_pem, NONCE, Policy(), at=SIM_NOW, rims=[ev.driver_rim, ev.vbios_rim]
+    )
     assert not verdict.ok
     failed = {c.name for c in verdict.failed}
     assert expected <= failed, (failed, [c.detail for c in verdict.failed])
@@ -73,8 +79,9 @@ def test_each_fault_fails_its_check(
 @pytest.mark.parametrize("nvdec0_enabled", [False, True], ids=["nvdec0-disabled-skips-35", "nvdec0-enabled-checks-35"])
 def test_nvdec0_rule(nvdec0_enabled: bool, ca: SimulatedCa, verifier: Verifier) -> None:
     ev = ca.gpu("GPU-nvdec").evidence(NONCE, Faults(nvdec0_enabled=nvdec0_enabled))
-    verdict = verifier.verify(ev.report, ev.cert_chain_pem, NONCE, Policy(), at=SIM_NOW,
-                              rims=[ev.driver_rim, ev.vbios_rim])
+    verdict = verifier.verify(
+        ev.report, ev.cert_chain_pem, NONCE, Policy(), at=SIM_NOW, rims=[ev.driver_rim, ev.vbios_rim]
+    )
     assert verdict.ok
     assert ("skipped [35]" in verdict.check(P.CHECK_MEASUREMENTS).detail) is not nvdec0_enabled
 
@@ -95,14 +102,26 @@ def test_gpus_of_one_ca_are_distinct(ca: SimulatedCa) -> None:
 
 
 def test_evidence_age_policy(ca: SimulatedCa, verifier: Verifier) -> None:
-    from datetime import timedelta
-
     ev = ca.gpu("GPU-age").evidence(NONCE)
-    old = verifier.verify(ev.report, ev.cert_chain_pem, NONCE, Policy(max_evidence_age_s=60), at=SIM_NOW,
-                          collected_at=SIM_NOW - timedelta(minutes=5), rims=[ev.driver_rim, ev.vbios_rim])
+    old = verifier.verify(
+        ev.report,
+        ev.cert_chain_pem,
+        NONCE,
+        Policy(max_evidence_age_s=60),
+        at=SIM_NOW,
+        collected_at=SIM_NOW - timedelta(minutes=5),
+        rims=[ev.driver_rim, ev.vbios_rim],
+    )
     assert [c.name for c in old.failed] == [P.CHECK_EVIDENCE_AGE]
-    future = verifier.verify(ev.report, ev.cert_chain_pem, NONCE, Policy(), at=SIM_NOW,
-                             collected_at=SIM_NOW + timedelta(minutes=5), rims=[ev.driver_rim, ev.vbios_rim])
+    future = verifier.verify(
+        ev.report,
+        ev.cert_chain_pem,
+        NONCE,
+        Policy(),
+        at=SIM_NOW,
+        collected_at=SIM_NOW + timedelta(minutes=5),
+        rims=[ev.driver_rim, ev.vbios_rim],
+    )
     assert [c.name for c in future.failed] == [P.CHECK_EVIDENCE_AGE]
 
 
@@ -119,8 +138,9 @@ def test_version_minimums(ca: SimulatedCa, verifier: Verifier) -> None:
 def test_policy_can_make_a_check_optional(ca: SimulatedCa, verifier: Verifier) -> None:
     ev = ca.gpu("GPU-opt").evidence(NONCE, Faults(fwid_mismatch=True))
     lenient = Policy(required_checks=frozenset(P.ALL_CHECKS) - {P.CHECK_FWID})
-    verdict = verifier.verify(ev.report, ev.cert_chain_pem, NONCE, lenient, at=SIM_NOW,
-                              rims=[ev.driver_rim, ev.vbios_rim])
+    verdict = verifier.verify(
+        ev.report, ev.cert_chain_pem, NONCE, lenient, at=SIM_NOW, rims=[ev.driver_rim, ev.vbios_rim]
+    )
     assert verdict.ok and verdict.check(P.CHECK_FWID).status == "fail"
 
 
@@ -128,5 +148,6 @@ def test_verifier_is_reusable_across_gpus_and_nonces(ca: SimulatedCa, verifier: 
     for i in range(3):
         nonce = os.urandom(32)
         ev = ca.gpu(f"GPU-{i}").evidence(nonce)
-        assert verifier.verify(ev.report, ev.cert_chain_pem, nonce, Policy(), at=SIM_NOW,
-                               rims=[ev.driver_rim, ev.vbios_rim]).ok
+        assert verifier.verify(
+            ev.report, ev.cert_chain_pem, nonce, Policy(), at=SIM_NOW, rims=[ev.driver_rim, ev.vbios_rim]
+        ).ok

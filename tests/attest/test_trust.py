@@ -9,6 +9,7 @@ from importlib import resources
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from cc_gpu.attest.errors import TrustStoreError
 from cc_gpu.attest.sim import SimulatedCa
@@ -48,8 +49,6 @@ def test_production_store_refuses_simulated_roots(sim_ca: SimulatedCa) -> None:
 
 
 def test_directory_store_refuses_simulated_roots(tmp_path: Path, sim_ca: SimulatedCa) -> None:
-    from cryptography.hazmat.primitives.serialization import Encoding
-
     (tmp_path / "device").mkdir()
     (tmp_path / "rim").mkdir()
     (tmp_path / "device" / "root.pem").write_bytes(sim_ca.device_root.cert.public_bytes(Encoding.PEM))
