@@ -63,10 +63,8 @@ def main() -> int:
         bind = statistics.median(r[0] for r in runs)
         restore = statistics.median(r[1] for r in runs)
         label = "parallel" if parallel else "sequential"
-        print(
-            f"bind 8 groups, {label:<10} ({args.probe_delay:.1f}s probes): median {bind:6.2f} s "
-            f"({bind / (args.probe_delay * len(GROUPS)):.0%} of 8 probes); restore {restore:5.2f} s"
-        )
+        print(f"bind 8 groups, {label:<10} ({args.probe_delay:.1f}s probes): median {bind:6.2f} s "
+              f"({bind / (args.probe_delay * len(GROUPS)):.0%} of 8 probes); restore {restore:5.2f} s")
     return 0
 
 

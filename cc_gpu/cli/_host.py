@@ -26,19 +26,13 @@ def add_host_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--dev-root", metavar="DIR", help="the host's /dev (default PREFIX/dev)")
     g.add_argument("--proc-root", metavar="DIR", help="the host's /proc (default PREFIX/proc)")
     g.add_argument("--modules-root", metavar="DIR", help="the host's /lib/modules (default PREFIX/lib/modules)")
-    g.add_argument(
-        "--state-dir", metavar="DIR", help="state directory for records and locks (default PREFIX/var/lib/cc-gpu)"
-    )
+    g.add_argument("--state-dir", metavar="DIR", help="state directory for records and locks "
+                   "(default PREFIX/var/lib/cc-gpu)")
     g.add_argument("--no-nvml", action="store_true", help="do not ask NVML (sysfs facts only)")
     f = parser.add_argument_group("device filter")
     f.add_argument("--vendor", action="append", metavar="HEX", help="GPU vendor ID (repeatable; default 10de)")
-    f.add_argument(
-        "--class",
-        dest="classes",
-        action="append",
-        metavar="HEX",
-        help="16-bit PCI class of a GPU (repeatable; default 0300 and 0302)",
-    )
+    f.add_argument("--class", dest="classes", action="append", metavar="HEX",
+                   help="16-bit PCI class of a GPU (repeatable; default 0300 and 0302)")
 
 
 def device_filter(args: argparse.Namespace) -> DeviceFilter:
@@ -64,13 +58,8 @@ def open_host(args: argparse.Namespace) -> Iterator[Host]:
     from cc_gpu.host.host import Host  # noqa: PLC0415
 
     yield Host.real(
-        args.root,
-        sysfs=args.sysfs_root,
-        dev=args.dev_root,
-        proc=args.proc_root,
-        modules=args.modules_root,
-        state=args.state_dir,
-        use_nvml=not args.no_nvml,
+        args.root, sysfs=args.sysfs_root, dev=args.dev_root, proc=args.proc_root, modules=args.modules_root,
+        state=args.state_dir, use_nvml=not args.no_nvml,
     )
 
 

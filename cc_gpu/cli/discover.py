@@ -52,12 +52,8 @@ def to_document(inv: Inventory, tee: HostTee) -> dict[str, Any]:
                 "display": "vga" if g.is_vga else "3d",
                 "cc_mode": g.cc_mode,
                 "shares_group_with": list(g.shares_group_with),
-                "nvml": None
-                if g.uuid is None
-                else {
-                    "uuid": g.uuid,
-                    "memory_bytes": g.memory_bytes,
-                    "vbios_version": g.vbios_version,
+                "nvml": None if g.uuid is None else {
+                    "uuid": g.uuid, "memory_bytes": g.memory_bytes, "vbios_version": g.vbios_version,
                     "driver_version": g.driver_version,
                 },
             }
@@ -68,14 +64,8 @@ def to_document(inv: Inventory, tee: HostTee) -> dict[str, Any]:
                 "number": grp.number,
                 "gpus": list(grp.gpus),
                 "members": [
-                    {
-                        "bdf": m.bdf,
-                        "vendor_id": _hex4(m.vendor_id),
-                        "device_id": _hex4(m.device_id),
-                        "class": f"{m.class_code:06x}",
-                        "driver": m.driver,
-                        "bridge": m.is_bridge,
-                    }
+                    {"bdf": m.bdf, "vendor_id": _hex4(m.vendor_id), "device_id": _hex4(m.device_id),
+                     "class": f"{m.class_code:06x}", "driver": m.driver, "bridge": m.is_bridge}
                     for m in grp.members
                 ],
             }
@@ -90,32 +80,21 @@ def to_table(inv: Inventory, tee: HostTee) -> str:
     rows = [header]
     for g in inv.gpus:
         others = [f"{m.bdf}({m.driver or '-'})" for m in g.group_members if m.bdf != g.bdf]
-        rows.append(
-            (
-                g.bdf,
-                g.product_name,
-                g.architecture,
-                "-" if g.numa_node is None else str(g.numa_node),
-                "-" if g.iommu_group is None else str(g.iommu_group),
-                g.driver or "-",
-                g.cc_mode,
-                ", ".join(others) or "(alone)",
-            )
-        )
+        rows.append((
+            g.bdf, g.product_name, g.architecture, "-" if g.numa_node is None else str(g.numa_node),
+            "-" if g.iommu_group is None else str(g.iommu_group), g.driver or "-", g.cc_mode,
+            ", ".join(others) or "(alone)",
+        ))
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     tee_text = ", ".join(tee.kinds) or "none"
     lines.append("")
-    lines.append(
-        f"{len(inv.gpus)} GPU(s) in {len(inv.units)} passthrough unit(s); host TEE: {tee_text}; "
-        f"iommufd: {'yes' if inv.iommufd else 'no'}"
-    )
+    lines.append(f"{len(inv.gpus)} GPU(s) in {len(inv.units)} passthrough unit(s); host TEE: {tee_text}; "
+                 f"iommufd: {'yes' if inv.iommufd else 'no'}")
     for u in inv.units:
         if len(u.gpus) > 1:
-            lines.append(
-                f"note: IOMMU group {u.iommu_group} holds {len(u.gpus)} GPUs ({', '.join(u.gpus)}); "
-                "they are allocated together as one unit"
-            )
+            lines.append(f"note: IOMMU group {u.iommu_group} holds {len(u.gpus)} GPUs ({', '.join(u.gpus)}); "
+                         "they are allocated together as one unit")
     return "\n".join(lines)
 
 

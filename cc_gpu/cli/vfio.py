@@ -43,21 +43,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             p.add_argument("--owner", default=DEFAULT_OWNER, help=f"who holds the group (default {DEFAULT_OWNER})")
             p.add_argument("--force", action="store_true", help="act even if another owner holds the group")
         if action == "bind":
-            p.add_argument(
-                "--allow",
-                action="append",
-                default=[],
-                metavar="DEV",
-                help="let a non-GPU device leave the host: BDF, VENDOR:DEVICE or VENDOR:* (repeatable)",
-            )
+            p.add_argument("--allow", action="append", default=[], metavar="DEV",
+                           help="let a non-GPU device leave the host: BDF, VENDOR:DEVICE or VENDOR:* (repeatable)")
             p.add_argument("--backend", choices=("legacy", "prefer-iommufd"), default="legacy")
             p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the kernel (default 10)")
-            p.add_argument(
-                "--in-use-timeout",
-                type=float,
-                default=5.0,
-                help="seconds to wait for processes to release the GPU (default 5)",
-            )
+            p.add_argument("--in-use-timeout", type=float, default=5.0,
+                           help="seconds to wait for processes to release the GPU (default 5)")
 
 
 def _normalise_bdf(text: str) -> str:
@@ -87,32 +78,17 @@ def _policy(args: argparse.Namespace) -> BindPolicy:
         gpus = device_filter(args)
         passthrough = DeviceFilter(gpus.vendors, gpus.classes | NVIDIA_PASSTHROUGH.classes)
     allowed = frozenset(_normalise_bdf(a) if _BDF.match(a) else a.lower() for a in args.allow)
-    return BindPolicy(
-        allowed_devices=allowed,
-        passthrough=passthrough,
-        backend=args.backend,
-        bind_timeout=args.timeout,
-        in_use_timeout=args.in_use_timeout,
-    )
+    return BindPolicy(allowed_devices=allowed, passthrough=passthrough, backend=args.backend,
+                      bind_timeout=args.timeout, in_use_timeout=args.in_use_timeout)
 
 
 def _status_doc(binder: Binder, group: int) -> dict[str, Any]:
     st = binder.status(group)
     return {
-        "group": st.group,
-        "owner": st.owner,
-        "phase": st.phase,
-        "viable": st.viable,
-        "vfio_node": st.vfio_node,
+        "group": st.group, "owner": st.owner, "phase": st.phase, "viable": st.viable, "vfio_node": st.vfio_node,
         "members": [
-            {
-                "bdf": m.bdf,
-                "ids": m.ids,
-                "class": f"{m.class_code:06x}",
-                "driver": m.driver,
-                "driver_override": m.driver_override,
-                "bridge": m.is_bridge,
-            }
+            {"bdf": m.bdf, "ids": m.ids, "class": f"{m.class_code:06x}", "driver": m.driver,
+             "driver_override": m.driver_override, "bridge": m.is_bridge}
             for m in st.members
         ],
     }

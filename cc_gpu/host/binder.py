@@ -59,7 +59,6 @@ log = logging.getLogger(__name__)
 
 __all__ = ["NVIDIA_PASSTHROUGH", "BindPolicy", "Binder", "BoundDevice", "BoundGroup", "GroupStatus", "MemberStatus"]
 
-
 @dataclass(frozen=True)
 class _Move:
     fn: pci.PciFunction
@@ -144,10 +143,7 @@ class Binder:
         self._wait_not_in_use(group, [m.fn for m in moves])
         self._ensure_drivers({m.target for m in moves}, group)
         record = GroupRecord(
-            group,
-            owner,
-            "binding",
-            backend,
+            group, owner, "binding", backend,
             tuple(DeviceRecord(m.fn.bdf, m.fn.driver, m.fn.driver_override, m.target) for m in moves),
         )
         self.records.write(record)  # before the first sysfs write: restore must work whatever happens next

@@ -136,8 +136,7 @@ class RecordStore:
                     if time.monotonic() >= deadline:
                         raise GroupLockedError(
                             f"IOMMU group {group} is locked by another operation for more than {timeout:.0f}s; "
-                            "retry later",
-                            retry_after=1.0,
+                            "retry later", retry_after=1.0,
                         ) from None
                     time.sleep(poll)
             try:

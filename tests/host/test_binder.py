@@ -36,9 +36,7 @@ def test_whole_group_moves_gpu_and_audio_function(sim: SimFactory) -> None:
     bound = binder(host).bind(30, "claim-a")
     assert drivers(host, GPU, AUDIO) == ["vfio-pci", "vfio-pci"]
     assert [(d.bdf, d.original_driver, d.driver) for d in bound.devices] == [
-        (GPU, "nvidia", "vfio-pci"),
-        (AUDIO, "snd_hda_intel", "vfio-pci"),
-    ]
+        (GPU, "nvidia", "vfio-pci"), (AUDIO, "snd_hda_intel", "vfio-pci")]
     assert bound.backend == "legacy"
     assert (bound.device_nodes, bound.control_nodes) == (("/dev/vfio/30",), ("/dev/vfio/vfio",))
     assert (kernel.dev / "vfio" / "30").exists()

@@ -15,9 +15,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 def cc_gpu(*args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run(
-        [sys.executable, "-m", "cc_gpu", *args], capture_output=True, text=True, env=env, check=False, timeout=60
-    )
+    return subprocess.run([sys.executable, "-m", "cc_gpu", *args], capture_output=True, text=True, env=env,
+                          check=False, timeout=60)
 
 
 def test_discover_dgx_h100_json_lists_eight_gpus_with_groups() -> None:
@@ -31,20 +30,8 @@ def test_discover_dgx_h100_json_lists_eight_gpus_with_groups() -> None:
     assert {g["vendor_id"] for g in doc["gpus"]} == {"10de"}
     assert len(doc["units"]) == 8
     assert doc["node"] == {"iommu": True, "iommufd": False, "tee": {"sev_snp": True, "tdx": False}}
-    assert set(doc["gpus"][0]) >= {
-        "bdf",
-        "device_id",
-        "subsystem_device_id",
-        "architecture",
-        "numa_node",
-        "pcie_root",
-        "driver",
-        "iommufd_cdev",
-        "sriov",
-        "display",
-        "cc_mode",
-        "nvml",
-    }
+    assert set(doc["gpus"][0]) >= {"bdf", "device_id", "subsystem_device_id", "architecture", "numa_node",
+                                   "pcie_root", "driver", "iommufd_cdev", "sriov", "display", "cc_mode", "nvml"}
 
 
 def test_discover_json_is_stable() -> None:

@@ -86,29 +86,21 @@ def test_two_owners_racing_for_one_group(sim: SimFactory) -> None:
 
 def _python(code: str, root: Path) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(code), str(root)],
-        env=env,
-        text=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), str(root)], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
 def test_the_group_lock_holds_across_processes(tmp_path: Path) -> None:
     root = tmp_path / "node"
     host = create_sim_host("h100-pcie-audio", root)
     ready = tmp_path / "ready"
-    proc = _python(
-        f"""
+    proc = _python(f"""
         import sys, time, pathlib
         from cc_gpu.host.records import RecordStore
         with RecordStore(pathlib.Path(sys.argv[1]) / "var/lib/cc-gpu").lock(30, 5):
             pathlib.Path({str(ready)!r}).touch()
             time.sleep(30)
-    """,
-        root,
-    )
+    """, root)
     try:
         deadline = time.monotonic() + 20
         while not ready.exists():
@@ -128,16 +120,13 @@ def _kill_mid_bind(tmp_path: Path) -> Path:
     create_sim_host("h100-pcie-audio", root)
     kernel = SimKernel(root)
     kernel.set_default_bind_delay(0.5)
-    proc = _python(
-        """
+    proc = _python("""
         import sys
         from cc_gpu.host.binder import Binder, BindPolicy
         from cc_gpu.host.sim import SimKernel, create_sim_host
         host = create_sim_host("h100-pcie-audio", sys.argv[1])
         Binder(host, BindPolicy(bind_timeout=30)).bind(30, "plugin")
-    """,
-        root,
-    )
+    """, root)
     deadline = time.monotonic() + 30
     while not any(e["ACTION"] == "bind" and e.get("DRIVER") == "vfio-pci" for e in kernel.events()):
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
@@ -185,15 +174,12 @@ def test_sim_uevents_reach_a_waiter_in_another_process(tmp_path: Path) -> None:
     root = tmp_path / "node"
     host = create_sim_host("dgx-h100", root)
     with host.uevents.subscribe() as sub:
-        proc = _python(
-            """
+        proc = _python("""
             import sys
             from cc_gpu.host.sim import SimKernel, create_sim_host
             h = create_sim_host("dgx-h100", sys.argv[1])
             h.io.write_text(h.roots.pci_drivers / "nvidia" / "unbind", "0000:18:00.0")
-        """,
-            root,
-        )
+        """, root)
         _, err = proc.communicate(timeout=30)
         assert proc.returncode == 0, err
         event = sub.next(5.0)
@@ -217,10 +203,8 @@ def test_waits_wake_on_uevents_not_the_polling_interval(sim: SimFactory) -> None
     assert time.monotonic() - start < 30.0  # woken by the event, long before one polling interval
 
 
-@pytest.mark.skipif(
-    os.geteuid() != 0 or not os.access("/sys/class/mem/null/uevent", os.W_OK),
-    reason="needs root to make the kernel emit a uevent",
-)
+@pytest.mark.skipif(os.geteuid() != 0 or not os.access("/sys/class/mem/null/uevent", os.W_OK),
+                    reason="needs root to make the kernel emit a uevent")
 def test_real_kernel_uevents_through_netlink() -> None:
     with NetlinkUevents().subscribe() as sub:
         with open("/sys/class/mem/null/uevent", "w") as f:

@@ -51,9 +51,7 @@ def test_emulated_devices_through_an_injected_filter(sim: SimFactory) -> None:
     assert discover(host).gpus == ()
     inv = discover(host, DeviceFilter.parse(["1234"], ["00ff"]))
     assert [(g.bdf, g.iommu_group, g.driver, g.cc_mode) for g in inv.gpus] == [
-        ("0000:00:03.0", 3, None, "unknown"),
-        ("0000:00:04.0", 4, None, "unknown"),
-    ]
+        ("0000:00:03.0", 3, None, "unknown"), ("0000:00:04.0", 4, None, "unknown")]
 
 
 def test_no_iommu_is_a_typed_error(sim: SimFactory) -> None:

@@ -25,27 +25,17 @@ def _vfio(host: Host) -> None:
     ("name", "action", "code"),
     [
         ("bind-when-bound", lambda h: _w(h, "bus/pci/drivers/snd_hda_intel/bind", GPU), errno.EBUSY),
-        (
-            "bind-without-match",
-            lambda h: (_w(h, "bus/pci/drivers/nvidia/unbind", GPU), _w(h, "bus/pci/drivers/mlx5_core/bind", GPU)),
-            errno.ENODEV,
-        ),
+        ("bind-without-match", lambda h: (_w(h, "bus/pci/drivers/nvidia/unbind", GPU),
+                                          _w(h, "bus/pci/drivers/mlx5_core/bind", GPU)), errno.ENODEV),
         ("bind-missing-device", lambda h: _w(h, "bus/pci/drivers/nvidia/bind", "0000:ee:00.0"), errno.ENODEV),
         ("unbind-other-driver", lambda h: _w(h, "bus/pci/drivers/nvidia/unbind", AUDIO), errno.ENODEV),
-        (
-            "vfio-refuses-bridges",
-            lambda h: (
-                _vfio(h),
-                _w(h, "bus/pci/drivers/pcieport/unbind", BRIDGE),
-                _w(h, f"bus/pci/devices/{BRIDGE}/driver_override", "vfio-pci"),
-                _w(h, "bus/pci/drivers/vfio-pci/bind", BRIDGE),
-            ),
-            errno.EINVAL,
-        ),
+        ("vfio-refuses-bridges", lambda h: (_vfio(h), _w(h, "bus/pci/drivers/pcieport/unbind", BRIDGE),
+                                            _w(h, f"bus/pci/devices/{BRIDGE}/driver_override", "vfio-pci"),
+                                            _w(h, "bus/pci/drivers/vfio-pci/bind", BRIDGE)), errno.EINVAL),
         ("read-only-attribute", lambda h: _w(h, f"bus/pci/devices/{GPU}/vendor", "0x1234"), errno.EACCES),
         ("driver-not-loaded", lambda h: _w(h, "bus/pci/drivers/vfio-pci/bind", GPU), errno.ENOENT),
         ("sriov-unsupported", lambda h: _w(h, f"bus/pci/devices/{GPU}/sriov_numvfs", "1"), errno.ENOENT),
-        ("reset-without-method", lambda h: _w(h, f"bus/pci/devices/{BRIDGE}/reset", "1"), errno.ENOTTY),
+        ("reset-without-method", lambda h: (_w(h, f"bus/pci/devices/{BRIDGE}/reset", "1")), errno.ENOTTY),
     ],
     ids=lambda v: v if isinstance(v, str) else "",
 )

@@ -302,3 +302,16 @@ def test_a_stopped_double_can_start_again_and_serve_watches() -> None:
         raw("POST", SLICES, slice_body("x"))
         events = _watch_lines(double, f"{SLICES}?watch=1&timeoutSeconds=1", 1)
         assert events[0]["type"] == "ADDED"
+
+
+def test_a_filtered_watch_sees_objects_enter_and_leave_its_selector(raw: Http, double: ApiServerDouble) -> None:
+    created = raw("POST", SLICES, slice_body("s")).body
+    since = created["metadata"]["resourceVersion"]
+    path = f"{SLICES}/s"
+    for tier in ("gpu", "gpu", "cpu"):
+        patch = {"metadata": {"labels": {"tier": tier, "n": str(len(double.audit))}}}
+        raw("PATCH", path, patch, "application/merge-patch+json")
+    events = _watch_lines(
+        double, f"{SLICES}?watch=1&resourceVersion={since}&labelSelector=tier%3Dgpu&timeoutSeconds=1", 3
+    )
+    assert [e["type"] for e in events] == ["ADDED", "MODIFIED", "DELETED"]

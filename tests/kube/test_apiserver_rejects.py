@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import http.client
 from collections.abc import Callable
 from typing import Any
 
@@ -270,6 +271,9 @@ def test_allocation_cannot_be_changed_once_set(raw: Http, seeded: Seeded) -> Non
         pytest.param("GET", f"{SLICES}?labelSelector=a%20in%20b", None, "", 400, id="bad-label-selector"),
         pytest.param("POST", f"{SLICES}?dryRun=Some", {}, "application/json", 400, id="bad-dry-run"),
         pytest.param("GET", f"{SLICES}/x/status", None, "", 404, id="no-such-object"),
+        pytest.param("GET", f"{SLICES}?watch=1&timeoutSeconds=soon", None, "", 400, id="watch-bad-timeout"),
+        pytest.param("GET", f"{SLICES}?watch=1&resourceVersion=abc", None, "", 400, id="watch-bad-version"),
+        pytest.param("GET", f"{SLICES}?watch=1&fieldSelector=spec.devices%3Dx", None, "", 400, id="watch-bad-field"),
     ],
 )
 def test_malformed_requests(raw: Http, method: str, path: str, body: Any, content_type: str, code: int) -> None:
@@ -301,3 +305,93 @@ def test_pod_runtime_class_cannot_change(raw: Http, seeded: Seeded) -> None:
     )
     assert reply.code == 422
     assert reply.body["details"]["causes"][0]["field"] == "spec.runtimeClassName"
+
+
+def test_a_failure_inside_the_double_is_a_500_and_the_server_keeps_serving(
+    raw: Http, double: ApiServerDouble, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(double.store, "get", broken)
+    reply = raw("GET", f"{SLICES}/x")
+    assert (reply.code, reply.body["reason"]) == (500, "InternalError")
+    monkeypatch.undo()
+    assert raw("GET", f"{SLICES}/x").code == 404
+
+
+def _claim_with(mutate: Mutate) -> dict[str, Any]:
+    claim = c.resource_claim(
+        "default",
+        "new-claim",
+        device_class_name="vfio-gpu",
+        requests=("gpu", "other"),
+        config=[{"requests": ["gpu"], "opaque": {"driver": DRIVER, "parameters": {"kind": "GpuConfig"}}}],
+    )
+    mutate(claim)
+    return claim
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field"),
+    [
+        pytest.param(_set("spec.devices.requests.0.name", "Not_A_Label"), "spec.devices.requests[0].name", id="name"),
+        pytest.param(_set("spec.devices.requests.1.name", "gpu"), "spec.devices.requests[1].name", id="duplicate"),
+        pytest.param(
+            _set("spec.devices.requests.0.firstAvailable", [{"name": "a", "deviceClassName": "vfio-gpu"}]),
+            "spec.devices.requests[0]",
+            id="exactly-and-first-available",
+        ),
+        pytest.param(
+            _set("spec.devices.requests.0.exactly.allocationMode", "Some"),
+            "spec.devices.requests[0].exactly.allocationMode",
+            id="allocation-mode",
+        ),
+        pytest.param(
+            _set("spec.devices.requests.0.exactly.count", 0), "spec.devices.requests[0].exactly.count", id="count-zero"
+        ),
+        pytest.param(
+            _set("spec.devices.config.0.requests", ["missing"]),
+            "spec.devices.config[0].requests[0]",
+            id="config-request",
+        ),
+        pytest.param(
+            _set("spec.devices.config.0.opaque.parameters", {"blob": "x" * 10240}),
+            "spec.devices.config[0].opaque.parameters",
+            id="parameters-over-10KiB",
+        ),
+        pytest.param(
+            _set("spec.devices.config.0.opaque.driver", "UPPER.example.com"),
+            "spec.devices.config[0].opaque.driver",
+            id="config-driver",
+        ),
+    ],
+)
+def test_claim_spec_rules(raw: Http, seeded: Seeded, mutate: Mutate, field: str) -> None:
+    reply = raw("POST", CLAIMS, _claim_with(mutate))
+    assert reply.code == 422, reply.body
+    assert field in [cause["field"] for cause in reply.body["details"]["causes"]]
+
+
+def test_a_valid_claim_with_config_is_accepted(raw: Http, seeded: Seeded) -> None:
+    assert raw("POST", CLAIMS, _claim_with(lambda claim: None)).code == 201
+
+
+def test_device_class_config_rules(raw: Http) -> None:
+    body = c.device_class("big", DRIVER, {"blob": "x" * 10240})
+    reply = raw("POST", "/apis/resource.k8s.io/v1/deviceclasses", body)
+    assert reply.code == 422
+    assert reply.body["details"]["causes"][0]["field"] == "spec.config[0].opaque.parameters"
+
+
+def test_an_oversized_body_is_refused(double: ApiServerDouble) -> None:
+    host, port = double.url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    conn.putrequest("POST", SLICES)
+    conn.putheader("Content-Type", "application/json")
+    conn.putheader("Content-Length", str(4 * 1024 * 1024))
+    conn.endheaders()
+    response = conn.getresponse()
+    assert response.status == 413
+    response.read()
+    conn.close()

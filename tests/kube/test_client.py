@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from kubernetes import client, config, dynamic, watch
+from kubernetes.config import incluster_config
 
 from cc_gpu.errors import ConfigError, TemporaryError
 from cc_gpu.kube import errors
@@ -326,3 +327,17 @@ def test_the_official_dynamic_client_discovers_and_lists(kubeconfig: Path, doubl
         runtime_classes = api.resources.get(api_version="node.k8s.io/v1", kind="RuntimeClass")
         runtime_classes.create(body={"metadata": {"name": "kata"}, "handler": "kata-qemu-nvidia-gpu-snp"})
         assert runtime_classes.get(name="kata").handler == "kata-qemu-nvidia-gpu-snp"
+
+
+def test_in_cluster_configuration_from_the_service_account(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    token, ca = tmp_path / "token", tmp_path / "ca.crt"
+    token.write_text("s3cr3t-t0ken")
+    ca.write_text("not checked until the first request")
+    monkeypatch.setattr(incluster_config, "SERVICE_TOKEN_FILENAME", str(token))
+    monkeypatch.setattr(incluster_config, "SERVICE_CERT_FILENAME", str(ca))
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "443")
+    api = KubernetesApi(None)
+    assert api.host == "https://10.96.0.1:443"
+    assert "s3cr3t" not in repr(vars(api))
+    api.close()

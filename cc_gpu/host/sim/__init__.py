@@ -41,9 +41,8 @@ def create_sim_host(topology_name: str, root: Path | str, state: Path | str | No
         existing = kernel.load().get("topology")
         if existing != topology_name:
             raise UnknownTopologyError(f"{root} already holds simulated topology {existing!r}, not {topology_name!r}")
-    return Host(
-        HostRoots.under(root, state=state), SimHostIO(kernel), SimUevents(kernel), SimNvml(kernel), SystemClock()
-    )
+    return Host(HostRoots.under(root, state=state), SimHostIO(kernel), SimUevents(kernel), SimNvml(kernel),
+                SystemClock())
 
 
 def sim_kernel(host: Host) -> SimKernel:

@@ -433,9 +433,8 @@ class _LogSubscription(SubscriptionBase):
                 if self._partial.endswith("\n"):
                     line, self._partial = self._partial, ""
                     props = json.loads(line)
-                    return Uevent(
-                        props["ACTION"], props["DEVPATH"], props.get("SUBSYSTEM", ""), props.get("DRIVER", ""), props
-                    )
+                    return Uevent(props["ACTION"], props["DEVPATH"], props.get("SUBSYSTEM", ""),
+                                  props.get("DRIVER", ""), props)
                 continue
             remaining = deadline - time.monotonic()
             if remaining <= 0:

@@ -88,79 +88,38 @@ def _dgx_h100() -> SimTopology:
         devs.append(_port(root, 100 + i, numa=numa))
         devs.append(_gpu(f"0000:{bus}:00.0", 0x2330, 10 + i, root, numa))
     for i in range(4):
-        devs.append(
-            SimDevice(
-                f"0000:0{5 + i}:00.0",
-                0x10DE,
-                0x22A3,
-                0x068000,
-                "nvidia",
-                20 + i,
-                None,
-                0,
-                (0x10DE, 0x1796),
-                0,
-                "flr",
-                "off",
-            )
-        )
+        devs.append(SimDevice(f"0000:0{5 + i}:00.0", 0x10DE, 0x22A3, 0x068000, "nvidia", 20 + i, None, 0,
+                              (0x10DE, 0x1796), 0, "flr", "off"))
     devs.append(SimDevice("0000:c1:00.0", 0x15B3, 0x1021, 0x020000, "mlx5_core", 40, None, 1, (0x15B3, 0x0023), 16))
-    return SimTopology(
-        "dgx-h100", "8 x H100 SXM5, one GPU per IOMMU group, 4 NVSwitches, a ConnectX-7 NIC", tuple(devs)
-    )
+    return SimTopology("dgx-h100", "8 x H100 SXM5, one GPU per IOMMU group, 4 NVSwitches, a ConnectX-7 NIC",
+                       tuple(devs))
 
 
 def _h100_pcie_audio() -> SimTopology:
-    return SimTopology(
-        "h100-pcie-audio",
-        "one H100 PCIe whose HD-audio function shares its IOMMU group",
-        (
-            _port("0000:40:01.0", 101),
-            _gpu("0000:41:00.0", 0x2331, 30, "0000:40:01.0", klass=0x030000),
-            SimDevice(
-                "0000:41:00.1",
-                0x10DE,
-                0x22E8,
-                0x040300,
-                "snd_hda_intel",
-                30,
-                "0000:40:01.0",
-                0,
-                (0x10DE, 0x16C1),
-                0,
-                "flr",
-                "off",
-            ),
-        ),
-    )
+    return SimTopology("h100-pcie-audio", "one H100 PCIe whose HD-audio function shares its IOMMU group", (
+        _port("0000:40:01.0", 101),
+        _gpu("0000:41:00.0", 0x2331, 30, "0000:40:01.0", klass=0x030000),
+        SimDevice("0000:41:00.1", 0x10DE, 0x22E8, 0x040300, "snd_hda_intel", 30, "0000:40:01.0", 0,
+                  (0x10DE, 0x16C1), 0, "flr", "off"),
+    ))
 
 
 def _shared_group_nic() -> SimTopology:
-    return SimTopology(
-        "shared-group-nic",
-        "an H100 PCIe sharing its IOMMU group with a ConnectX-7 NIC",
-        (
-            _port("0000:80:01.0", 102),
-            _port("0000:81:00.0", 31, "0000:80:01.0"),
-            _gpu("0000:82:00.0", 0x2331, 31, "0000:81:00.0"),
-            SimDevice(
-                "0000:83:00.0", 0x15B3, 0x1021, 0x020000, "mlx5_core", 31, "0000:81:00.0", 0, (0x15B3, 0x0023), 16
-            ),
-        ),
-    )
+    return SimTopology("shared-group-nic", "an H100 PCIe sharing its IOMMU group with a ConnectX-7 NIC", (
+        _port("0000:80:01.0", 102),
+        _port("0000:81:00.0", 31, "0000:80:01.0"),
+        _gpu("0000:82:00.0", 0x2331, 31, "0000:81:00.0"),
+        SimDevice("0000:83:00.0", 0x15B3, 0x1021, 0x020000, "mlx5_core", 31, "0000:81:00.0", 0, (0x15B3, 0x0023), 16),
+    ))
 
 
 def _two_gpus_one_group() -> SimTopology:
-    return SimTopology(
-        "two-gpus-one-group",
-        "two H100 PCIe behind one PCIe switch without ACS: one IOMMU group",
-        (
-            _port("0000:c0:01.0", 103, numa=1),
-            _port("0000:c1:00.0", 32, "0000:c0:01.0", 1),
-            _gpu("0000:c2:00.0", 0x2331, 32, "0000:c1:00.0", 1),
-            _gpu("0000:c3:00.0", 0x2331, 32, "0000:c1:00.0", 1),
-        ),
-    )
+    return SimTopology("two-gpus-one-group", "two H100 PCIe behind one PCIe switch without ACS: one IOMMU group", (
+        _port("0000:c0:01.0", 103, numa=1),
+        _port("0000:c1:00.0", 32, "0000:c0:01.0", 1),
+        _gpu("0000:c2:00.0", 0x2331, 32, "0000:c1:00.0", 1),
+        _gpu("0000:c3:00.0", 0x2331, 32, "0000:c1:00.0", 1),
+    ))
 
 
 def _blackwell_iommufd() -> SimTopology:
@@ -169,53 +128,32 @@ def _blackwell_iommufd() -> SimTopology:
         root = f"0000:{int(bus, 16) - 1:02x}:01.0"
         devs.append(_port(root, 110 + i, numa=i // 2))
         devs.append(_gpu(f"0000:{bus}:00.0", 0x2901, 50 + i, root, i // 2))
-    return SimTopology(
-        "blackwell-iommufd",
-        "4 x B200, one GPU per group, iommufd cdevs (/dev/iommu)",
-        tuple(devs),
-        iommufd=True,
-        sev_snp=False,
-        tdx=True,
-    )
+    return SimTopology("blackwell-iommufd", "4 x B200, one GPU per group, iommufd cdevs (/dev/iommu)", tuple(devs),
+                       iommufd=True, sev_snp=False, tdx=True)
 
 
 def _gh200() -> SimTopology:
-    return SimTopology(
-        "gh200",
-        "one GH200 whose vfio driver is the nvgrace-gpu variant from modules.alias",
-        (
-            _gpu("0009:01:00.0", 0x2342, 60, "0009:00:00.0"),
-            _port("0009:00:00.0", 61),
-        ),
-    )
+    return SimTopology("gh200", "one GH200 whose vfio driver is the nvgrace-gpu variant from modules.alias", (
+        _gpu("0009:01:00.0", 0x2342, 60, "0009:00:00.0"),
+        _port("0009:00:00.0", 61),
+    ))
 
 
 def _no_iommu() -> SimTopology:
-    return SimTopology(
-        "no-iommu",
-        "two H100 PCIe on a node booted without an IOMMU",
-        (
-            _port("0000:40:01.0", 0),
-            _gpu("0000:41:00.0", 0x2331, 0, "0000:40:01.0"),
-            _port("0000:50:01.0", 0),
-            _gpu("0000:51:00.0", 0x2331, 0, "0000:50:01.0"),
-        ),
-        iommu=False,
-    )
+    return SimTopology("no-iommu", "two H100 PCIe on a node booted without an IOMMU", (
+        _port("0000:40:01.0", 0),
+        _gpu("0000:41:00.0", 0x2331, 0, "0000:40:01.0"),
+        _port("0000:50:01.0", 0),
+        _gpu("0000:51:00.0", 0x2331, 0, "0000:50:01.0"),
+    ), iommu=False)
 
 
 def _emulated_edu() -> SimTopology:
     """What a QEMU guest with two `edu` devices shows; the real-kernel tests point the same code at those."""
-    return SimTopology(
-        "emulated-edu",
-        "two QEMU edu devices (1234:11e8, class 00ff), no driver, one group each",
-        (
-            SimDevice("0000:00:03.0", 0x1234, 0x11E8, 0x00FF00, None, 3, None, 0, (0x1AF4, 0x1100), 0, "flr", "off"),
-            SimDevice("0000:00:04.0", 0x1234, 0x11E8, 0x00FF00, None, 4, None, 0, (0x1AF4, 0x1100), 0, "flr", "off"),
-        ),
-        sev_snp=False,
-        nvml=False,
-    )
+    return SimTopology("emulated-edu", "two QEMU edu devices (1234:11e8, class 00ff), no driver, one group each", (
+        SimDevice("0000:00:03.0", 0x1234, 0x11E8, 0x00FF00, None, 3, None, 0, (0x1AF4, 0x1100), 0, "flr", "off"),
+        SimDevice("0000:00:04.0", 0x1234, 0x11E8, 0x00FF00, None, 4, None, 0, (0x1AF4, 0x1100), 0, "flr", "off"),
+    ), sev_snp=False, nvml=False)
 
 
 TOPOLOGY_BUILDERS: dict[str, Callable[[], SimTopology]] = {
@@ -232,10 +170,8 @@ TOPOLOGY_BUILDERS: dict[str, Callable[[], SimTopology]] = {
 
 def _modalias(d: SimDevice) -> str:
     base, sub, prog = d.klass >> 16, (d.klass >> 8) & 0xFF, d.klass & 0xFF
-    return (
-        f"pci:v{d.vendor:08X}d{d.device:08X}sv{d.subsystem[0]:08X}sd{d.subsystem[1]:08X}"
-        f"bc{base:02X}sc{sub:02X}i{prog:02X}"
-    )
+    return (f"pci:v{d.vendor:08X}d{d.device:08X}sv{d.subsystem[0]:08X}sd{d.subsystem[1]:08X}"
+            f"bc{base:02X}sc{sub:02X}i{prog:02X}")
 
 
 def _canonical_dirs(topo: SimTopology, sys: Path) -> dict[str, Path]:
@@ -290,18 +226,10 @@ def build(topo: SimTopology, root: Path) -> SimKernel:
         dev = dirs[d.bdf]
         dev.mkdir(parents=True, exist_ok=True)
         attrs = {
-            "vendor": f"0x{d.vendor:04x}",
-            "device": f"0x{d.device:04x}",
-            "class": f"0x{d.klass:06x}",
-            "subsystem_vendor": f"0x{d.subsystem[0]:04x}",
-            "subsystem_device": f"0x{d.subsystem[1]:04x}",
-            "numa_node": str(d.numa),
-            "modalias": _modalias(d),
-            "driver_override": "(null)",
-            "reset_method": d.reset_method,
-            "uevent": "",
-            "reset": "",
-            "remove": "",
+            "vendor": f"0x{d.vendor:04x}", "device": f"0x{d.device:04x}", "class": f"0x{d.klass:06x}",
+            "subsystem_vendor": f"0x{d.subsystem[0]:04x}", "subsystem_device": f"0x{d.subsystem[1]:04x}",
+            "numa_node": str(d.numa), "modalias": _modalias(d), "driver_override": "(null)",
+            "reset_method": d.reset_method, "uevent": "", "reset": "", "remove": "",
         }
         if d.sriov_totalvfs:
             attrs |= {"sriov_totalvfs": str(d.sriov_totalvfs), "sriov_numvfs": "0"}
@@ -326,30 +254,24 @@ def build(topo: SimTopology, root: Path) -> SimKernel:
             (k.dev / f"nvidia{minor}").touch()
             info = k.proc / "driver" / "nvidia" / "gpus" / d.bdf / "information"
             info.parent.mkdir(parents=True, exist_ok=True)
-            info.write_text(
-                f"Model: \t\t NVIDIA {product.name}\nIRQ:   \t\t 0\nDevice Minor: \t {minor}\n"
-                f"Bus Location: \t {d.bdf}\n"
-            )
+            info.write_text(f"Model: \t\t NVIDIA {product.name}\nIRQ:   \t\t 0\nDevice Minor: \t {minor}\n"
+                            f"Bus Location: \t {d.bdf}\n")
             digest = hashlib.sha256(f"{topo.name}/{d.bdf}".encode()).hexdigest()
-            nvml[d.bdf] = {
-                "uuid": f"GPU-{digest[:8]}-{digest[8:12]}-{digest[12:16]}-{digest[16:20]}-{digest[20:32]}",
-                "memory": (80 if product.architecture == "hopper" else 180) << 30,
-                "vbios": "96.00.99.00.01",
-            }
+            nvml[d.bdf] = {"uuid": f"GPU-{digest[:8]}-{digest[8:12]}-{digest[12:16]}-{digest[16:20]}-{digest[20:32]}",
+                           "memory": (80 if product.architecture == "hopper" else 180) << 30,
+                           "vbios": "96.00.99.00.01"}
     with k.locked() as state:
-        state.update(
-            {
-                "topology": topo.name,
-                "drivers": {name: {"match": rules} for name, rules in DRIVER_TABLES.items()},
-                "modules": MODULES,
-                "iommufd": topo.iommufd,
-                "nvidia_minor": minors,
-                "architecture": arch,
-                "nvml": nvml,
-                "nvml_present": topo.nvml,
-                "driver_version": NVIDIA_DRIVER_VERSION,
-            }
-        )
+        state.update({
+            "topology": topo.name,
+            "drivers": {name: {"match": rules} for name, rules in DRIVER_TABLES.items()},
+            "modules": MODULES,
+            "iommufd": topo.iommufd,
+            "nvidia_minor": minors,
+            "architecture": arch,
+            "nvml": nvml,
+            "nvml_present": topo.nvml,
+            "driver_version": NVIDIA_DRIVER_VERSION,
+        })
     k.set_tee(topo.sev_snp, topo.tdx)
     for d in topo.devices:
         if d.bdf in arch and arch[d.bdf] in ("hopper", "blackwell"):

@@ -18,7 +18,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from cc_gpu.kube.apiserver.patches import apply_patch, check_patch_type
 from cc_gpu.kube.apiserver.resources import RESOURCE_TYPES, ResourceType, lookup
-from cc_gpu.kube.apiserver.selectors import parse_field_selector, parse_label_selector
+from cc_gpu.kube.apiserver.selectors import Predicate, parse_field_selector, parse_label_selector
 from cc_gpu.kube.apiserver.status import (
     ApiStatus,
     bad_request,
@@ -27,6 +27,7 @@ from cc_gpu.kube.apiserver.status import (
     success_status,
     unsupported_media_type,
 )
+from cc_gpu.kube.apiserver.store import WatchEvent
 
 if TYPE_CHECKING:
     from cc_gpu.kube.apiserver.server import ApiServerDouble
@@ -164,14 +165,17 @@ class Handler(BaseHTTPRequestHandler):
             route = parse_route(url.path)
             verb = _verb(method, route, query)
             if verb == "watch":
+                watch = self._prepare_watch(route, query)
                 self.double.record(
                     method, verb, route, 200, user_agent=self.headers.get("User-Agent", ""), started=started
                 )
-                self._watch(route, query)
+                self._watch(route, *watch)
                 return
             code, reply = self._serve(verb, route, query, raw)
         except ApiStatus as e:
             code, reply = e.code, e.to_status()
+        except Exception as e:  # a bug in the double: answer like the real server's 500, keep serving
+            code, reply = 500, ApiStatus(500, "InternalError", f"Internal error occurred: {e!r}").to_status()
         if route is not None:  # recorded before replying, so a client that saw the reply also sees the entry
             self.double.record(
                 method, verb, route, code, user_agent=self.headers.get("User-Agent", ""), started=started
@@ -241,25 +245,33 @@ class Handler(BaseHTTPRequestHandler):
             return 200, {"kind": f"{rt.kind}List", "apiVersion": rt.api_version, "metadata": {}, "items": deleted}
         raise method_not_allowed(verb, self.path)
 
-    def _watch(self, route: Route, query: dict[str, str]) -> None:
-        store, rt = self.double.store, route.rt
+    def _prepare_watch(self, route: Route, query: dict[str, str]) -> tuple[Predicate, float, str]:
+        """Everything a watch request can get wrong, checked before the 200 and the stream start."""
         label = parse_label_selector(query.get("labelSelector", ""))
-        field = parse_field_selector(query.get("fieldSelector", ""), rt)
-        deadline = time.monotonic() + float(query.get("timeoutSeconds") or DEFAULT_WATCH_SECONDS)
+        field = parse_field_selector(query.get("fieldSelector", ""), route.rt)
+        try:
+            seconds = float(query.get("timeoutSeconds") or DEFAULT_WATCH_SECONDS)
+        except ValueError as e:
+            raise bad_request(f"timeoutSeconds: invalid value {query.get('timeoutSeconds')!r}") from e
+        since = query.get("resourceVersion", "")
+        if since and not since.isdigit():
+            raise bad_request(f"resourceVersion: invalid value {since!r}")
+        return (lambda o: label(o) and field(o)), seconds, since
+
+    def _watch(self, route: Route, match: Predicate, seconds: float, since: str) -> None:
+        store, rt = self.double.store, route.rt
+        deadline = time.monotonic() + seconds
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
-        since = query.get("resourceVersion", "")
         try:
             if since in ("", "0"):
-                items, revision = store.list_matching(rt, route.namespace, lambda o: label(o) and field(o))
+                items, revision = store.list_matching(rt, route.namespace, match)
                 for item in items:
                     self._chunk({"type": "ADDED", "object": item})
             else:
-                revision = int(since) if since.isdigit() else -1
-                if revision < 0:
-                    raise bad_request(f"invalid resourceVersion {since!r}")
+                revision = int(since)
             while not store.closed and time.monotonic() < deadline:
                 events, reachable = store.events_since(revision, min(1.0, max(0.0, deadline - time.monotonic())))
                 if not reachable:
@@ -272,11 +284,9 @@ class Handler(BaseHTTPRequestHandler):
                         route.namespace is not None and event.namespace != route.namespace
                     ):
                         continue
-                    if label(event.object) and field(event.object):
-                        self._chunk({"type": event.type, "object": event.object})
-            self.wfile.write(b"0\r\n\r\n")
-        except ApiStatus as e:
-            self._chunk({"type": "ERROR", "object": e.to_status()})
+                    kind = _filtered_event_type(event, match)
+                    if kind is not None:
+                        self._chunk({"type": kind, "object": event.object})
             self.wfile.write(b"0\r\n\r\n")
         except (BrokenPipeError, ConnectionResetError):
             pass
@@ -292,6 +302,7 @@ class Handler(BaseHTTPRequestHandler):
     def _read_body(self) -> bytes:
         length = int(self.headers.get("Content-Length") or 0)
         if length > MAX_BODY:
+            self.close_connection = True  # the unread body would otherwise be parsed as the next request
             raise ApiStatus(413, "RequestEntityTooLarge", "the request body is too large")
         return self.rfile.read(length) if length else b""
 
@@ -308,6 +319,19 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
+
+
+def _filtered_event_type(event: WatchEvent, match: Predicate) -> str | None:
+    """The event a selector-filtered watch sends: an object entering the selection is ADDED, one leaving it DELETED."""
+    now = match(event.object)
+    if event.type != "MODIFIED" or event.previous is None:
+        return event.type if now else None
+    before = match(event.previous)
+    if now and before:
+        return "MODIFIED"
+    if now:
+        return "ADDED"
+    return "DELETED" if before else None
 
 
 def _verb(method: str, route: Route, query: dict[str, str]) -> str:

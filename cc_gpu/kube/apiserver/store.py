@@ -41,6 +41,8 @@ class WatchEvent:
     plural: str
     namespace: str
     object: JsonObject
+    previous: JsonObject | None = None
+    """The object before a MODIFIED change, so a filtered watch can tell entering and leaving its selector."""
 
 
 def _now(clock: Clock) -> str:
@@ -284,12 +286,16 @@ class Store:
     def _commit(self, rt: ResourceType, key: Key, obj: JsonObject, event: str) -> JsonObject:
         self._revision += 1
         obj["metadata"]["resourceVersion"] = str(self._revision)
+        previous = self._objects.get(key)
         self._objects[key] = obj
-        self._record(rt, key, obj, event)
+        self._record(rt, key, obj, event, previous)
         return copy.deepcopy(obj)
 
-    def _record(self, rt: ResourceType, key: Key, obj: JsonObject, event: str) -> None:
-        self._history.append(WatchEvent(self._revision, event, rt.plural, key[1], copy.deepcopy(obj)))
+    def _record(
+        self, rt: ResourceType, key: Key, obj: JsonObject, event: str, previous: JsonObject | None = None
+    ) -> None:
+        change = WatchEvent(self._revision, event, rt.plural, key[1], copy.deepcopy(obj), previous)
+        self._history.append(change)
         self._changed.notify_all()
 
     def _generate_name(self, rt: ResourceType, namespace: str, prefix: str) -> str:
