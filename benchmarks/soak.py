@@ -100,7 +100,8 @@ def main() -> int:
           f"unprepare ms p50 {ms(unprepare_s, 50):.1f} p99 {ms(unprepare_s, 99):.1f}")
     print(f"plugin RSS: {baseline['VmRSS'] / 1024:.1f} MiB after warm-up, {end['VmRSS'] / 1024:.1f} MiB at the end, "
           f"growth {growth_kib / 1024:.2f} MiB (target < 5)")
-    print("RSS by cycle (MiB): " + ", ".join(f"{n}: {kib / 1024:.1f}" for n, kib in samples))
+    print("RSS by cycle (MiB): " + ", ".join(f"{n}: {kib / 1024:.1f}" for n, kib in samples)
+          + f"; peak {max(k for _, k in samples) / 1024 - baseline['VmRSS'] / 1024:.2f} MiB above the baseline")
     print(f"open fds: {baseline['fds']} -> {end['fds']}; threads: {baseline['Threads']} -> {end['Threads']}")
     print(f"files: {files_before} -> {files_after}")
     for f in failures[:10]:
