@@ -4,7 +4,8 @@
                          [--rim-url URL] [--ocsp-dir DIR] [--trust-dir DIR] [--policy FILE] [--at ISO-8601]
                          [--revocation online|cached|off] [--json] [--token-key PEM --token-kid KID [--token-out FILE]]
     cc-gpu attest inspect --report FILE [--json]
-    cc-gpu attest check-token --token FILE --public-key KID=PEM [...] [--nonce HEX] [--at ISO-8601]
+    cc-gpu attest check-token --token FILE (--public-key KID=PEM | --keys-configmap FILE) [...] [--nonce HEX]
+                              [--at ISO-8601] [--claim-uid UID] [--pod-uid UID] [--node NODE]
     cc-gpu attest bundle import --bundle DIR --store DIR [--trust-dir DIR] [--at ISO-8601]
 
 Exit codes: 0 the evidence satisfies the policy (or the token is valid), 1 it was rejected (the failing checks are
@@ -53,7 +54,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     check = sub.add_parser("check-token", help="verify a verdict token offline (for workloads)")
     check.add_argument("--token", type=Path, required=True, help="file holding the token ('-' for stdin)")
-    check.add_argument("--public-key", action="append", required=True, metavar="KID=PEM", help="trusted key")
+    check.add_argument("--public-key", action="append", default=[], metavar="KID=PEM", help="trusted key")
+    check.add_argument("--keys-configmap", action="append", default=[], type=Path, metavar="FILE",
+                       help="published token keys: a ConfigMap or a List of them, as JSON (kubectl get -o json)")
+    check.add_argument("--claim-uid", help="require the token to be issued for this ResourceClaim UID")
+    check.add_argument("--pod-uid", help="require the token to be issued for this pod UID")
+    check.add_argument("--node", help="require the token to be issued on this node")
     check.add_argument("--nonce", help="expected nonce (hex)")
     check.add_argument("--at", help="time to judge expiry at (default: now)")
 
@@ -200,18 +206,36 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _check_token(args: argparse.Namespace) -> int:
+    import jwt
+
+    from cc_gpu.attest.binding import check_binding, keys_from_configmap, merge_keys
     from cc_gpu.attest.errors import TokenError
     from cc_gpu.attest.token import TokenVerifier, load_public_key
 
     keys = {}
+    if not args.public_key and not args.keys_configmap:
+        raise _Usage("give trusted keys with --public-key or --keys-configmap")
     for spec in args.public_key:
         kid, sep, path = spec.partition("=")
         if not sep or not kid or not path:
             raise _Usage(f"--public-key takes KID=PEM, got {spec!r}")
         keys[kid] = load_public_key(Path(path))
+    groups = [keys]
+    for path in args.keys_configmap:
+        try:
+            doc = json.loads(_read(path))
+        except ValueError as e:
+            raise _Usage(f"{path} is not JSON (kubectl get configmap -o json): {e}") from e
+        items = doc.get("items") if isinstance(doc, dict) and doc.get("kind") == "List" else [doc]
+        if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+            raise _Usage(f"{path} does not hold a ConfigMap or a List of them")
+        groups += [keys_from_configmap(item) for item in items]
+    keys = merge_keys(groups)
     token = _read(args.token).decode("ascii", "replace").strip()
     try:
         claims = TokenVerifier(keys).verify(token, _time(args.at), nonce=args.nonce)
+        kid = str(jwt.get_unverified_header(token).get("kid"))  # the signature over the header has just verified
+        check_binding(claims, kid, claim_uid=args.claim_uid, pod_uid=args.pod_uid, node=args.node)
     except TokenError as e:
         print(f"token rejected: {e}", file=sys.stderr)
         return EXIT_REJECTED

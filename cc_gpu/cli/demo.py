@@ -3,8 +3,10 @@
 It starts the API-server double, the real plugin process (`cc-gpu plugin --sim dgx-h100`) on a simulated host and the
 kubelet double; then it shows the published ResourceSlice, prepares a claim for a `kata-qemu-nvidia-gpu-snp` pod
 (printing the CDI spec and the bound devices), refuses a claim for a plain `runc` pod with the reason the plugin gives,
-prepares two claims in parallel (each bind takes 0.5 s on the simulated kernel), unprepares everything and shows each
-device back on its original driver. Everything happens under a temporary directory unless `--workdir` keeps it.
+prepares two claims in parallel (each bind takes 0.5 s on the simulated kernel), then one attested claim accepted
+(its verdict token verified against the node's published key) and one rejected for tampered simulated evidence,
+unprepares everything and shows each device back on its original driver. Everything happens under a temporary
+directory unless `--workdir` keeps it.
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ from typing import Any
 DRIVER = "gpu.cc-gpu.io"
 NODE = "demo-node"
 SNP = "kata-qemu-nvidia-gpu-snp"
+KEYS_NAMESPACE = "cc-gpu-token-keys"
+ATTESTED = [{"source": "FromClass", "opaque": {"driver": DRIVER, "parameters": {
+    "apiVersion": "cc-gpu.io/v1alpha1", "kind": "VfioDeviceConfig", "attestation": {"required": True}}}}]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -70,6 +75,13 @@ class _Demo:
         for handler in (SNP, "kata-qemu-nvidia-gpu-tdx", "runc"):
             self.server.create(cluster.runtime_class(handler, handler))
         self.server.create(cluster.device_class("vfio-gpu", DRIVER))
+        self.server.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": KEYS_NAMESPACE}})
+
+    def tamper_evidence(self, device: str) -> None:
+        """The simulated GPU at `device` will report a measurement that matches no reference value."""
+        sim = self.root / "sim"
+        sim.mkdir(parents=True, exist_ok=True)
+        (sim / "attestation-faults.json").write_text(json.dumps({_bdf(device): {"tamper_measurement": 9}}))
 
     def start_plugin(self) -> None:
         args = [sys.executable, "-m", "cc_gpu", "plugin", "--node-name", NODE, "--sim", self.topology,
@@ -83,7 +95,9 @@ class _Demo:
             self.proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=log)
         self.kubelet.wait_registered(DRIVER, timeout=30)
 
-    def claim_for(self, runtime_class: str | None, device: str) -> tuple[str, str, str]:
+    def claim_for(
+        self, runtime_class: str | None, device: str, config: list[dict[str, Any]] | None = None
+    ) -> tuple[str, str, str]:
         from cc_gpu.kube.apiserver import cluster  # noqa: PLC0415
 
         self.n += 1
@@ -91,7 +105,7 @@ class _Demo:
                                              runtime_class_name=runtime_class, claims=[f"gpu-{self.n}"]))
         claim = self.server.create(cluster.resource_claim("default", f"gpu-{self.n}", device_class_name="vfio-gpu"))
         claim["status"] = cluster.allocation_status(
-            [cluster.Allocated("gpu", DRIVER, NODE, device)], [pod], node_name=NODE
+            [cluster.Allocated("gpu", DRIVER, NODE, device)], [pod], node_name=NODE, config=config or ()
         )
         self.api.update_resource_claim_status("default", f"gpu-{self.n}", claim)
         return "default", f"gpu-{self.n}", str(claim["metadata"]["uid"])
@@ -132,6 +146,7 @@ def _script(demo: _Demo) -> int:
 
     _say("A simulated node, the API-server double and the kubelet double")
     demo.seed()
+    demo.tamper_evidence("gpu-0000-ab-00-0")
     print(f"API server double at {demo.server.url}; node {NODE}; RuntimeClasses {SNP}, kata-qemu-nvidia-gpu-tdx, runc")
     start = time.monotonic()
     demo.start_plugin()
@@ -174,13 +189,62 @@ def _script(demo: _Demo) -> int:
         print(f"prepared {dev[2]} -> {dev[3][0]} (error: {results[c[2]].error or 'none'})")
     print(f"wall time for both: {elapsed:.2f}s (a node-wide lock would take at least {2 * demo.bind_delay:.1f}s)")
 
+    attested = _attested_claims(demo, devices[4], devices[5])
+
     _say("Unprepare everything: every device back on its original driver")
-    errors = demo.kubelet.unprepare(DRIVER, [snp, runc, *pair])
-    for d in (devices[0], devices[2], devices[3]):
+    errors = demo.kubelet.unprepare(DRIVER, [snp, runc, *pair, *attested])
+    for d in (devices[0], devices[2], devices[3], devices[4]):
         print(f"{_bdf(d)}: {demo.driver_of(d)}")
     remaining = sorted(p.name for p in (demo.root / "cdi").glob("*.json"))
     print(f"CDI specs left: {remaining or 'none'}; unprepare errors: {[e for e in errors.values() if e] or 'none'}")
     return 0 if not any(errors.values()) else 1
+
+
+def _attested_claims(demo: _Demo, good: str, tampered: str) -> list[tuple[str, str, str]]:
+    """One attested claim accepted and one rejected, with the verdicts, the token and the trail they leave."""
+    from cc_gpu.attest.binding import check_binding, keys_from_configmap  # noqa: PLC0415
+    from cc_gpu.attest.token import TokenVerifier  # noqa: PLC0415
+
+    _say("Attested claims (class config `attestation: {required: true}`, strict policy, simulated evidence)")
+    (s,) = demo.api.list_resource_slices(DRIVER, NODE)
+    for d in s["spec"]["devices"]:
+        if d["name"] in (good, tampered):
+            print(f"discovery: {d['name']} attested={_attr(d, 'attested')} driverVersion={_attr(d, 'driverVersion')} "
+                  f"vbiosVersion={_attr(d, 'vbiosVersion')}")
+    ok = demo.claim_for(SNP, good, ATTESTED)
+    result = demo.kubelet.prepare(DRIVER, [ok])[ok[2]]
+    print(f"accepted: {good} prepared (error: {result.error or 'none'}), now on {demo.driver_of(good)}")
+    status = demo.api.get_resource_claim(ok[0], ok[1])["status"]["devices"][0]
+    cond = next(c for c in status["conditions"] if c["type"] == "Attested")
+    print(f"claim condition Attested={cond['status']} ({cond['reason']}): {cond['message']}")
+    spec = json.loads((demo.root / "cdi" / f"cc-gpu.io-vfio_{ok[2]}.json").read_text())
+    edits = spec["devices"][0]["containerEdits"]
+    name, _, token = edits["env"][0].partition("=")
+    print(f"CDI env {name}=<{len(token)}-byte ES384 token>; read-only mount {edits['mounts'][0]['containerPath']}")
+    cm = demo.api.get_config_map(KEYS_NAMESPACE, f"cc-gpu-token-keys-{NODE}")
+    from datetime import UTC, datetime  # noqa: PLC0415
+
+    import jwt  # noqa: PLC0415
+
+    claims = TokenVerifier(keys_from_configmap(cm)).verify(token, datetime.now(UTC))
+    pod_uid = demo.api.get_resource_claim(ok[0], ok[1])["status"]["reservedFor"][0]["uid"]
+    check_binding(claims, str(jwt.get_unverified_header(token)["kid"]), claim_uid=ok[2], pod_uid=pod_uid, node=NODE)
+    key_name = next(iter(cm["data"]))
+    print(f"token verified against ConfigMap {KEYS_NAMESPACE}/{cm['metadata']['name']} (key {key_name}): "
+          f"claim {claims['x-cc-gpu-claim-uid'][:8]}..., pod {pod_uid[:8]}..., node {claims['x-cc-gpu-node']}, "
+          f"GPU {claims['x-cc-gpu-pci-address']}, measres={claims['measres']}")
+
+    bad = demo.claim_for(SNP, tampered, ATTESTED)
+    refused = demo.kubelet.prepare(DRIVER, [bad])[bad[2]]
+    print(f"rejected: {refused.error}")
+    print(f"nothing bound: {_bdf(tampered)} is still on {demo.driver_of(tampered)}")
+    deadline = time.monotonic() + 5
+    while not demo.events_for(bad[1]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for claim in (ok, bad):
+        for event in demo.events_for(claim[1]):
+            print(f"Event on ResourceClaim default/{claim[1]}: {event['type']} {event['reason']}")
+    return [ok, bad]
 
 
 def run(args: argparse.Namespace) -> int:

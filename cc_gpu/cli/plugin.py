@@ -1,9 +1,10 @@
 """`cc-gpu plugin`: the DRA kubelet plugin, the node daemon.
 
 Flags follow the command-line contract; every flag has an environment mirror (`CC_GPU_<FLAG>`, and `NODE_NAME` for
-`--node-name`), and `--config FILE` reads a TOML file with the same keys (underscores) plus `[selection]` and
-`[policy]` tables. Precedence: defaults < file < environment < flags. This module is the only place that builds the
-real adapters: the host under the given roots (or a simulated one with `--sim`) and the Kubernetes client.
+`--node-name`), and `--config FILE` reads a TOML file with the same keys (underscores) plus `[selection]`,
+`[policy]` and `[attestation]` tables (attested claims: `cc_gpu.dra.attestcfg`). Precedence: defaults < file <
+environment < flags. This module is the only place that builds the real adapters: the host under the given roots
+(or a simulated one with `--sim`) and the Kubernetes client.
 """
 
 from __future__ import annotations
@@ -123,7 +124,12 @@ def run(args: argparse.Namespace) -> int:
 
         kube = KubernetesApi(settings.kubeconfig)
         host_port, wait_for_change = build_host(settings, kube)
-        plugin = Plugin(settings, host_port, kube, wait_for_change)
+        attestation = None
+        if settings.attestation.provider != "none":
+            from cc_gpu.dra.attestsetup import build_attestation  # noqa: PLC0415
+
+            attestation = build_attestation(settings, host_port.host, kube)
+        plugin = Plugin(settings, host_port, kube, wait_for_change, attestation)
         return plugin.run_until_signalled()
     except CcGpuError as e:
         print(f"cc-gpu plugin: {e}", file=sys.stderr)

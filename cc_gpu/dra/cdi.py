@@ -33,17 +33,29 @@ KIND = f"{VENDOR}/{CLASS}"
 POD_ANNOTATION = "cdi.k8s.io/cc-gpu"
 POD_DEVICE_PREFIX = "pod-"
 
+_ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
+MOUNT_OPTIONS = ("ro", "nosuid", "nodev", "noexec", "bind")
 _NAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_.:-]*[A-Za-z0-9])?$")
 _LEGACY_RE = re.compile(r"^/dev/vfio/(vfio|[0-9]+)$")
 _IOMMUFD_RE = re.compile(r"^/dev/(iommu|vfio/devices/vfio[0-9]+)$")
 
 
 @dataclass(frozen=True)
+class CdiMount:
+    """A read-only bind mount of one host file (the attestation token, for runtimes that share host files)."""
+
+    host_path: str
+    container_path: str
+
+
+@dataclass(frozen=True)
 class CdiDevice:
-    """One CDI device: its name and the host device nodes it passes through."""
+    """One CDI device: its name, the host device nodes it passes through, and optional env and read-only mounts."""
 
     name: str
     nodes: tuple[str, ...]
+    env: tuple[str, ...] = ()  # NAME=value; env travels inside the OCI spec, so it reaches a confidential guest
+    mounts: tuple[CdiMount, ...] = ()
 
 
 def qualified(name: str) -> str:
@@ -79,7 +91,21 @@ def build_spec(devices: Iterable[CdiDevice]) -> dict[str, Any]:
         seen.add(dev.name)
         _check_nodes(dev.name, dev.nodes)
         nodes = list(dict.fromkeys(dev.nodes))
-        out.append({"name": dev.name, "containerEdits": {"deviceNodes": [{"path": p, "hostPath": p} for p in nodes]}})
+        edits: dict[str, Any] = {"deviceNodes": [{"path": p, "hostPath": p} for p in nodes]}
+        if dev.env:
+            bad = [e.split("=", 1)[0] for e in dev.env if not _ENV_RE.match(e)]
+            if bad:
+                raise CdiError(f"CDI device {dev.name}: {bad[0]!r} is not a NAME=value environment entry")
+            edits["env"] = list(dev.env)
+        if dev.mounts:
+            for m in dev.mounts:
+                if not (m.host_path.startswith("/") and m.container_path.startswith("/")):
+                    raise CdiError(f"CDI device {dev.name}: mount paths must be absolute ({m.host_path!r})")
+            edits["mounts"] = [
+                {"hostPath": m.host_path, "containerPath": m.container_path, "options": list(MOUNT_OPTIONS)}
+                for m in dev.mounts
+            ]
+        out.append({"name": dev.name, "containerEdits": edits})
     if not out:
         raise CdiError("a CDI spec needs at least one device")
     return {"cdiVersion": CDI_VERSION, "kind": KIND, "devices": out}

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from cc_gpu.dra import attestcfg
 from cc_gpu.dra.errors import OpaqueConfigError
 
 API_GROUP = "cc-gpu.io"
@@ -52,7 +53,7 @@ TOP_FIELDS = frozenset({"apiVersion", "kind", "iommuMode", "resetOnRelease"})
 
 # section name -> decoder(previous decoded value or None, raw value, path) -> decoded value
 SectionDecoder = Callable[[Any, Any, str], Any]
-SECTIONS: dict[str, SectionDecoder] = {}
+SECTIONS: dict[str, SectionDecoder] = {attestcfg.SECTION: attestcfg.decode_section}
 
 
 def decode_one(params: object, base: VfioDeviceConfig, where: str = "parameters") -> VfioDeviceConfig:

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from cc_gpu.dra.cdi import CdiWriter
 from cc_gpu.dra.checkpoint import PREPARE_COMPLETED, Checkpoint
@@ -29,6 +30,9 @@ from cc_gpu.dra.state import DeviceState
 from cc_gpu.errors import CcGpuError
 from cc_gpu.kube.api import KubeApi
 
+if TYPE_CHECKING:
+    from cc_gpu.dra.attestation import AttestationEngine
+
 log = logging.getLogger("cc_gpu.dra.plugin")
 
 
@@ -38,6 +42,7 @@ class Plugin:
     host: HostPort
     kube: KubeApi
     wait_for_change: Callable[[float], bool] | None = None  # blocks up to N s; True when the hardware may have changed
+    attestation: AttestationEngine | None = None  # attested claims, discovery attributes, token keys
 
     def __post_init__(self) -> None:
         s = self.settings
@@ -53,6 +58,7 @@ class Plugin:
             cdi_writer=CdiWriter(s.cdi_root),
             locks=GroupLocks(plugin_dir / "locks"),
             policy=s.policy,
+            attestation=self.attestation,
         )
         self.health = HealthBroadcaster(s.node_name) if s.health_service else None
         self.service = DraService(self.state, self.metrics)
@@ -85,6 +91,9 @@ class Plugin:
     def refresh(self) -> int:
         """Rediscover, update the inventory, publish slices and health; return the API writes made."""
         devices = self._devices()
+        if self.attestation is not None:
+            devices = self.attestation.annotate(devices)
+            self.attestation.publish_keys()  # also rotates a key past its age
         self.state.set_inventory(devices)
         assert self.publisher is not None
         writes = self.publisher.publish(devices)
@@ -140,6 +149,8 @@ class Plugin:
         if self._watcher:
             self._watcher.join(timeout=5)
         self.service.pool.shutdown(wait=True)
+        if self.attestation is not None:
+            self.attestation.close()
         log.info("plugin stopped; prepared devices left bound")
 
     def run_until_signalled(self) -> int:

@@ -8,8 +8,8 @@ the whole host layer, and keeps the host layer free to change its internals.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,7 @@ class GpuView:
     memory_bytes: int | None
     healthy: bool = True
     health_message: str = ""
+    attributes: Mapping[str, Any] = field(default_factory=dict)  # extra ResourceSlice attributes (attestation)
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from cc_gpu.dra.attestcfg import AttestationSettings, decode_settings
 from cc_gpu.dra.gate import GatePolicy
 from cc_gpu.errors import ConfigError
 
@@ -52,6 +53,7 @@ class PluginSettings:
     health_service: bool = True
     selection: Selection = field(default_factory=Selection)
     policy: GatePolicy = field(default_factory=GatePolicy)
+    attestation: AttestationSettings = field(default_factory=AttestationSettings)
 
     @property
     def plugin_path(self) -> Path:
@@ -101,6 +103,8 @@ def apply_mapping(base: PluginSettings, data: Mapping[str, Any], where: str = ""
             changes[key] = _selection(value, base.selection)
         elif key == "policy":
             changes[key] = _policy(value, base.policy)
+        elif key == "attestation":
+            changes[key] = decode_settings(value, base.attestation)
         else:
             raise ConfigError(f"config key {name}: unknown")
     return replace(base, **changes)

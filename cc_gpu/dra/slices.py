@@ -53,6 +53,7 @@ def device_json(gpu: GpuView) -> dict[str, Any]:
     }
     if gpu.pcie_root:
         attrs["resource.kubernetes.io/pcieRoot"] = _s(gpu.pcie_root)
+    attrs.update(gpu.attributes)
     capacity: dict[str, Any] = {}
     if gpu.memory_bytes:
         capacity["memory"] = {"value": str(gpu.memory_bytes)}

@@ -17,7 +17,7 @@ import logging
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cc_gpu.dra import cdi
 from cc_gpu.dra.checkpoint import (
@@ -38,6 +38,10 @@ from cc_gpu.dra.ports import GpuView, HostPort
 from cc_gpu.errors import CcGpuError
 from cc_gpu.kube.api import KubeApi
 from cc_gpu.kube.errors import ApiError, ConflictError, NotFoundError
+
+if TYPE_CHECKING:
+    from cc_gpu.dra.attestation import AttestationEngine
+    from cc_gpu.dra.attestresult import ClaimAttestation
 
 log = logging.getLogger("cc_gpu.dra.state")
 
@@ -71,6 +75,7 @@ class DeviceState:
     cdi_writer: cdi.CdiWriter
     locks: GroupLocks
     policy: GatePolicy = field(default_factory=GatePolicy)
+    attestation: AttestationEngine | None = None  # None: claims that require attestation are refused
     _inventory: dict[str, GpuView] = field(default_factory=dict)
     _inventory_lock: threading.Lock = field(default_factory=threading.Lock)
     _boot_id: str = ""
@@ -110,11 +115,12 @@ class DeviceState:
                 return self._answer(existing)
             if existing is not None:
                 self._rollback(existing)
+            attested = self._step_attest(claim, plan)  # before anything changes: a rejected GPU stays with the host
             entry = self._step_started(plan, decision_pod)
             entry = self._step_bind(plan, entry)
-            entry = self._step_cdi(entry)
+            entry = self._step_cdi(entry, attested)
             self._step_completed(entry)
-        self._record_ready(ref, entry)
+        self._record_ready(ref, entry, attested)
         return self._answer(entry)
 
     def _get_claim(self, ref: ClaimRef) -> Mapping[str, Any]:
@@ -161,6 +167,15 @@ class DeviceState:
                 runtime_class = None
         annotations = (pod.get("metadata") or {}).get("annotations") or {}
         return PodView(ref, True, rc_name, runtime_class, dict(annotations))
+
+    def _step_attest(self, claim: Mapping[str, Any], plan: ClaimPlan) -> ClaimAttestation | None:
+        if self.attestation is not None:
+            return self.attestation.attest_claim(claim, plan)
+        from cc_gpu.dra.attestcfg import SECTION, request_of  # noqa: PLC0415
+
+        if any(request_of(d.config.extra).required for d in plan.devices if SECTION in d.config.extra):
+            raise ClaimError("the claim requires GPU attestation and this node has no attestation configured")
+        return None
 
     def _step_started(self, plan: ClaimPlan, pod: PodView) -> ClaimEntry:
         pod_device = cdi.pod_device_from_annotation(pod.annotations.get(cdi.POD_ANNOTATION)) or ""
@@ -211,12 +226,16 @@ class DeviceState:
         crashpoint("prepare-after-bind")
         return replace(entry, devices=tuple(bound))
 
-    def _step_cdi(self, entry: ClaimEntry) -> ClaimEntry:
+    def _step_cdi(self, entry: ClaimEntry, attested: ClaimAttestation | None = None) -> ClaimEntry:
         try:
-            self.cdi_writer.write_claim(
-                entry.uid,
-                [cdi.CdiDevice(cdi.device_name(entry.uid, d.device), d.device_nodes) for d in entry.devices],
-            )
+            devices = []
+            for d in entry.devices:
+                env: tuple[str, ...] = ()
+                mounts: tuple[cdi.CdiMount, ...] = ()
+                if attested is not None and self.attestation is not None:
+                    env, mounts = self.attestation.write_tokens(entry.uid, attested.for_device(d.pool, d.device))
+                devices.append(cdi.CdiDevice(cdi.device_name(entry.uid, d.device), d.device_nodes, env, mounts))
+            self.cdi_writer.write_claim(entry.uid, devices)
         except CcGpuError:
             self._rollback(entry)
             raise
@@ -273,6 +292,8 @@ class DeviceState:
             self.host.restore(dev.iommu_group, entry.uid, reset=dev.reset_on_release)
         crashpoint("unprepare-after-restore")
         self.cdi_writer.remove_claim(entry.uid)
+        if self.attestation is not None:
+            self.attestation.remove_tokens(entry.uid)
         crashpoint("unprepare-after-cdi-removed")
         self.checkpoint.drop(entry.uid)
         crashpoint("unprepare-after-dropped")
@@ -329,6 +350,8 @@ class DeviceState:
             else:
                 counts["kept"] += 1
         claims = self.checkpoint.read()
+        if self.attestation is not None:
+            counts["orphan_tokens_removed"] = self.attestation.remove_orphan_tokens(set(claims))
         pod_devices = {c.pod_cdi_device for c in claims.values() if c.pod_cdi_device}
         for path in self.cdi_writer.owned_files():
             owner = cdi.CdiWriter.id_of(path)
@@ -360,7 +383,7 @@ class DeviceState:
 
     # ---- claim status and events ---------------------------------------------------------------------------------
 
-    def _record_ready(self, ref: ClaimRef, entry: ClaimEntry) -> None:
+    def _record_ready(self, ref: ClaimRef, entry: ClaimEntry, attested: ClaimAttestation | None = None) -> None:
         """Record a `Ready` condition per device in the claim's status.devices; failure is logged, not fatal."""
         for _ in range(3):
             try:
@@ -373,6 +396,7 @@ class DeviceState:
                 ]
                 now = _now()
                 for d in entry.devices:
+                    verdict = attested.for_device(d.pool, d.device) if attested is not None else None
                     kept.append({
                         "driver": self.driver,
                         "pool": d.pool,
@@ -383,7 +407,8 @@ class DeviceState:
                             "reason": "BoundToVfio",
                             "message": f"IOMMU group {d.iommu_group} bound to vfio-pci",
                             "lastTransitionTime": now,
-                        }],
+                        }] + ([verdict.condition(now)] if verdict is not None else []),
+                        **({"data": verdict.data()} if verdict is not None else {}),
                     })
                 status["devices"] = kept
                 body = {"apiVersion": claim.get("apiVersion", "resource.k8s.io/v1"), "kind": "ResourceClaim",

@@ -47,8 +47,11 @@ def kata_violations(spec: dict[str, Any]) -> list[str]:
             out.append(f"device {dev['name']} mixes legacy and iommufd nodes")
         if any(n.get("hostPath", n["path"]) != n["path"] or not n["path"].startswith("/dev/") for n in nodes):
             out.append(f"device {dev['name']} has a node whose host path is not its real /dev path")
-        if set(dev.get("containerEdits", {})) - {"deviceNodes"}:
-            out.append(f"device {dev['name']} carries edits other than device nodes")
+        if set(dev.get("containerEdits", {})) - {"deviceNodes", "env", "mounts"}:
+            out.append(f"device {dev['name']} carries edits other than device nodes, env and mounts")
+        for mount in dev.get("containerEdits", {}).get("mounts", []):
+            if "ro" not in mount.get("options", []):
+                out.append(f"device {dev['name']} mounts {mount['hostPath']} writable")
     return out
 
 

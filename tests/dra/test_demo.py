@@ -26,6 +26,12 @@ def test_demo_runs_and_narrates() -> None:
         "Event on ResourceClaim default/gpu-2: Warning PrepareRefused",
         "wall time for both",
         "CDI specs left: none; unprepare errors: none",
+        "discovery: gpu-0000-ab-00-0 attested=False",
+        "claim condition Attested=True (EvidenceVerified)",
+        "token verified against ConfigMap cc-gpu-token-keys/cc-gpu-token-keys-demo-node",
+        "rejected: GPU attestation rejected: gpu-0000-ab-00-0 (0000:ab:00.0): measres (mismatching indexes: [9])",
+        "nothing bound: 0000:ab:00.0 is still on nvidia",
+        "Warning GpuAttestationRejected",
     ):
         assert expected in out, expected
     assert out.count(": nvidia") >= 3

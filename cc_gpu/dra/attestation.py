@@ -1,0 +1,386 @@
+"""Attested claims: attest each GPU with a fresh nonce before it is bound, sign the verdict, hand the token over.
+
+Called by the prepare path (`state.py`) under the claim's group locks and *before* anything else happens: a rejected
+GPU stays with the host, the checkpoint and the CDI root are untouched, and the claim fails with the failing checks
+named (in the kubelet's error, an `Attested=False` condition on the claim, a Warning Event and one audit log line).
+An accepted GPU gets a signed ES384 token binding the verdict to the claim UID, the pod UIDs, the node, the GPU's
+identity and PCI address, the nonce and an expiry; the token reaches the container through the CDI spec, as an
+environment variable (which travels inside the OCI spec to a confidential guest's agent) and, where the runtime
+shares host files, as a read-only file.
+
+At discovery the engine collects evidence from every GPU still on the host driver and verifies it against the
+discovery policy; the results become ResourceSlice attributes (`attested`, `driverVersion`, `vbiosVersion`) and the
+evidence is kept for GPUs that later sit on vfio-pci (used when the claim's policy allows evidence of that age).
+
+This is a host-side control: it keeps a GPU whose firmware or configuration fails policy out of confidential pods and
+records why. The host is not trusted by the guest, so it never replaces attestation inside the guest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Protocol
+
+import jwt
+
+from cc_gpu.attest.ocsp import RevocationMode
+from cc_gpu.attest.policy import Policy
+from cc_gpu.attest.token import TokenSigner
+from cc_gpu.attest.verdict import Verdict
+from cc_gpu.attest.verifier import Verifier
+from cc_gpu.dra import attestcfg
+from cc_gpu.dra.attestcfg import AttestationRequest, AttestationSettings
+from cc_gpu.dra.attestresult import (
+    TOKEN_MOUNT_DIR,
+    ClaimAttestation,
+    DeviceResult,
+    GpuResult,
+    gpu_token_name,
+    now_rfc3339,
+    semver_of_driver,
+    token_env_name,
+    update_device_status,
+)
+from cc_gpu.dra.cdi import CdiMount
+from cc_gpu.dra.claims import ClaimPlan
+from cc_gpu.dra.errors import ClaimError
+from cc_gpu.dra.evidence import Evidence, EvidenceProvider
+from cc_gpu.dra.keys import NodeKeyStore
+from cc_gpu.dra.keys import publish as publish_keys
+from cc_gpu.dra.ports import GpuView
+from cc_gpu.errors import CcGpuError, PermanentError
+from cc_gpu.kube.api import KubeApi
+from cc_gpu.kube.errors import ApiError
+
+log = logging.getLogger("cc_gpu.dra.attestation")
+audit = logging.getLogger("cc_gpu.audit")
+
+class AttestationRejectedError(PermanentError):
+    """Evidence failed policy (or could not be had in a way the policy accepts); the message names the checks."""
+
+    reason = "attestation"
+
+
+class HostOps(Protocol):
+    """What attestation needs from the host: a GPU's current driver and a temporary move to the host driver."""
+
+    def driver_of(self, bdf: str) -> str | None: ...
+
+    def on_host_driver(self, bdf: str) -> contextlib.AbstractContextManager[None]: ...
+
+
+def builtin_policies() -> dict[str, Policy]:
+    return {"strict": Policy(), "lenient": Policy(missing_rim_fails=False)}
+
+
+class AttestationEngine:
+    def __init__(  # noqa: PLR0917 - wiring of injected adapters, built in one place (attestsetup.py)
+        self,
+        settings: AttestationSettings,
+        provider: EvidenceProvider | None,
+        verifier: Verifier,
+        keys: NodeKeyStore,
+        host: HostOps,
+        kube: KubeApi,
+        driver: str,
+        node: str,
+        token_dir: Path,
+        policies: Mapping[str, Policy] | None = None,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.provider = provider
+        self.verifier = verifier
+        self.keys = keys
+        self.host = host
+        self.kube = kube
+        self.driver = driver
+        self.node = node
+        self.token_dir = token_dir
+        self.policies = {**builtin_policies(), **(policies or {})}
+        self.clock = clock or (lambda: datetime.now(UTC))
+        self._discovered: dict[str, Evidence] = {}
+        self._discovery_verdicts: dict[str, Verdict] = {}
+        self._lock = threading.Lock()
+        self._published_kid: str | None = None
+        # Events are the audit trail, not part of the answer: they are sent off the prepare path, in order, as
+        # client-go's event recorder does (the audit log line is written synchronously).
+        self._events = ThreadPoolExecutor(max_workers=1, thread_name_prefix="attestation-events")
+
+    def close(self) -> None:
+        """Send the events still queued, then stop."""
+        self._events.shutdown(wait=True)
+
+    # ---- keys ----------------------------------------------------------------------------------------------------
+
+    def publish_keys(self) -> None:
+        """Make sure the current key exists and the published ConfigMap lists it (and its recent predecessors)."""
+        kid = self.keys.current().kid
+        try:
+            publish_keys(self.kube, self.keys, self.settings.keys_namespace)
+        except ApiError as e:
+            log.warning("could not publish token keys", extra={"error": str(e)})
+            return
+        self._published_kid = kid
+
+    def _signer(self) -> TokenSigner:
+        key = self.keys.current()
+        if key.kid != self._published_kid:
+            self.publish_keys()
+        return TokenSigner(key.private, key.kid, ttl=timedelta(seconds=self.settings.token_ttl_seconds))
+
+    # ---- discovery -----------------------------------------------------------------------------------------------
+
+    def annotate(self, devices: Sequence[GpuView]) -> list[GpuView]:
+        """Attest what can be attested now and return the devices with their attestation attributes."""
+        if self.provider is None or not self.settings.discovery:
+            return list(devices)
+        policy = self.policies.get(self.settings.discovery_policy, Policy())
+        out = []
+        for view in devices:
+            for bdf in view.gpus:
+                self._discover_one(bdf, policy)
+            out.append(replace(view, attributes={**view.attributes, **self._attributes(view)}))
+        return out
+
+    def _discover_one(self, bdf: str, policy: Policy) -> None:
+        assert self.provider is not None
+        if self.provider.needs_host_driver and self.host.driver_of(bdf) != "nvidia":
+            return  # keep what was collected while it was on the host driver
+        try:
+            evidence = self.provider.collect(bdf, os.urandom(32))
+            verdict = self.verifier.verify(evidence.report, evidence.cert_chain, evidence.nonce, policy,
+                                           collected_at=evidence.collected_at, rims=evidence.rims)
+        except CcGpuError as e:
+            log.info("no discovery evidence", extra={"bdf": bdf, "error": str(e)})
+            return
+        with self._lock:
+            self._discovered[bdf] = evidence
+            self._discovery_verdicts[bdf] = verdict
+
+    def _attributes(self, view: GpuView) -> dict[str, Any]:
+        with self._lock:
+            verdicts = [self._discovery_verdicts.get(b) for b in view.gpus]
+        known = [v for v in verdicts if v is not None]
+        attrs: dict[str, Any] = {"attested": {"bool": bool(known) and len(known) == len(verdicts)
+                                              and all(v.ok for v in known)}}
+        if known:
+            semver = semver_of_driver(known[0].driver_version)
+            if semver:
+                attrs["driverVersion"] = {"version": semver}
+            if known[0].vbios_version:
+                attrs["vbiosVersion"] = {"string": known[0].vbios_version[:64]}
+        return attrs
+
+    # ---- prepare -------------------------------------------------------------------------------------------------
+
+    def policy_for(self, req: AttestationRequest) -> Policy:
+        if req.inline is not None:
+            policy = Policy(min_driver=req.inline.min_driver, min_vbios=req.inline.min_vbios,
+                            missing_rim_fails=req.inline.missing_rim == "fail",
+                            allow_certificate_hold=req.inline.allow_certificate_hold)
+        else:
+            name = req.policy or "strict"
+            if name not in self.policies:
+                raise ClaimError(f"attestation policy {name!r} is not configured on node {self.node} "
+                                 f"(known: {', '.join(sorted(self.policies))})")
+            policy = self.policies[name]
+        if req.max_evidence_age_s is not None:
+            policy = replace(policy, max_evidence_age_s=float(req.max_evidence_age_s))
+        if req.revocation is not None:
+            policy = policy.with_revocation(RevocationMode(req.revocation))
+        return policy
+
+    def attest_claim(self, claim: Mapping[str, Any], plan: ClaimPlan) -> ClaimAttestation | None:
+        """Attest every device of `plan` whose config has an attestation section; raise when a required one fails."""
+        wanted = [(d, attestcfg.request_of(d.config.extra)) for d in plan.devices
+                  if attestcfg.SECTION in d.config.extra]
+        if not wanted:
+            return None
+        pod_uids = [str(plan.pod.get("uid", ""))] if plan.pod.get("uid") else []
+        results = []
+        for planned, req in wanted:
+            policy = self.policy_for(req)
+            gpus = tuple(self._attest_gpu(bdf, req, policy, plan, planned.device.name, pod_uids)
+                         for bdf in planned.device.gpus)
+            results.append(DeviceResult(planned.pool, planned.device.name, planned.request, req.required,
+                                        req.policy_label, gpus))
+        outcome = ClaimAttestation(tuple(results))
+        for dev in outcome.devices:
+            for gpu in dev.gpus:
+                self._audit(plan, pod_uids, dev, gpu)
+        self._claim_event(claim, outcome)
+        if outcome.blocking:
+            self._record_rejection(plan, outcome)
+            reasons = "; ".join(f"{d.device} ({g.bdf}): {', '.join(g.reasons)}"
+                                for d in outcome.blocking for g in d.gpus if not g.ok)
+            raise AttestationRejectedError(f"GPU attestation rejected: {reasons}")
+        return outcome
+
+    def _evidence(self, bdf: str, req: AttestationRequest) -> tuple[Evidence, str]:
+        provider = self.provider
+        if provider is None:
+            raise AttestationRejectedError("no evidence provider is configured on this node")
+        if provider.needs_host_driver:
+            driver = self.host.driver_of(bdf)
+            if driver is not None and driver.startswith("vfio"):
+                return self._evidence_on_vfio(bdf, driver, req, provider)
+        nonce = os.urandom(32)
+        return provider.collect(bdf, nonce), provider.name
+
+    def _evidence_on_vfio(
+        self, bdf: str, driver: str, req: AttestationRequest, provider: EvidenceProvider
+    ) -> tuple[Evidence, str]:
+        mode = req.when_bound_to_vfio
+        if mode == "refuse":
+            raise AttestationRejectedError(
+                f"GPU is bound to {driver}; fresh evidence needs the nvidia driver "
+                "and the policy refuses older evidence"
+            )
+        if mode == "rebind":
+            if not self.settings.allow_rebind:
+                raise AttestationRejectedError(
+                    "a temporary rebind to nvidia is not allowed by this node's configuration"
+                )
+            with self.host.on_host_driver(bdf):
+                return provider.collect(bdf, os.urandom(32)), f"{provider.name}+rebind"
+        with self._lock:
+            cached = self._discovered.get(bdf)
+        if cached is None:
+            raise AttestationRejectedError(f"GPU is bound to {driver} and no evidence was collected at discovery")
+        return cached, "discovery"
+
+    def _attest_gpu(  # noqa: PLR0917 - one call site
+        self, bdf: str, req: AttestationRequest, policy: Policy, plan: ClaimPlan, device: str, pod_uids: list[str]
+    ) -> GpuResult:
+        try:
+            evidence, source = self._evidence(bdf, req)
+        except AttestationRejectedError as e:
+            return GpuResult(bdf, False, (str(e),), "none")
+        except CcGpuError as e:  # a refused rebind, evidence unavailable: the GPU cannot be judged, so it fails
+            return GpuResult(bdf, False, (f"no evidence: {e}",), "none")
+        verdict = self.verifier.verify(evidence.report, evidence.cert_chain, evidence.nonce, policy,
+                                       at=self.clock(), collected_at=evidence.collected_at, rims=evidence.rims)
+        if not verdict.ok:
+            reasons = tuple(f"{c.name} ({c.detail})" if c.detail else c.name for c in verdict.failed)
+            return GpuResult(bdf, False, reasons, source, verdict, evidence.collected_at)
+        signer = self._signer()
+        extra = {
+            "x-cc-gpu-claim-uid": plan.uid,
+            "x-cc-gpu-claim": f"{plan.namespace}/{plan.name}",
+            "x-cc-gpu-pod-uids": pod_uids,
+            "x-cc-gpu-node": self.node,
+            "x-cc-gpu-driver": self.driver,
+            "x-cc-gpu-device": device,
+            "x-cc-gpu-pci-address": bdf,
+            "x-cc-gpu-evidence-source": source,
+            "x-cc-gpu-evidence-collected-at": evidence.collected_at.isoformat(),
+            "x-cc-gpu-policy": req.policy_label,
+        }
+        token = signer.sign(verdict, extra)
+        jti = str(jwt.decode(token, options={"verify_signature": False}).get("jti", ""))
+        return GpuResult(bdf, True, (), source, verdict, evidence.collected_at, token, signer.kid, jti)
+
+    # ---- tokens into the container -------------------------------------------------------------------------------
+
+    def write_tokens(self, claim_uid: str, result: DeviceResult | None) -> tuple[tuple[str, ...], tuple[CdiMount, ...]]:
+        """Write the device's tokens to files; return the CDI env entries and read-only mounts that carry them."""
+        if result is None or not result.ok:
+            return (), ()
+        env: list[str] = []
+        mounts: list[CdiMount] = []
+        directory = self.token_dir / claim_uid
+        for gpu in result.gpus:
+            if gpu.token is None:
+                continue
+            env.append(f"{token_env_name(gpu.bdf)}={gpu.token}")
+            if self.settings.token_mount:
+                directory.mkdir(parents=True, exist_ok=True, mode=0o755)
+                path = directory / f"{gpu_token_name(gpu.bdf)}.jwt"
+                tmp = path.with_name(f".{path.name}.tmp")
+                tmp.write_text(gpu.token + "\n", encoding="ascii")
+                tmp.chmod(0o644)
+                tmp.replace(path)
+                mounts.append(CdiMount(str(path), f"{TOKEN_MOUNT_DIR}/{gpu_token_name(gpu.bdf)}.jwt"))
+        return tuple(env), tuple(mounts)
+
+    def remove_tokens(self, claim_uid: str) -> None:
+        shutil.rmtree(self.token_dir / claim_uid, ignore_errors=True)
+
+    def remove_orphan_tokens(self, live_claims: set[str]) -> int:
+        if not self.token_dir.is_dir():
+            return 0
+        removed = 0
+        for path in self.token_dir.iterdir():
+            if path.is_dir() and path.name not in live_claims:
+                shutil.rmtree(path, ignore_errors=True)
+                removed += 1
+        return removed
+
+    # ---- audit trail ---------------------------------------------------------------------------------------------
+
+    def _audit(self, plan: ClaimPlan, pod_uids: list[str], dev: DeviceResult, gpu: GpuResult) -> None:
+        fields: dict[str, Any] = {
+            "audit": "gpu-attestation", "result": "accepted" if gpu.ok else "rejected", "required": dev.required,
+            "claim_uid": plan.uid, "claim": f"{plan.namespace}/{plan.name}", "pod_uids": pod_uids, "node": self.node,
+            "device": dev.device, "bdf": gpu.bdf, "policy": dev.policy, "evidence_source": gpu.source,
+            "failed_checks": list(gpu.reasons),
+        }
+        if gpu.verdict is not None:
+            fields.update({"nonce": gpu.verdict.nonce, "ueid": gpu.verdict.identity.ueid,
+                           "driver_version": gpu.verdict.driver_version, "vbios_version": gpu.verdict.vbios_version})
+        if gpu.kid:
+            fields.update({"kid": gpu.kid, "jti": gpu.jti})
+        audit.info("gpu attestation verdict", extra=fields)
+
+    def _claim_event(self, claim: Mapping[str, Any], outcome: ClaimAttestation) -> None:
+        meta = claim.get("metadata") or {}
+        namespace = str(meta.get("namespace", "default"))
+        ok = all(d.ok for d in outcome.devices)
+        now = now_rfc3339()
+        parts = []
+        for d in outcome.devices:
+            if d.ok:
+                parts.append(f"{d.device}: accepted (policy {d.policy})")
+            else:
+                reasons = "; ".join(f"{g.bdf}: {', '.join(g.reasons)}" for g in d.gpus if not g.ok)
+                parts.append(f"{d.device}: rejected (policy {d.policy}): {reasons}")
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta.get('name', 'claim')}.", "namespace": namespace},
+            "involvedObject": {"apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaim", "name": meta.get("name"),
+                               "namespace": namespace, "uid": meta.get("uid")},
+            "reason": "GpuAttested" if ok else "GpuAttestationRejected",
+            "message": " | ".join(parts)[:1024],
+            "type": "Normal" if ok else "Warning",
+            "source": {"component": self.driver, "host": self.node},
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        self._events.submit(self._send_event, namespace, body)
+
+    def _send_event(self, namespace: str, body: dict[str, Any]) -> None:
+        try:
+            self.kube.create_event(namespace, body)
+        except ApiError as e:
+            uid = body["involvedObject"]["uid"]
+            log.warning("could not emit attestation event", extra={"claim_uid": uid, "error": str(e)})
+
+    def _record_rejection(self, plan: ClaimPlan, outcome: ClaimAttestation) -> None:
+        """`Attested=False` with the reasons on each attested device of the claim (no Ready: nothing was bound)."""
+        now = now_rfc3339()
+        entries = {(d.pool, d.device): {"driver": self.driver, "pool": d.pool, "device": d.device,
+                                        "conditions": [d.condition(now)], "data": d.data()}
+                   for d in outcome.devices}
+        update_device_status(self.kube, plan.namespace, plan.name, self.driver, entries)

@@ -1,0 +1,224 @@
+"""Attestation configuration: the `attestation` section of claim/class parameters and the node's `[attestation]` table.
+
+Two audiences, two places. Claim authors and DeviceClass admins say *whether* a GPU must be attested and against
+*which* policy, in the `attestation` section of `VfioDeviceConfig` (decoded strictly here and registered as a
+section of `opaque.SECTIONS`). The node admin says *how*: which evidence provider, which trust store, RIM and OCSP
+stores, which named policies exist, key rotation and token lifetime, in the plugin's `[attestation]` TOML table.
+
+The claim section is fail-closed across entries: class entries apply first and claim entries after, and a later
+entry may not switch `required` off once an earlier one (the attested DeviceClass) switched it on.
+
+    attestation:
+      required: true                  # default false
+      policy: strict                  # a named policy of the node's config (built in: strict, lenient)
+      inlinePolicy:                   # or a policy inline (exclusive with `policy`)
+        minDriverVersion: "550.90.07"
+        minVbiosVersion: "96.00.9F.00.01"
+        missingRim: fail              # fail | report
+        allowCertificateHold: false
+      maxEvidenceAgeSeconds: 300
+      revocation: online              # online | cached | off
+      whenBoundToVfio: useDiscoveryEvidence   # useDiscoveryEvidence | refuse | rebind
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from cc_gpu.dra.errors import OpaqueConfigError
+from cc_gpu.errors import ConfigError
+
+SECTION = "attestation"
+REVOCATION_MODES = ("online", "cached", "off")
+WHEN_ON_VFIO = ("useDiscoveryEvidence", "refuse", "rebind")
+MISSING_RIM = ("fail", "report")
+PROVIDERS = ("auto", "nvml", "directory", "simulated", "none")
+BUILTIN_POLICIES = ("strict", "lenient")
+MAX_AGE_LIMIT_S = 7 * 24 * 3600
+
+
+@dataclass(frozen=True)
+class InlinePolicy:
+    """The policy knobs a claim may set inline; everything else stays at the strict default."""
+
+    min_driver: str | None = None
+    min_vbios: str | None = None
+    missing_rim: str = "fail"
+    allow_certificate_hold: bool = False
+
+
+@dataclass(frozen=True)
+class AttestationRequest:
+    """The effective `attestation` section of one request."""
+
+    required: bool = False
+    policy: str | None = None  # a named policy; None with no inline policy means "strict"
+    inline: InlinePolicy | None = None
+    max_evidence_age_s: int | None = None  # None: the policy's own
+    revocation: str | None = None  # None: the policy's own
+    when_bound_to_vfio: str = "useDiscoveryEvidence"
+
+    @property
+    def policy_label(self) -> str:
+        return "inline" if self.inline is not None else (self.policy or "strict")
+
+
+def _field_errors(where: str, raw: Mapping[str, Any], allowed: frozenset[str]) -> None:
+    unknown = sorted(set(raw) - allowed)
+    if unknown:
+        raise OpaqueConfigError(f"{where}.{unknown[0]}: unknown field")
+
+
+def _bool(where: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise OpaqueConfigError(f"{where}: must be a boolean (got {value!r})")
+    return value
+
+
+def _choice(where: str, value: object, allowed: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value not in allowed:
+        raise OpaqueConfigError(f"{where}: must be one of {', '.join(allowed)} (got {value!r})")
+    return value
+
+
+def _version(where: str, value: object, hex_parts: bool) -> str:
+    base = 16 if hex_parts else 10
+    try:
+        if not isinstance(value, str) or not value or not all(int(p, base) >= 0 for p in value.split(".")):
+            raise ValueError(value)
+    except ValueError:
+        kind = "VBIOS version such as 96.00.9F.00.01" if hex_parts else "driver version such as 550.90.07"
+        raise OpaqueConfigError(f"{where}: must be a {kind} (got {value!r})") from None
+    return value
+
+
+_INLINE_FIELDS = frozenset({"minDriverVersion", "minVbiosVersion", "missingRim", "allowCertificateHold"})
+_FIELDS = frozenset(
+    {"required", "policy", "inlinePolicy", "maxEvidenceAgeSeconds", "revocation", "whenBoundToVfio"}
+)
+
+
+def _inline(where: str, raw: object) -> InlinePolicy:
+    if not isinstance(raw, Mapping):
+        raise OpaqueConfigError(f"{where}: must be an object (got {type(raw).__name__})")
+    _field_errors(where, raw, _INLINE_FIELDS)
+    out = InlinePolicy()
+    if "minDriverVersion" in raw:
+        out = replace(out, min_driver=_version(f"{where}.minDriverVersion", raw["minDriverVersion"], False))
+    if "minVbiosVersion" in raw:
+        out = replace(out, min_vbios=_version(f"{where}.minVbiosVersion", raw["minVbiosVersion"], True))
+    if "missingRim" in raw:
+        out = replace(out, missing_rim=_choice(f"{where}.missingRim", raw["missingRim"], MISSING_RIM))
+    if "allowCertificateHold" in raw:
+        out = replace(out, allow_certificate_hold=_bool(f"{where}.allowCertificateHold", raw["allowCertificateHold"]))
+    return out
+
+
+def decode_section(previous: AttestationRequest | None, raw: object, where: str) -> AttestationRequest:
+    """Decode one `attestation` object over the value earlier entries produced (the `opaque.SECTIONS` contract)."""
+    if not isinstance(raw, Mapping):
+        raise OpaqueConfigError(f"{where}: must be an object (got {type(raw).__name__})")
+    _field_errors(where, raw, _FIELDS)
+    base = previous or AttestationRequest()
+    out = base
+    if "required" in raw:
+        required = _bool(f"{where}.required", raw["required"])
+        if base.required and not required:
+            raise OpaqueConfigError(
+                f"{where}.required: an earlier configuration requires attestation; it cannot be lowered"
+            )
+        out = replace(out, required=required)
+    if "policy" in raw and "inlinePolicy" in raw:
+        raise OpaqueConfigError(f"{where}.inlinePolicy: give either policy or inlinePolicy, not both")
+    if "policy" in raw:
+        name = raw["policy"]
+        if not isinstance(name, str) or not name or len(name) > 63:
+            raise OpaqueConfigError(f"{where}.policy: must be a policy name of 1-63 characters (got {name!r})")
+        out = replace(out, policy=name, inline=None)
+    if "inlinePolicy" in raw:
+        out = replace(out, inline=_inline(f"{where}.inlinePolicy", raw["inlinePolicy"]), policy=None)
+    if "maxEvidenceAgeSeconds" in raw:
+        age = raw["maxEvidenceAgeSeconds"]
+        if not isinstance(age, int) or isinstance(age, bool) or not 1 <= age <= MAX_AGE_LIMIT_S:
+            raise OpaqueConfigError(
+                f"{where}.maxEvidenceAgeSeconds: must be an integer from 1 to {MAX_AGE_LIMIT_S} (got {age!r})"
+            )
+        out = replace(out, max_evidence_age_s=age)
+    if "revocation" in raw:
+        out = replace(out, revocation=_choice(f"{where}.revocation", raw["revocation"], REVOCATION_MODES))
+    if "whenBoundToVfio" in raw:
+        out = replace(out, when_bound_to_vfio=_choice(f"{where}.whenBoundToVfio", raw["whenBoundToVfio"], WHEN_ON_VFIO))
+    return out
+
+
+def request_of(extra: Mapping[str, Any]) -> AttestationRequest:
+    """The decoded section from a `VfioDeviceConfig.extra`, or the default (not required)."""
+    value = extra.get(SECTION)
+    return value if isinstance(value, AttestationRequest) else AttestationRequest()
+
+
+# ---- the node admin's `[attestation]` table ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AttestationSettings:
+    provider: str = "auto"  # auto: simulated on a simulated node, else nvml
+    evidence_dir: Path | None = None  # the directory provider's root
+    trust_dir: Path | None = None  # device/*.pem and rim/*.pem; default: NVIDIA's roots shipped in the package
+    rim_dir: Path | None = None
+    rim_url: str = ""
+    ocsp_dir: Path | None = None
+    ocsp_online: bool = True  # may the plugin reach NVIDIA's OCSP responder (policy mode `online`)
+    discovery: bool = True  # attest at discovery and publish the result as device attributes
+    discovery_policy: str = "strict"
+    allow_rebind: bool = False  # may a claim ask for a temporary rebind of a vfio-bound GPU to nvidia
+    token_mount: bool = True  # also mount the token file read-only (for runtimes that share host files)
+    token_ttl_seconds: int = 3600
+    key_max_age_days: int = 30
+    keys_namespace: str = "cc-gpu-token-keys"
+    keys_published: int = 3
+    policies: Mapping[str, Path] = field(default_factory=dict)
+
+
+_SETTING_PATHS = frozenset({"evidence_dir", "trust_dir", "rim_dir", "ocsp_dir"})
+_SETTING_TYPES: dict[str, type] = {
+    "provider": str, "rim_url": str, "ocsp_online": bool, "discovery": bool, "discovery_policy": str,
+    "allow_rebind": bool, "token_mount": bool, "token_ttl_seconds": int, "key_max_age_days": int,
+    "keys_namespace": str, "keys_published": int,
+}
+
+
+def decode_settings(value: object, base: AttestationSettings) -> AttestationSettings:
+    """Decode the plugin config's `[attestation]` table strictly; a `ConfigError` names the key."""
+    if not isinstance(value, Mapping):
+        raise ConfigError("config key attestation: must be a table")
+    changes: dict[str, Any] = {}
+    for key, v in value.items():
+        name = f"attestation.{key}"
+        if key in _SETTING_PATHS:
+            if not isinstance(v, str) or not v:
+                raise ConfigError(f"config key {name}: must be a path (got {v!r})")
+            changes[key] = Path(v)
+        elif key in _SETTING_TYPES:
+            want = _SETTING_TYPES[key]
+            if not isinstance(v, want) or (want is int and isinstance(v, bool)):
+                raise ConfigError(f"config key {name}: must be {want.__name__} (got {v!r})")
+            changes[key] = v
+        elif key == "policies":
+            if not isinstance(v, Mapping) or not all(isinstance(p, str) and p for p in v.values()):
+                raise ConfigError(f"config key {name}: must be a table of policy name = TOML file path")
+            changes[key] = {str(k): Path(p) for k, p in v.items()}
+        else:
+            raise ConfigError(f"config key {name}: unknown")
+    out = replace(base, **changes)
+    if out.provider not in PROVIDERS:
+        raise ConfigError(f"config key attestation.provider: must be one of {', '.join(PROVIDERS)}")
+    if out.provider == "directory" and out.evidence_dir is None:
+        raise ConfigError("config key attestation.evidence_dir: required by the directory provider")
+    for key in ("token_ttl_seconds", "key_max_age_days", "keys_published"):
+        if getattr(out, key) < 1:
+            raise ConfigError(f"config key attestation.{key}: must be at least 1")
+    return out

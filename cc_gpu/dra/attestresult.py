@@ -1,0 +1,155 @@
+"""The records an attestation leaves: per GPU, per device, per claim; and how they are written on the claim.
+
+Kept apart from the engine so the prepare path (`state.py`) and the status writer can use them without the
+machinery that produces them. `DeviceResult.condition()` is the `Attested` condition and `DeviceResult.data()` the
+compact verdict for `status.devices[].data` (trimmed under the API's 10 KiB limit); neither ever carries the token.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from cc_gpu.attest.verdict import Verdict
+from cc_gpu.kube.api import KubeApi
+from cc_gpu.kube.errors import ApiError, ConflictError
+
+log = logging.getLogger("cc_gpu.dra.attestation")
+
+CONDITION = "Attested"
+TOKEN_ENV_PREFIX = "CC_GPU_ATTESTATION_TOKEN_"  # noqa: S105 - a variable name, not a secret
+TOKEN_MOUNT_DIR = "/run/cc-gpu/attestation"  # noqa: S105 - a path, not a secret
+MAX_DATA_BYTES = 10 * 1024
+MAX_CHECK_DETAIL = 160
+
+
+def semver_of_driver(version: str | None) -> str | None:
+    """NVIDIA driver versions as semver: `550.90.07` -> `550.90.7` (leading zeros dropped); None if not numeric."""
+    if not version:
+        return None
+    parts = version.strip().split(".")
+    if not 1 <= len(parts) <= 3 or not all(p.isdigit() for p in parts):
+        return None
+    parts += ["0"] * (3 - len(parts))
+    return ".".join(str(int(p)) for p in parts)
+
+
+def gpu_token_name(bdf: str) -> str:
+    return "gpu-" + re.sub(r"[^0-9a-z]", "-", bdf.lower())
+
+
+def token_env_name(bdf: str) -> str:
+    """`0000:18:00.0` -> `CC_GPU_ATTESTATION_TOKEN_0000_18_00_0`."""
+    return TOKEN_ENV_PREFIX + re.sub(r"[^0-9A-Z]", "_", bdf.upper())
+
+
+@dataclass(frozen=True)
+class GpuResult:
+    """One GPU's outcome: its verdict (None when evidence could not be had acceptably) and the token when accepted."""
+
+    bdf: str
+    ok: bool
+    reasons: tuple[str, ...]  # failing checks ("name: detail") or the refusal
+    source: str  # nvml | simulated | directory | discovery | <provider>+rebind | none
+    verdict: Verdict | None = None
+    collected_at: datetime | None = None
+    token: str | None = None
+    kid: str | None = None
+    jti: str | None = None
+
+    def compact(self) -> dict[str, Any]:
+        v = self.verdict
+        out: dict[str, Any] = {"bdf": self.bdf, "ok": self.ok, "evidenceSource": self.source}
+        if v is not None:
+            out.update({"ueid": v.identity.ueid, "hwmodel": v.identity.hwmodel, "driverVersion": v.driver_version,
+                        "vbiosVersion": v.vbios_version, "nonce": v.nonce, "verifiedAt": v.verified_at.isoformat(),
+                        "revocation": v.revocation_mode})
+        if self.collected_at is not None:
+            out["collectedAt"] = self.collected_at.isoformat()
+        if self.kid:
+            out.update({"kid": self.kid, "jti": self.jti})
+        if self.reasons:
+            out["failed"] = [r[:MAX_CHECK_DETAIL] for r in self.reasons]
+        return out
+
+
+@dataclass(frozen=True)
+class DeviceResult:
+    pool: str
+    device: str
+    request: str
+    required: bool
+    policy: str
+    gpus: tuple[GpuResult, ...]
+
+    @property
+    def ok(self) -> bool:
+        return all(g.ok for g in self.gpus)
+
+    def condition(self, now: str) -> dict[str, Any]:
+        if self.ok:
+            message = f"GPU evidence satisfies policy {self.policy!r}; verdict token issued to the pod"
+        else:
+            reasons = "; ".join(f"{g.bdf}: {', '.join(g.reasons)}" for g in self.gpus if not g.ok)
+            message = f"GPU evidence fails policy {self.policy!r}: {reasons}"
+        return {
+            "type": CONDITION,
+            "status": "True" if self.ok else "False",
+            "reason": "EvidenceVerified" if self.ok else "EvidenceRejected",
+            "message": message[:1024],
+            "lastTransitionTime": now,
+        }
+
+    def data(self) -> dict[str, Any]:
+        """The compact verdict for `status.devices[].data`, trimmed to stay under the 10 KiB limit."""
+        out: dict[str, Any] = {"attestation": {"ok": self.ok, "required": self.required, "policy": self.policy,
+                                               "gpus": [g.compact() for g in self.gpus]}}
+        while len(json.dumps(out)) > MAX_DATA_BYTES and any(g.get("failed") for g in out["attestation"]["gpus"]):
+            for g in out["attestation"]["gpus"]:
+                if g.get("failed"):
+                    g["failed"] = g["failed"][: max(1, len(g["failed"]) // 2)]
+        return out
+
+
+@dataclass(frozen=True)
+class ClaimAttestation:
+    devices: tuple[DeviceResult, ...]
+
+    def for_device(self, pool: str, device: str) -> DeviceResult | None:
+        return next((d for d in self.devices if (d.pool, d.device) == (pool, device)), None)
+
+    @property
+    def blocking(self) -> tuple[DeviceResult, ...]:
+        return tuple(d for d in self.devices if d.required and not d.ok)
+
+
+def update_device_status(
+    kube: KubeApi, namespace: str, name: str, driver: str, entries: Mapping[tuple[str, str], dict[str, Any]]
+) -> None:
+    """Replace this driver's `status.devices[]` entries for the given (pool, device) keys; conflicts are retried."""
+    for _ in range(3):
+        try:
+            claim = kube.get_resource_claim(namespace, name)
+            status = dict(claim.get("status") or {})
+            kept = [d for d in status.get("devices") or []
+                    if not (d.get("driver") == driver and (d.get("pool"), d.get("device")) in entries)]
+            status["devices"] = kept + list(entries.values())
+            body = {"apiVersion": claim.get("apiVersion", "resource.k8s.io/v1"), "kind": "ResourceClaim",
+                    "metadata": claim["metadata"], "spec": claim.get("spec", {}), "status": status}
+            kube.update_resource_claim_status(namespace, name, body)
+            return
+        except ConflictError:
+            continue
+        except ApiError as e:
+            log.warning("could not record attestation status", extra={"claim": f"{namespace}/{name}",
+                                                                     "error": str(e)})
+            return
+
+
+def now_rfc3339() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

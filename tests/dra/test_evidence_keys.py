@@ -1,0 +1,305 @@
+"""Evidence providers (NVML through a fake module speaking the real structures, directory, simulated), the node key
+store and its ConfigMap, token binding checks, the temporary rebind, and the engine's refusals."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pynvml
+import pytest
+
+from cc_gpu.attest.binding import check_binding, keys_from_configmap
+from cc_gpu.attest.errors import TokenError
+from cc_gpu.attest.ocsp import RevocationChecker, RevocationMode
+from cc_gpu.attest.policy import Policy
+from cc_gpu.attest.verifier import Verifier
+from cc_gpu.dra.attestation import AttestationEngine, AttestationRejectedError
+from cc_gpu.dra.attestcfg import AttestationRequest, AttestationSettings
+from cc_gpu.dra.errors import ClaimError
+from cc_gpu.dra.evidence import DirectoryProvider, NvmlProvider, SimulatedProvider
+from cc_gpu.dra.keys import NodeKeyStore, configmap_body, publish
+from cc_gpu.host.gpuevidence import (
+    EvidenceUnavailableError,
+    HostDriverSwitch,
+    NvmlEvidenceReader,
+    RebindRefusedError,
+    current_driver,
+    nvswitch_present,
+)
+from cc_gpu.host.sim import create_sim_host
+from cc_gpu.kube.apiserver import ApiServerDouble
+from cc_gpu.kube.client import KubernetesApi
+
+BDF = "0000:41:00.0"
+NOW = datetime.now(UTC)
+
+
+@pytest.fixture(scope="module")
+def sim() -> SimulatedProvider:
+    return SimulatedProvider()
+
+
+def _verifier(sim: SimulatedProvider) -> Verifier:
+    return Verifier(sim.trust_store(), revocation=RevocationChecker(transport=sim.ocsp_transport()))
+
+
+class FakeNvml:
+    """`pynvml` as a driver with one CC-capable GPU answers: the real ctypes structures, filled with real bytes."""
+
+    def __init__(self, sim: SimulatedProvider, bdf: str, report_size: int | None = None) -> None:
+        self.sim, self.bdf, self.report_size = sim, bdf, report_size
+        self.sessions = 0  # open NVML sessions: init without shutdown
+
+    def nvmlInit(self) -> None:
+        self.sessions += 1
+
+    def nvmlShutdown(self) -> None:
+        self.sessions -= 1
+
+    def nvmlDeviceGetHandleByPciBusId(self, bdf: str) -> str:
+        if bdf != self.bdf:
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_FOUND)
+        return "handle"
+
+    def nvmlDeviceGetConfComputeGpuAttestationReport(self, handle: str, nonce: bytes) -> Any:
+        ev = self.sim.collect(self.bdf, nonce)
+        out = pynvml.c_nvmlConfComputeGpuAttestationReport_t()
+        ctypes.memmove(out.attestationReport, ev.report, len(ev.report))
+        out.attestationReportSize = self.report_size if self.report_size is not None else len(ev.report)
+        ctypes.memmove(out.nonce, nonce, len(nonce))
+        return out
+
+    def nvmlDeviceGetConfComputeGpuCertificate(self, handle: str) -> Any:
+        chain = self.sim.collect(self.bdf, bytes(32)).cert_chain
+        out = pynvml.c_nvmlConfComputeGpuCertificate_t()
+        ctypes.memmove(out.attestationCertChain, chain, len(chain))
+        out.attestationCertChainSize = len(chain)
+        return out
+
+
+def test_nvml_provider_reads_the_real_structures(sim: SimulatedProvider) -> None:
+    nvml = FakeNvml(sim, BDF)
+    provider = NvmlProvider(NvmlEvidenceReader(lambda: nvml))
+    nonce = os.urandom(32)
+    ev = provider.collect(BDF, nonce)
+    assert ev.nonce == nonce and ev.source == "nvml"
+    assert nvml.sessions == 0, "NVML is shut down again: no /dev/nvidia* stays open for the binder to trip on"
+    rims = sim.collect(BDF, nonce).rims  # NVML gives no RIMs: a RIM source does; here the simulated one
+    verdict = _verifier(sim).verify(ev.report, ev.cert_chain, nonce, Policy(), rims=rims)
+    assert verdict.ok, verdict.failed
+
+
+@pytest.mark.parametrize(
+    ("name", "loader", "bdf", "message"),
+    [
+        ("NVML missing", lambda sim: (_ for _ in ()).throw(pynvml.NVMLError(pynvml.NVML_ERROR_LIBRARY_NOT_FOUND)),
+         BDF, "NVML is not available"),
+        ("GPU unknown to NVML", lambda sim: FakeNvml(sim, BDF), "0000:99:00.0", "NVML could not attest"),
+        ("impossible size", lambda sim: FakeNvml(sim, BDF, report_size=10**7), BDF, "impossible attestation report"),
+    ],
+)
+def test_nvml_provider_failures(sim: SimulatedProvider, name: str, loader: Any, bdf: str, message: str) -> None:
+    nvml = None
+
+    def load() -> Any:
+        nonlocal nvml
+        nvml = loader(sim)
+        return nvml
+
+    provider = NvmlProvider(NvmlEvidenceReader(load))
+    with pytest.raises(EvidenceUnavailableError) as e:
+        provider.collect(bdf, os.urandom(32))
+    assert message in str(e.value), name
+    assert nvml is None or nvml.sessions == 0
+
+
+def test_directory_provider(sim: SimulatedProvider, tmp_path: Path) -> None:
+    nonce = os.urandom(32)
+    ev = sim.collect(BDF, nonce)
+    base = tmp_path / BDF
+    (base / "rims").mkdir(parents=True)
+    (base / "report.hex").write_text(ev.report.hex())
+    (base / "cert_chain.pem").write_bytes(ev.cert_chain)
+    (base / "nonce.hex").write_text(nonce.hex())
+    (base / "collected_at").write_text((NOW - timedelta(seconds=30)).isoformat())
+    for i, rim in enumerate(ev.rims):
+        (base / "rims" / f"{i}.swidtag").write_bytes(rim)
+    got = DirectoryProvider(tmp_path).collect(BDF, os.urandom(32))
+    assert got.nonce == nonce and got.source == "directory" and len(got.rims) == 2
+    verdict = _verifier(sim).verify(got.report, got.cert_chain, got.nonce, Policy(), collected_at=got.collected_at,
+                                    rims=got.rims)
+    assert verdict.ok, verdict.failed
+    stale = _verifier(sim).verify(got.report, got.cert_chain, got.nonce, Policy(max_evidence_age_s=10),
+                                  collected_at=got.collected_at, rims=got.rims)
+    assert [c.name for c in stale.failed] == ["x-cc-gpu-evidence-age"]
+    with pytest.raises(EvidenceUnavailableError):
+        DirectoryProvider(tmp_path).collect("0000:99:00.0", nonce)
+
+
+def test_key_store_creates_reuses_rotates_and_prunes(tmp_path: Path) -> None:
+    clock = [NOW]
+    store = NodeKeyStore(tmp_path / "keys", "node-a", timedelta(days=30), keep=2, clock=lambda: clock[0])
+    first = store.current()
+    assert first.kid == "node-a.k1"
+    assert (tmp_path / "keys" / "1.pem").stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "keys").stat().st_mode & 0o777 == 0o700
+    assert store.current().kid == "node-a.k1", "reused"
+    again = NodeKeyStore(tmp_path / "keys", "node-a", timedelta(days=30), keep=2, clock=lambda: clock[0])
+    assert again.current().public_pem() == first.public_pem(), "reused across restarts"
+    clock[0] = NOW + timedelta(days=31)
+    assert store.current().kid == "node-a.k2", "rotated by age"
+    assert store.rotate().kid == "node-a.k3", "rotated on command"
+    assert [k.kid for k in store.published()] == ["node-a.k2", "node-a.k3"]
+    assert not (tmp_path / "keys" / "1.pem").exists(), "keys beyond `keep` are deleted"
+
+
+@pytest.fixture()
+def kube(tmp_path: Path) -> Iterator[KubernetesApi]:
+    with ApiServerDouble() as server:
+        server.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "cc-gpu-token-keys"}})
+        api = KubernetesApi(server.write_kubeconfig(tmp_path / "kubeconfig"))
+        try:
+            yield api
+        finally:
+            api.close()
+
+
+def test_keys_configmap_published_and_verified(tmp_path: Path, kube: KubernetesApi) -> None:
+    store = NodeKeyStore(tmp_path / "keys", "node-a", timedelta(days=30))
+    store.current()
+    assert publish(kube, store, "cc-gpu-token-keys") is True
+    assert publish(kube, store, "cc-gpu-token-keys") is False, "no write when nothing changed"
+    store.rotate()
+    assert publish(kube, store, "cc-gpu-token-keys") is True
+    cm = kube.get_config_map("cc-gpu-token-keys", "cc-gpu-token-keys-node-a")
+    assert sorted(keys_from_configmap(cm)) == ["node-a.k1", "node-a.k2"]
+
+
+def test_configmap_of_one_node_cannot_carry_another_nodes_key(tmp_path: Path) -> None:
+    store = NodeKeyStore(tmp_path / "keys", "node-a", timedelta(days=30))
+    body = configmap_body("node-b", "ns", [store.current()])
+    with pytest.raises(TokenError, match="another node"):
+        keys_from_configmap(body)
+    body["metadata"]["annotations"] = {}
+    with pytest.raises(TokenError, match="annotation"):
+        keys_from_configmap(body)
+
+
+CLAIMS = {"x-cc-gpu-node": "node-a", "x-cc-gpu-claim-uid": "c1", "x-cc-gpu-pod-uids": ["p1"]}
+
+
+@pytest.mark.parametrize(
+    ("name", "kid", "expect", "message"),
+    [
+        ("all match", "node-a.k1", {"claim_uid": "c1", "pod_uid": "p1", "node": "node-a"}, None),
+        ("node key signs for another node", "node-b.k1", {}, "signed by the key of node 'node-b'"),
+        ("other claim", "node-a.k1", {"claim_uid": "c2"}, "expected 'c2'"),
+        ("other pod", "node-a.k1", {"pod_uid": "p2"}, "not issued for pod"),
+        ("other node expected", "node-a.k1", {"node": "node-c"}, "expected 'node-c'"),
+    ],
+)
+def test_token_binding(name: str, kid: str, expect: dict[str, str], message: str | None) -> None:
+    if message is None:
+        check_binding(CLAIMS, kid, **expect)
+    else:
+        with pytest.raises(TokenError, match=message):
+            check_binding(CLAIMS, kid, **expect)
+
+
+def test_temporary_rebind_and_nvswitch_detection(tmp_path: Path) -> None:
+    host = create_sim_host("h100-pcie-audio", tmp_path / "pcie")
+    assert not nvswitch_present(host)
+    switch = HostDriverSwitch(host)
+    with pytest.raises(RebindRefusedError, match="not on a vfio driver"), switch.on_host_driver(BDF):
+        pass
+    kernel = host.io.kernel  # type: ignore[attr-defined]
+    kernel.load_module("vfio-pci")
+    kernel.write(kernel.sys / "bus/pci/devices" / BDF / "driver_override", "vfio-pci")
+    kernel.write(kernel.sys / "bus/pci/drivers/nvidia/unbind", BDF)
+    kernel.write(kernel.sys / "bus/pci/drivers/vfio-pci/bind", BDF)
+    with switch.on_host_driver(BDF):
+        assert current_driver(host, BDF) == "nvidia"
+    assert current_driver(host, BDF) == "vfio-pci"
+    dgx = create_sim_host("dgx-h100", tmp_path / "dgx")
+    assert nvswitch_present(dgx)
+    with pytest.raises(RebindRefusedError, match="NVSwitch"), HostDriverSwitch(dgx).on_host_driver("0000:18:00.0"):
+        pass
+
+
+class OnVfio:
+    def driver_of(self, bdf: str) -> str | None:
+        return "vfio-pci"
+
+    def on_host_driver(self, bdf: str) -> Any:
+        raise AssertionError("must not rebind")
+
+
+@pytest.mark.parametrize(
+    ("name", "allow_rebind", "req", "message"),
+    [
+        ("rebind not allowed by the node", False, AttestationRequest(required=True, when_bound_to_vfio="rebind"),
+         "not allowed by this node's configuration"),
+        ("refuse", True, AttestationRequest(required=True, when_bound_to_vfio="refuse"), "refuses older evidence"),
+        ("no discovery evidence", True, AttestationRequest(required=True), "no evidence was collected at discovery"),
+    ],
+)
+def test_engine_refusals_on_vfio(
+    sim: SimulatedProvider, tmp_path: Path, kube: KubernetesApi, name: str, allow_rebind: bool,
+    req: AttestationRequest, message: str,
+) -> None:
+    engine = AttestationEngine(AttestationSettings(allow_rebind=allow_rebind), sim, _verifier(sim),
+                               NodeKeyStore(tmp_path / "k", "node-a", timedelta(days=1)), OnVfio(), kube,
+                               "gpu.cc-gpu.io", "node-a", tmp_path / "tokens")
+    with pytest.raises(AttestationRejectedError, match=message):
+        engine._evidence(BDF, req)
+
+
+def test_engine_policy_resolution(sim: SimulatedProvider, tmp_path: Path, kube: KubernetesApi) -> None:
+    engine = AttestationEngine(AttestationSettings(), sim, _verifier(sim),
+                               NodeKeyStore(tmp_path / "k", "node-a", timedelta(days=1)), OnVfio(), kube,
+                               "gpu.cc-gpu.io", "node-a", tmp_path / "tokens",
+                               policies={"fleet": Policy(min_driver="1")})
+    assert engine.policy_for(AttestationRequest(policy="fleet")).min_driver == "1"
+    assert engine.policy_for(AttestationRequest(revocation="off")).revocation is RevocationMode.OFF
+    assert engine.policy_for(AttestationRequest(max_evidence_age_s=9)).max_evidence_age_s == 9
+    with pytest.raises(ClaimError, match="'nope' is not configured"):
+        engine.policy_for(AttestationRequest(policy="nope"))
+
+
+def test_tokens_of_claims_no_longer_prepared_are_removed(
+    sim: SimulatedProvider, tmp_path: Path, kube: KubernetesApi
+) -> None:
+    engine = AttestationEngine(AttestationSettings(), sim, _verifier(sim),
+                               NodeKeyStore(tmp_path / "k", "node-a", timedelta(days=1)), OnVfio(), kube,
+                               "gpu.cc-gpu.io", "node-a", tmp_path / "tokens")
+    for uid in ("live", "gone"):
+        (tmp_path / "tokens" / uid).mkdir(parents=True)
+        (tmp_path / "tokens" / uid / "gpu.jwt").write_text("x")
+    assert engine.remove_orphan_tokens({"live"}) == 1
+    assert sorted(p.name for p in (tmp_path / "tokens").iterdir()) == ["live"]
+    engine.close()
+
+
+def test_keys_command_rotates_and_lists(tmp_path: Path) -> None:
+    repo = Path(__file__).resolve().parents[2]
+
+    def keys(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "cc_gpu", "keys", *args, "--node-name", "node-a",
+                               "--plugin-dir", str(tmp_path)], capture_output=True, text=True, check=False,
+                              env={**os.environ, "PYTHONPATH": str(repo)}, timeout=60)
+
+    assert keys("list").stdout == ""
+    first = keys("rotate")
+    assert first.returncode == 0 and "rotated: new signing key node-a.k1" in first.stdout
+    second = keys("rotate")
+    assert "node-a.k2" in second.stdout
+    listed = keys("list").stdout.splitlines()
+    assert [line.split()[0] for line in listed] == ["node-a.k1", "node-a.k2"]
+    assert "PRIVATE" not in first.stdout + second.stdout
