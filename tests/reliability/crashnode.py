@@ -110,13 +110,14 @@ class CrashNode:
             raise
 
     # ---- the kubelet's side ----------------------------------------------------------------------------------------
-    def new_claim(self, devices: list[str], pod_spec: bool = False) -> ClaimRef:
+    def new_claim(self, devices: list[str], pod_spec: bool = False,
+                  config: list[dict[str, Any]] | None = None) -> ClaimRef:
         self._n += 1
         name = f"{self.run}-{self._n}"
         pod_device = f"pod-{name}" if pod_spec else ""
         annotations = {cdi.POD_ANNOTATION: f"{cdi.KIND}={pod_device}"} if pod_spec else None
         pod = self.node.pod(f"vm-{name}", annotations=annotations)
-        ns, cname, uid = self.node.claim(f"claim-{name}", devices, [pod])
+        ns, cname, uid = self.node.claim(f"claim-{name}", devices, [pod], config=config)
         return ClaimRef(ns, cname, uid, pod_device)
 
     def prepare(self, claim: ClaimRef) -> tuple[tuple[tuple[str, ...], str, str, tuple[str, ...]], ...]:
@@ -175,5 +176,8 @@ class CrashNode:
             spec = json.loads((n.cdi_root / f"{cdi.VENDOR}-{cdi.CLASS}_{pod_device}.json").read_text())
             got = {e["path"] for d in spec["devices"] for e in d["containerEdits"]["deviceNodes"]}
             assert got == nodes, f"per-pod spec {pod_device} names {sorted(got)}, want {sorted(nodes)}"
+        tokens = n.plugin_dir / "tokens"
+        owners = {p.name for p in tokens.iterdir()} if tokens.is_dir() else set()
+        assert owners <= {c.uid for c in prepared}, f"attestation tokens of unprepared claims: {sorted(owners)}"
         temps = [p.name for p in n.plugin_dir.glob(".*.tmp")]
         assert not temps, f"temp files left in the plugin directory: {temps}"

@@ -15,6 +15,7 @@ from pathlib import Path
 from cc_gpu.dra.kubelet import KubeletDouble
 from cc_gpu.kube.apiserver import ApiServerDouble
 from cc_gpu.kube.client import KubernetesApi
+from tests.dra.attested import KEYS_NAMESPACE, attest_config
 from tests.dra.harness import DRIVER, NODE, Node
 from tests.reliability.crashnode import ClaimRef, CrashNode, PluginDied
 
@@ -29,6 +30,7 @@ class Scenario:
     pod_spec: bool = False  # the pod uses the per-pod CDI annotation path
     startup_points: bool = False  # also kill at the points passed while the plugin starts
     setup_crash: str = ""  # "startup" only: where the previous instance died mid-prepare
+    attested: bool = False  # the node verifies GPU attestation and the claim requires it
     focus: tuple[str, ...] = ("*",)  # the `name:n` kills of the CI tier ("*": all); the full tier kills at all
 
 
@@ -42,6 +44,9 @@ SCENARIOS = (
              focus=("prepare-after-bind-group:1", "prepare-after-cdi:1")),
     Scenario("unprepare-iommufd", "blackwell-iommufd", (0,), "unprepare", "unprepare",
              focus=("unprepare-after-marked:1", "restore-after-unbind:1")),
+    Scenario("prepare-attested", "dgx-h100", (0,), "prepare", "prepare", attested=True,
+             focus=("prepare-after-started:1", "bind-after-member:1", "prepare-after-cdi:1",
+                    "prepare-after-completed:1")),
     Scenario("startup-rolls-back-two-groups", "dgx-h100", (0, 1), "startup", "prepare", startup_points=True,
              setup_crash="prepare-after-cdi",
              focus=("restore-after-unbind:2", "unprepare-after-dropped:1", "reconcile-after-rollback:1")),
@@ -69,7 +74,7 @@ class Shared:
         self.runs = 0
         self.seeded = False
 
-    def node(self, topology: str) -> Node:
+    def node(self, topology: str, attested: bool = False) -> Node:
         self.runs += 1
         root = self.base / f"r{self.runs}"  # short: Unix socket paths are limited to 108 bytes
         root.mkdir(parents=True)
@@ -79,7 +84,12 @@ class Shared:
         node = Node(root, self.server, self.api, kubelet, topology=topology)
         if not self.seeded:
             node.seed()
+            self.server.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": KEYS_NAMESPACE}})
             self.seeded = True
+        if attested:
+            config = root / "plugin.toml"
+            config.write_text(f'[attestation]\nkeys_namespace = "{KEYS_NAMESPACE}"\n')
+            node.extra_args = ["--config", str(config)]
         # The kubelet deletes its node's slices when it starts: every run publishes from scratch, deterministically.
         for s in self.api.list_resource_slices(DRIVER, NODE):
             meta = s["metadata"]
@@ -89,7 +99,7 @@ class Shared:
 
 def run(shared: Shared, sc: Scenario, crash_at: str | None, trace: Path | None) -> Outcome:
     """One run of `sc`, killed at `crash_at` (None: the trace run); raises AssertionError when the node diverges."""
-    node = shared.node(sc.topology)
+    node = shared.node(sc.topology, sc.attested)
     cn = CrashNode(node, f"r{shared.runs}")
     crashed = False
     expected: tuple[object, ...] = ()
@@ -97,7 +107,7 @@ def run(shared: Shared, sc: Scenario, crash_at: str | None, trace: Path | None) 
         if sc.operation == "startup":
             # A first instance dies mid-prepare; the instance under test starts on what it left behind.
             assert cn.start(crash_at=sc.setup_crash)
-            claim = cn.new_claim(_advertised(node, sc.devices), sc.pod_spec)
+            claim = cn.new_claim(_advertised(node, sc.devices), sc.pod_spec, _config(sc))
             try:
                 cn.prepare(claim)
                 raise AssertionError(f"setup crash point {sc.setup_crash} was not reached")
@@ -108,7 +118,7 @@ def run(shared: Shared, sc: Scenario, crash_at: str | None, trace: Path | None) 
             assert cn.start()
         startup_end = _lines(trace)
         if sc.operation != "startup":
-            claim = cn.new_claim(_advertised(node, sc.devices), sc.pod_spec)
+            claim = cn.new_claim(_advertised(node, sc.devices), sc.pod_spec, _config(sc))
         if sc.operation == "unprepare":
             expected = cn.prepare(claim)
         op_start = _lines(trace)
@@ -130,6 +140,8 @@ def run(shared: Shared, sc: Scenario, crash_at: str | None, trace: Path | None) 
             answer = cn.prepare(claim)
             assert not expected or answer == expected, f"retry answered {answer}, first answer was {expected}"
             assert cn.prepare(claim) == answer, "a repeated prepare must give the same answer"
+            if sc.attested:
+                assert (node.plugin_dir / "tokens" / claim.uid).is_dir(), "the attested claim carries no token"
             prepared = [claim]
         cn.check_converged(prepared)
         for c in prepared:
@@ -140,6 +152,10 @@ def run(shared: Shared, sc: Scenario, crash_at: str | None, trace: Path | None) 
         if cn.alive():
             cn.stop()
         node.kubelet.stop()
+
+
+def _config(sc: Scenario) -> list[dict[str, object]] | None:
+    return [attest_config(required=True)] if sc.attested else None
 
 
 def _advertised(node: Node, indices: tuple[int, ...]) -> list[str]:

@@ -87,3 +87,15 @@ def test_parse(value: str, expected: tuple[str | None, int]) -> None:
 def test_parse_refuses(value: str) -> None:
     with pytest.raises(ValueError, match="CC_GPU_CRASH_AT"):
         crashpoints.parse(value)
+
+
+def test_signing_key_creation_interrupted_before_its_index(tmp_path: Path) -> None:
+    """Found by the crash runs: a kill between writing a node's new signing key and its index made every later start
+    fail with FileExistsError. The unindexed key was never used, so the next start replaces it."""
+    from datetime import timedelta  # noqa: PLC0415
+
+    from cc_gpu.dra.keys import NodeKeyStore  # noqa: PLC0415
+
+    NodeKeyStore(tmp_path, "node-a", timedelta(days=1)).current()
+    (tmp_path / "keys.json").unlink()
+    assert NodeKeyStore(tmp_path, "node-a", timedelta(days=1)).current().kid == "node-a.k1"
