@@ -174,7 +174,7 @@ def _lines(trace: Path | None) -> int:
 
 
 # Republishing after a bind happens on the plugin's watcher thread at a time of its own: a kill there is real but not
-# reproducible by pass count, so publishing is killed only while the plugin starts, where it is deterministic.
+# reproducible by pass count, so publishing is killed only while a fresh node starts, where it is deterministic.
 BACKGROUND_POINTS = ("publish-after-write",)
 
 
@@ -188,8 +188,8 @@ def kill_targets(sc: Scenario, outcome: Outcome) -> list[str]:
         in_op = outcome.op_start <= i < outcome.op_end
         if not (in_op or (startup and sc.startup_points)):
             continue
-        if name in BACKGROUND_POINTS and not startup:
-            continue
+        if name in BACKGROUND_POINTS and (not startup or sc.operation == "startup"):
+            continue  # after a previous instance, whether startup republishes depends on what that one got to publish
         if not FULL and "*" not in sc.focus and f"{name}:{n}" not in sc.focus:
             continue
         targets.append(f"{name}:{n}")
