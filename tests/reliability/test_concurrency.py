@@ -106,3 +106,74 @@ def test_prepare_and_unprepare_racing(cn: CrashNode) -> None:
 
     _parallel(8, churn, claims + claims)
     cn.check_converged([])
+
+
+def test_rolling_update_two_processes_one_node(shared: Shared) -> None:
+    """During a DaemonSet rolling update two plugin processes serve one node: still one bind per function and one
+    owner per group, whichever process each kubelet call reaches."""
+    import os  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+    import time  # noqa: PLC0415
+
+    import grpc  # noqa: PLC0415
+
+    from cc_gpu.dra.proto import dra_v1_pb2 as pb  # noqa: PLC0415
+    from cc_gpu.dra.proto import dra_v1_pb2_grpc as pb_grpc  # noqa: PLC0415
+    from tests.dra.harness import NODE, REPO  # noqa: PLC0415
+
+    node = shared.node("dgx-h100")
+    cn = CrashNode(node, f"u{shared.runs}")
+    node.extra_args = ["--pod-uid", "old"]
+    assert cn.start()
+    args = [sys.executable, "-m", "cc_gpu", "plugin", "--node-name", NODE, "--sim", node.topology,
+            "--sim-root", str(node.sim_root), "--kubeconfig", str(node.root / "kubeconfig"),
+            "--plugin-dir", str(node.plugin_dir), "--registry-dir", str(node.kubelet.registry_dir),
+            "--cdi-root", str(node.cdi_root), "--pod-uid", "new"]
+    with node.log_path.open("ab") as log:
+        new = subprocess.Popen(args, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.DEVNULL,
+                               stderr=log)
+    channels = []
+    try:
+        deadline = time.monotonic() + 30
+        while not (node.plugin_dir / "dra-new.sock").exists():
+            assert time.monotonic() < deadline and new.poll() is None, node.log_path.read_text()[-2000:]
+            time.sleep(0.05)
+        stubs = []
+        for name in ("old", "new"):
+            channel = grpc.insecure_channel(f"unix://{node.plugin_dir / f'dra-{name}.sock'}")
+            channels.append(channel)
+            stubs.append(pb_grpc.DRAPluginStub(channel))  # type: ignore[no-untyped-call]
+
+        def prepare(arg: tuple[int, ClaimRef]) -> tuple[str, tuple[str, ...]]:
+            i, c = arg
+            request = pb.NodePrepareResourcesRequest(claims=[pb.Claim(namespace=c.namespace, name=c.name, uid=c.uid)])
+            r = stubs[i % 2].NodePrepareResources(request, timeout=BOUND).claims[c.uid]
+            return r.error, tuple(cid for d in r.devices for cid in d.cdi_device_ids)
+
+        def unprepare(arg: tuple[int, ClaimRef]) -> str:
+            i, c = arg
+            request = pb.NodeUnprepareResourcesRequest(
+                claims=[pb.Claim(namespace=c.namespace, name=c.name, uid=c.uid)])
+            return str(stubs[i % 2].NodeUnprepareResources(request, timeout=BOUND).claims[c.uid].error)
+
+        devices = node.devices()
+        same = cn.new_claim(devices[:2])
+        answers = _parallel(8, prepare, [(i, same) for i in range(8)])
+        assert len(set(answers)) == 1 and answers[0][0] == "", answers
+        rivals = [cn.new_claim([devices[2]]) for _ in range(4)]
+        errors = [e for e, _ in _parallel(4, prepare, list(enumerate(rivals)))]
+        winners = [c for c, e in zip(rivals, errors, strict=True) if not e]
+        assert len(winners) == 1, errors
+        binds = _vfio_binds(cn)
+        assert len(binds) == 3 and set(binds.values()) == {1}, f"double bind: {binds}"
+        cn.check_converged([same, *winners])
+        assert not [e for e in _parallel(8, unprepare, [(i, c) for i, c in enumerate([same] * 4 + rivals)]) if e]
+        cn.check_converged([])
+    finally:
+        for channel in channels:
+            channel.close()
+        new.terminate()
+        new.wait(timeout=20)
+        cn.stop()
+        node.kubelet.stop()
