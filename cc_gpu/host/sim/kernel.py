@@ -112,7 +112,10 @@ class SimKernel:
 
     def driver_of(self, bdf: str) -> str | None:
         link = self.sys / "bus" / "pci" / "devices" / bdf / "driver"
-        return os.readlink(link).rsplit("/", 1)[-1] if os.path.lexists(link) else None
+        try:  # not lexists-then-readlink: a bind in another thread may remove the link in between
+            return os.readlink(link).rsplit("/", 1)[-1]
+        except FileNotFoundError:
+            return None
 
     def _group_of(self, bdf: str) -> int | None:
         link = self.sys / "bus" / "pci" / "devices" / bdf / "iommu_group"
