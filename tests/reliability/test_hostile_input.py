@@ -8,7 +8,6 @@ own fuzz suite beside it (`tests/attest/test_fuzz.py`). Example counts are in `E
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import tempfile
@@ -366,7 +365,3 @@ def test_device_vanishing_mid_operation(point: str, nth: int, bdf: str) -> None:
             for b in survivors:
                 assert kernel.driver_of(b) == originals[b], f"{b} stranded on {kernel.driver_of(b)}"
 
-
-def test_fuzz_targets_have_counts() -> None:
-    assert all(n >= 50 for n in EXAMPLES.values())
-    assert json.dumps(EXAMPLES)
