@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cc_gpu.dra.checkpoint import write_atomic
+from cc_gpu.dra.checkpoint import remove_stale_temps, write_atomic
 from cc_gpu.dra.errors import CdiError
 
 CDI_VERSION = "0.5.0"
@@ -118,10 +118,10 @@ class CdiWriter:
         self.root = root
 
     def claim_path(self, claim_uid: str) -> Path:
-        return self.root / f"{VENDOR}-{CLASS}_{claim_uid}.json"
+        return self.root / f"{VENDOR}-{CLASS}_{_file_id(claim_uid)}.json"
 
     def pod_path(self, pod_device: str) -> Path:
-        return self.root / f"{VENDOR}-{CLASS}_{pod_device}.json"
+        return self.root / f"{VENDOR}-{CLASS}_{_file_id(pod_device)}.json"
 
     def _write(self, path: Path, spec: dict[str, Any]) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -151,10 +151,21 @@ class CdiWriter:
             return []
         return sorted(self.root.glob(f"{VENDOR}-{CLASS}_*.json"))
 
+    def remove_stale_temps(self) -> int:
+        """Remove temp files of interrupted spec writes (never read by CDI loaders, which want *.json/*.yaml)."""
+        return remove_stale_temps(self.root, f"{VENDOR}-{CLASS}_")
+
     @staticmethod
     def id_of(path: Path) -> str:
         """The claim UID or pod device a spec file belongs to."""
         return path.name[len(f"{VENDOR}-{CLASS}_") : -len(".json")]
+
+
+def _file_id(value: str) -> str:
+    """`value` if it can be part of a spec file name: no path separator, no `..` trick, nothing a CDI name forbids."""
+    if not _NAME_RE.match(value):
+        raise CdiError(f"{value[:80]!r} cannot name a CDI spec file")
+    return value
 
 
 def pod_device_from_annotation(value: str | None) -> str | None:

@@ -7,8 +7,12 @@ plugin directory so both pods of a rolling update share it.
 
 On disk: `{"version": "v1", "checksum": <sha256 of the data bytes>, "data": "<json text>"}`. The checksum covers the
 bytes exactly as written, so adding fields never breaks verification. Writes go to a temp file in the same directory,
-are fsynced and renamed over the old file. Read-modify-write happens under an exclusive flock on a sibling lock file,
-held only for the update itself (never across a bind), so claims on different groups still prepare in parallel.
+are fsynced and renamed into place; the generation before is kept as `<name>.prev`. A primary that fails verification
+(a bad disk, a hand edit, a truncating copy) is moved aside as `<name>.corrupt-<time>` and the previous generation is
+used, so the record of which devices sit on vfio survives: the plugin then rebuilds what that generation lacks from the
+host layer's own bind records (see `DeviceState.reconcile`). With both generations unreadable it fails closed.
+Read-modify-write happens under an exclusive flock on a sibling lock file, held only for the update itself (never
+across a bind), so claims on different groups still prepare in parallel.
 """
 
 from __future__ import annotations
@@ -17,18 +21,24 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cc_gpu.dra.crashpoints import crashpoint
 from cc_gpu.dra.errors import CheckpointCorruptError
+
+log = logging.getLogger("cc_gpu.dra.checkpoint")
 
 VERSION = "v1"
 PREPARE_STARTED = "PrepareStarted"
 PREPARE_COMPLETED = "PrepareCompleted"
+UNPREPARE_STARTED = "UnprepareStarted"  # unprepare began: a restart finishes it instead of keeping the claim
 
 
 @dataclass(frozen=True)
@@ -124,6 +134,7 @@ def write_atomic(path: Path, content: bytes, mode: int = 0o600) -> None:
             f.write(content)
             f.flush()
             os.fsync(f.fileno())
+        crashpoint("atomic-write-before-rename")
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -136,14 +147,48 @@ def write_atomic(path: Path, content: bytes, mode: int = 0o600) -> None:
         os.close(dir_fd)
 
 
+def remove_stale_temps(directory: Path, prefix: str) -> int:
+    """Remove temp files `write_atomic` left behind for targets starting with `prefix` when their writer died.
+
+    The writer's pid is part of the temp name; a file whose writer is alive may be mid-write and is kept.
+    """
+    removed = 0
+    if not directory.is_dir():
+        return removed
+    for tmp in directory.glob(f".{prefix}*.tmp"):
+        parts = tmp.name.split(".")
+        try:
+            pid = int(parts[-3])
+        except (ValueError, IndexError):
+            continue
+        if pid != os.getpid() and _alive(pid):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+            removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class Checkpoint:
     """The checkpoint file plus its lock; every update is a read-modify-write under the lock."""
 
     def __init__(self, directory: Path, name: str = "checkpoint.json") -> None:
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.path = directory / name
+        self.prev_path = directory / f"{name}.prev"
         self._lock_path = directory / f"{name}.lock"
         self._thread_lock = threading.Lock()
+        self.recovered_from: str | None = None  # why the previous generation had to be used, once that happened
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -159,8 +204,31 @@ class Checkpoint:
         try:
             raw = self.path.read_bytes()
         except FileNotFoundError:
-            return {}
-        return decode(raw)
+            # Never written, or the process died between moving the old generation aside and renaming the new one
+            # into place: then `.prev` is exactly the state before that update.
+            try:
+                return decode(self.prev_path.read_bytes())
+            except FileNotFoundError:
+                return {}
+        try:
+            return decode(raw)
+        except CheckpointCorruptError as e:
+            return self._recover(e)
+
+    def _recover(self, error: CheckpointCorruptError) -> dict[str, ClaimEntry]:
+        try:
+            claims = decode(self.prev_path.read_bytes())
+        except FileNotFoundError:
+            raise CheckpointCorruptError(f"{error}; no previous generation to fall back to ({self.path})") from error
+        except CheckpointCorruptError as e:
+            raise CheckpointCorruptError(f"{error}; the previous generation is unreadable too: {e}") from error
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{time.time_ns()}")
+        os.replace(self.path, aside)
+        write_atomic(self.path, encode(claims))
+        self.recovered_from = str(error)
+        log.error("checkpoint corrupt; continuing from the previous generation",
+                  extra={"error": str(error), "moved_to": str(aside), "claims": len(claims)})
+        return claims
 
     def read(self) -> dict[str, ClaimEntry]:
         """The current claim map (empty when no checkpoint exists yet)."""
@@ -180,7 +248,10 @@ class Checkpoint:
         with self._locked():
             claims = self._read_unlocked()
             change(claims)
-            write_atomic(self.path, encode(claims))
+            content = encode(claims)
+            if self.path.exists():
+                os.replace(self.path, self.prev_path)
+            write_atomic(self.path, content)
             return claims
 
     def put(self, entry: ClaimEntry) -> None:

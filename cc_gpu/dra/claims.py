@@ -42,6 +42,21 @@ def parse_claim(
     inventory: Mapping[str, GpuView],
 ) -> ClaimPlan:
     """Check `claim` against the UID the kubelet sent and the node's inventory; return what to prepare."""
+    try:
+        return _parse(claim, uid, driver, pool, inventory)
+    except (AttributeError, TypeError, KeyError, ValueError) as e:
+        # The API server validates claims against their schema, so this takes a broken server or a hostile double;
+        # either way the claim fails on its own with a typed error instead of an internal one.
+        raise ClaimError(f"claim document is malformed: {type(e).__name__}: {e}") from e
+
+
+def _parse(
+    claim: Mapping[str, Any],
+    uid: str,
+    driver: str,
+    pool: str,
+    inventory: Mapping[str, GpuView],
+) -> ClaimPlan:
     meta = claim.get("metadata") or {}
     if meta.get("uid") != uid:
         raise ClaimError(f"claim UID is {meta.get('uid')!r}, the kubelet asked for {uid!r}: the claim was replaced")

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from cc_gpu.dra.ports import BoundNodes, GpuView
 from cc_gpu.dra.settings import PluginSettings, Selection
+from cc_gpu.errors import CcGpuError
 from cc_gpu.host import Host
 from cc_gpu.host.binder import Binder, BindPolicy
 from cc_gpu.host.discovery import Gpu, Inventory, discover
@@ -147,6 +148,16 @@ class HostAdapter:
             bound = self._binder(self._backend_for(iommu_mode)).bind(group, owner)
         originals = {d.bdf: d.original_driver for d in bound.devices}
         return BoundNodes(nodes=tuple(bound.device_nodes), original_drivers=originals, mode=bound.backend)
+
+    def bound_groups(self) -> dict[int, str]:
+        records = self._binder("legacy").records
+        out: dict[int, str] = {}
+        for group in records.groups():
+            with contextlib.suppress(CcGpuError):
+                record = records.read(group)
+                if record is not None:
+                    out[group] = record.owner
+        return out
 
     def restore(self, group: int, owner: str, reset: bool) -> None:
         binder = self._binder("legacy")

@@ -106,6 +106,11 @@ class NodeKeyStore:
     def _create(self, index: dict[int, datetime]) -> int:
         self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(self.path, 0o700)
+        # A key file the index does not list was left by a creation that died before the index was written: it was
+        # never used or published, so remove it rather than fail on it for ever (O_EXCL below).
+        for stale in self.path.glob("*.pem"):
+            if stale.stem.isdigit() and int(stale.stem) not in index:
+                stale.unlink(missing_ok=True)
         version = max(index, default=0) + 1
         key = ec.generate_private_key(ec.SECP384R1())
         pem = key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())

@@ -66,3 +66,7 @@ class HostPort(Protocol):
     def restore(self, group: int, owner: str, reset: bool) -> None:
         """Reset the functions where the kernel can, then give every function back its recorded original driver."""
         ...
+
+    def bound_groups(self) -> Mapping[int, str]:
+        """Group -> owner of every group the host layer's own records say is bound or mid-operation."""
+        ...

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from cc_gpu.dra.crashpoints import crashpoint
 from cc_gpu.dra.ports import GpuView
 from cc_gpu.kube.api import KubeApi
 from cc_gpu.kube.errors import ConflictError, NotFoundError
@@ -164,11 +165,13 @@ class SlicePublisher:
             else:
                 self.kube.create_resource_slice(s)
             writes += 1
+            crashpoint("publish-after-write")
         for name, cur in current.items():
             if name not in want_names:
                 meta = cur["metadata"]
                 self.kube.delete_resource_slice(name, uid=meta["uid"], resource_version=meta["resourceVersion"])
                 writes += 1
+                crashpoint("publish-after-write")
         self.writes += writes
         log.info("published resource slices", extra={"writes": writes, "generation": generation})
         return writes

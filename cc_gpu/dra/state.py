@@ -20,7 +20,15 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from cc_gpu.dra import cdi
-from cc_gpu.dra.checkpoint import PREPARE_COMPLETED, PREPARE_STARTED, Checkpoint, ClaimEntry, PreparedDevice
+from cc_gpu.dra.checkpoint import (
+    PREPARE_COMPLETED,
+    PREPARE_STARTED,
+    UNPREPARE_STARTED,
+    Checkpoint,
+    ClaimEntry,
+    PreparedDevice,
+    remove_stale_temps,
+)
 from cc_gpu.dra.claims import ClaimPlan, parse_claim
 from cc_gpu.dra.crashpoints import crashpoint
 from cc_gpu.dra.errors import ClaimError, GateRefusedError
@@ -211,6 +219,7 @@ class DeviceState:
                         cdi_ids=(cdi.qualified(name),),
                     )
                 )
+                crashpoint("prepare-after-bind-group")
         except CcGpuError:
             self._rollback(entry)
             raise
@@ -246,15 +255,36 @@ class DeviceState:
     # ---- unprepare -----------------------------------------------------------------------------------------------
 
     def unprepare(self, ref: ClaimRef) -> None:
-        """Undo a prepare from the checkpoint alone; an unknown claim is a no-op."""
+        """Undo a prepare from the checkpoint; a claim it does not know is released from the host's bind records."""
         entry = self.checkpoint.get(ref.uid)
         if entry is None:
+            self._release_unrecorded(ref.uid)
             return
         with self.locks.hold(d.iommu_group for d in entry.devices):
             entry = self.checkpoint.get(ref.uid)
             if entry is None:
                 return
+            if entry.state == PREPARE_COMPLETED:
+                # From here on a restart finishes the unprepare instead of keeping a claim that is half undone.
+                entry = replace(entry, state=UNPREPARE_STARTED)
+                self.checkpoint.put(entry)
+                crashpoint("unprepare-after-marked")
             self._rollback(entry)
+
+    def _release_unrecorded(self, uid: str) -> None:
+        """Restore groups the host layer records as held by `uid` although the checkpoint has no entry for it.
+
+        Normally there are none (a no-op for an unknown claim). After a corrupt checkpoint was replaced by its previous
+        generation, the newest prepare may be missing from it; its devices are found here instead of being stranded.
+        """
+        groups = sorted(g for g, owner in self.host.bound_groups().items() if owner == uid)
+        if not groups:
+            return
+        log.warning("releasing groups the checkpoint does not record", extra={"claim_uid": uid, "groups": groups})
+        with self.locks.hold(groups):
+            for group in groups:
+                self.host.restore(group, uid, reset=True)
+            self.cdi_writer.remove_claim(uid)
 
     def _rollback(self, entry: ClaimEntry) -> None:
         """Restore every device of `entry`, remove its CDI spec and its checkpoint entry (caller holds the locks)."""
@@ -266,6 +296,7 @@ class DeviceState:
             self.attestation.remove_tokens(entry.uid)
         crashpoint("unprepare-after-cdi-removed")
         self.checkpoint.drop(entry.uid)
+        crashpoint("unprepare-after-dropped")
         if entry.pod_cdi_device:
             self._refresh_pod_spec(entry.pod_uid, entry.pod_cdi_device)
 
@@ -291,8 +322,13 @@ class DeviceState:
     def reconcile(self) -> dict[str, int]:
         """Bring checkpoint, host and CDI root into agreement after a (re)start; return what was done, by kind."""
         counts = {"kept": 0, "rolled_back": 0, "dropped_other_boot": 0, "orphan_specs_removed": 0}
-        for entry in list(self.checkpoint.read().values()):
-            if entry.boot_id != self.boot_id:
+        entries = list(self.checkpoint.read().values())
+        recovered = self.checkpoint.recovered_from is not None
+        bound = self.host.bound_groups() if recovered else {}
+        for entry in entries:
+            if recovered and entry.boot_id == self.boot_id:
+                self._reconcile_recovered(entry, bound, counts)
+            elif entry.boot_id != self.boot_id:
                 # The reboot already undid every binding; the kubelet re-prepares claims of pods still running.
                 self.cdi_writer.remove_claim(entry.uid)
                 self.checkpoint.drop(entry.uid)
@@ -322,7 +358,28 @@ class DeviceState:
             if owner not in claims and owner not in pod_devices:
                 path.unlink(missing_ok=True)
                 counts["orphan_specs_removed"] += 1
+        counts["temp_files_removed"] = self.cdi_writer.remove_stale_temps()
+        counts["temp_files_removed"] += remove_stale_temps(self.checkpoint.path.parent, self.checkpoint.path.name)
+        crashpoint("reconcile-after-orphans")
+        # A crash between a checkpoint write and the per-pod spec refresh leaves that spec stale: rebuild them all.
+        for pod_uid, pod_device in sorted({(c.pod_uid, c.pod_cdi_device) for c in claims.values() if c.pod_cdi_device}):
+            self._refresh_pod_spec(pod_uid, pod_device)
         return counts
+
+    def _reconcile_recovered(self, entry: ClaimEntry, bound: Mapping[int, str], counts: dict[str, int]) -> None:
+        """Startup after the checkpoint fell back to its previous generation, which may be one update behind.
+
+        Its half-done entries may in truth have completed, with a VM now using the devices: they are kept, never
+        rolled back here; the kubelet's retry (prepare or unprepare) settles them. A completed entry whose groups the
+        host no longer records as held by the claim was unprepared after that generation was written: finish it.
+        """
+        groups = {d.iommu_group for d in entry.devices}
+        if entry.state == PREPARE_COMPLETED and any(bound.get(g) != entry.uid for g in groups):
+            with self.locks.hold(groups):
+                self._rollback(entry)
+            counts["rolled_back"] += 1
+        else:
+            counts["kept"] += 1
 
     # ---- claim status and events ---------------------------------------------------------------------------------
 

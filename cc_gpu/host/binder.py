@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from cc_gpu.crashpoints import crashpoint
 from cc_gpu.host import pci
 from cc_gpu.host.ccmode import is_vfio_driver
 from cc_gpu.host.errors import (
@@ -147,11 +148,13 @@ class Binder:
             tuple(DeviceRecord(m.fn.bdf, m.fn.driver, m.fn.driver_override, m.target) for m in moves),
         )
         self.records.write(record)  # before the first sysfs write: restore must work whatever happens next
+        crashpoint("bind-after-record")
         try:
             with self.host.uevents.subscribe() as sub:
                 for move in moves:
                     self._move(group, move, sub)
                 self._wait_nodes(group, backend, moves, sub)
+                crashpoint("bind-after-nodes")
         except BaseException as e:
             log.warning("group %d: bind failed (%s); rolling back", group, e)
             problems = self._rollback(record)
@@ -256,10 +259,13 @@ class Binder:
         if current is not None:
             self._write(group, roots.pci_drivers / current / "unbind", bdf, f"unbinding {bdf} from {current}")
             self._wait(lambda: pci.read_driver(io, roots, bdf) is None, sub, group, f"{bdf} to leave {current}")
+            crashpoint("bind-after-unbind")
         self._write(group, dev / "driver_override", target, f"setting driver_override of {bdf} to {target}")
+        crashpoint("bind-after-override")
         drv_dir = _driver_dir(roots.pci_drivers, target, io) or roots.pci_drivers / target
         self._write(group, drv_dir / "bind", bdf, f"binding {bdf} to {target}")
         self._wait(lambda: pci.read_driver(io, roots, bdf) == drv_dir.name, sub, group, f"{bdf} to bind to {target}")
+        crashpoint("bind-after-member")
 
     def _wait_nodes(self, group: int, backend: str, moves: list[_Move], sub: UeventSubscription) -> None:
         io, roots = self.host.io, self.host.roots
@@ -337,12 +343,14 @@ class Binder:
         self._refuse_if_held(record)
         if record.phase != "restoring":
             self.records.write(replace(record, phase="restoring"))
+        crashpoint("restore-after-marked")
         problems = self._rollback(record)
         if problems:
             raise RestoreFailedError(
                 f"IOMMU group {record.group} not fully restored: {'; '.join(problems)}. "
                 "The record is kept; fix the cause and run restore again"
             )
+        crashpoint("restore-before-delete")
         self.records.delete(record.group)
 
     def _refuse_if_held(self, record: GroupRecord) -> None:
@@ -387,13 +395,23 @@ class Binder:
                     if current is not None and current != original:
                         self._write(record.group, roots.pci_drivers / current / "unbind", bdf, f"unbinding {bdf}")
                         self._wait(_driver_is(io, roots, bdf, None), sub, record.group, f"{bdf} to leave {current}")
-                    self._write(record.group, pci.device_dir(roots, bdf) / "driver_override",
-                                dev_rec.original_override or "\n", f"restoring driver_override of {bdf}")
+                        crashpoint("restore-after-unbind")
+                    self._write(
+                        record.group,
+                        pci.device_dir(roots, bdf) / "driver_override",
+                        dev_rec.original_override or "\n",
+                        f"restoring driver_override of {bdf}",
+                    )
                     if original is not None and current != original:
                         drv_dir = _driver_dir(roots.pci_drivers, original, io) or roots.pci_drivers / original
                         self._write(record.group, drv_dir / "bind", bdf, f"binding {bdf} back to {original}")
-                        self._wait(_driver_is(io, roots, bdf, drv_dir.name), sub, record.group,
-                                   f"{bdf} to return to {original}")
+                        self._wait(
+                            _driver_is(io, roots, bdf, drv_dir.name),
+                            sub,
+                            record.group,
+                            f"{bdf} to return to {original}",
+                        )
+                    crashpoint("restore-after-member")
                 except DeviceVanishedError:
                     log.warning("group %d: %s vanished; nothing to restore for it", record.group, bdf)
                 except (BindFailedError, BindTimeoutError) as e:

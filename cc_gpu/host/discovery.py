@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from cc_gpu.host import pciids
 from cc_gpu.host.ccmode import read_cc_mode
-from cc_gpu.host.errors import DeviceVanishedError, NoIommuError
+from cc_gpu.host.errors import DeviceUnreadableError, DeviceVanishedError, NoIommuError
 from cc_gpu.host.host import Host
 from cc_gpu.host.pci import PciFunction, group_members, iommu_enabled, list_functions, read_function
 
@@ -133,14 +133,19 @@ def discover(host: Host, device_filter: DeviceFilter = NVIDIA_GPUS, *, require_i
     for bdf in list_functions(io, roots):
         try:
             fn = read_function(io, roots, bdf)
-        except DeviceVanishedError:
-            continue  # gone between listing and reading: not part of this inventory
+        except (DeviceVanishedError, DeviceUnreadableError):
+            continue  # gone between listing and reading, or not readable: not part of this inventory
         if device_filter.matches(fn):
             gpus_fn.append(fn)
     groups: dict[int, IommuGroup] = {}
+    unreadable: set[int] = set()
     for fn in gpus_fn:
-        if fn.iommu_group is not None and fn.iommu_group not in groups:
-            groups[fn.iommu_group] = read_group(host, fn.iommu_group, device_filter)
+        if fn.iommu_group is not None and fn.iommu_group not in groups and fn.iommu_group not in unreadable:
+            try:
+                groups[fn.iommu_group] = read_group(host, fn.iommu_group, device_filter)
+            except (DeviceVanishedError, DeviceUnreadableError, NotADirectoryError, FileNotFoundError):
+                unreadable.add(fn.iommu_group)  # a group that cannot be read whole cannot be handed out whole
+    gpus_fn = [fn for fn in gpus_fn if fn.iommu_group not in unreadable]
     with host.nvml.batch():  # one NVML session for the whole pass, closed before anything can bind
         gpus = tuple(_gpu(host, fn, groups.get(fn.iommu_group) if fn.iommu_group is not None else None)
                      for fn in gpus_fn)

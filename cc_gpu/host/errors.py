@@ -18,6 +18,10 @@ class DeviceVanishedError(HostError, PermanentError):
     """A PCI device disappeared (hot-unplug, fell off the bus) while we looked at it or worked on it."""
 
 
+class DeviceUnreadableError(HostError, PermanentError):
+    """A PCI device's sysfs attributes are not what the kernel writes (garbage, wrong file type): trust none of it."""
+
+
 class GroupNotFoundError(HostError, PermanentError):
     """The IOMMU group named does not exist on this host."""
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from cc_gpu.host.errors import DeviceVanishedError
+from cc_gpu.host.errors import DeviceUnreadableError, DeviceVanishedError
 from cc_gpu.host.fsio import HostIO
 from cc_gpu.host.roots import HostRoots
 
@@ -55,7 +55,11 @@ class PciFunction:
 
 
 def _hex(io: HostIO, path: Path) -> int:
-    return int(io.read_text(path).strip(), 16)
+    text = io.read_text(path).strip()
+    try:
+        return int(text, 16)
+    except ValueError as e:
+        raise DeviceUnreadableError(f"{path} holds {text[:32]!r}, not a hex number") from e
 
 
 def _opt_int(io: HostIO, path: Path, default: int) -> int:
@@ -85,12 +89,14 @@ def read_driver(io: HostIO, roots: HostRoots, bdf: str) -> str | None:
         if not io.exists(device_dir(roots, bdf)):
             raise DeviceVanishedError(f"PCI device {bdf} has disappeared from {roots.pci_devices}") from None
         return None
+    except OSError as e:  # EINVAL: not a symlink
+        raise DeviceUnreadableError(f"{link} is not a driver link ({e.strerror})") from e
 
 
 def read_iommu_group(io: HostIO, roots: HostRoots, bdf: str) -> int | None:
     try:
         return int(io.readlink(device_dir(roots, bdf) / "iommu_group").rstrip("/").rsplit("/", 1)[-1])
-    except (FileNotFoundError, ValueError):
+    except (OSError, ValueError):  # missing, or not a link (EINVAL): no group we could hand out
         return None
 
 
@@ -121,6 +127,8 @@ def read_function(io: HostIO, roots: HostRoots, bdf: str) -> PciFunction:
         class_code = _hex(io, d / "class")
     except (FileNotFoundError, NotADirectoryError) as e:
         raise DeviceVanishedError(f"PCI device {bdf} has disappeared from {roots.pci_devices}") from e
+    except (OSError, UnicodeDecodeError) as e:
+        raise DeviceUnreadableError(f"PCI device {bdf}: identity attributes unreadable ({e})") from e
     override = _opt_text(io, d / "driver_override")
     numa = _opt_int(io, d / "numa_node", -1)
     return PciFunction(

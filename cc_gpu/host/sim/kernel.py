@@ -112,11 +112,17 @@ class SimKernel:
 
     def driver_of(self, bdf: str) -> str | None:
         link = self.sys / "bus" / "pci" / "devices" / bdf / "driver"
-        return os.readlink(link).rsplit("/", 1)[-1] if os.path.lexists(link) else None
+        try:  # not lexists-then-readlink: a bind in another thread may remove the link in between
+            return os.readlink(link).rsplit("/", 1)[-1]
+        except FileNotFoundError:
+            return None
 
     def _group_of(self, bdf: str) -> int | None:
         link = self.sys / "bus" / "pci" / "devices" / bdf / "iommu_group"
-        return int(os.readlink(link).rsplit("/", 1)[-1]) if os.path.lexists(link) else None
+        try:
+            return int(os.readlink(link).rsplit("/", 1)[-1])
+        except (OSError, ValueError):  # absent, or damaged by a test: the model treats both as "no group"
+            return None
 
     def _read(self, bdf: str, attr: str) -> str:
         return (self.sys / "bus" / "pci" / "devices" / bdf / attr).read_text().strip()
