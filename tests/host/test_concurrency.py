@@ -18,7 +18,7 @@ import pytest
 from cc_gpu.host.binder import Binder
 from cc_gpu.host.errors import GroupLockedError, GroupOwnedError
 from cc_gpu.host.records import RecordStore
-from cc_gpu.host.sim import SimKernel, create_sim_host
+from cc_gpu.host.sim import create_sim_host
 from cc_gpu.host.uevents import NetlinkUevents, PollingOnly
 from tests.host.conftest import SimFactory, binder, drivers
 
@@ -84,8 +84,8 @@ def test_two_owners_racing_for_one_group(sim: SimFactory) -> None:
     assert sorted(outcomes.values()) == ["bound", "refused"]
 
 
-def _python(code: str, root: Path) -> subprocess.Popen[str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+def _python(code: str, root: Path, **env_extra: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO), **env_extra}
     return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), str(root)], env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
@@ -115,25 +115,19 @@ def test_the_group_lock_holds_across_processes(tmp_path: Path) -> None:
 
 
 def _kill_mid_bind(tmp_path: Path) -> Path:
-    """Start a bind of group 30 in another process with slow probes; SIGKILL it after the GPU moved."""
+    """Bind group 30 in another process that is SIGKILLed right after it unbinds the second member (the audio
+    function), when the GPU is already on vfio-pci: a named crash point, so the moment is exact, not a race."""
     root = tmp_path / "node"
     create_sim_host("h100-pcie-audio", root)
-    kernel = SimKernel(root)
-    kernel.set_default_bind_delay(0.5)
     proc = _python("""
         import sys
         from cc_gpu.host.binder import Binder, BindPolicy
-        from cc_gpu.host.sim import SimKernel, create_sim_host
+        from cc_gpu.host.sim import create_sim_host
         host = create_sim_host("h100-pcie-audio", sys.argv[1])
         Binder(host, BindPolicy(bind_timeout=30)).bind(30, "plugin")
-    """, root)
-    deadline = time.monotonic() + 30
-    while not any(e["ACTION"] == "bind" and e.get("DRIVER") == "vfio-pci" for e in kernel.events()):
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate()
-    kernel.set_default_bind_delay(0.0)
+    """, root, CC_GPU_CRASH_AT="bind-after-unbind:2")
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, err
     return root
 
 
