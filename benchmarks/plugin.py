@@ -42,6 +42,8 @@ class Bench:
         self.server.create(cluster.node(NODE))
         self.server.create(cluster.runtime_class(SNP, SNP))
         self.server.create(cluster.device_class("vfio-gpu", DRIVER))
+        # The namespace where each node publishes its verdict-token keys, as the Helm chart creates it.
+        self.server.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "cc-gpu-token-keys"}})
         self.kubelet = KubeletDouble(root / "registry")
         self.kubelet.start()
         # A node's sysfs exists before the plugin starts: build the simulated tree first, so start-to-published

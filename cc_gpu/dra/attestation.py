@@ -64,6 +64,10 @@ from cc_gpu.kube.errors import ApiError
 log = logging.getLogger("cc_gpu.dra.attestation")
 audit = logging.getLogger("cc_gpu.audit")
 
+PUBLISH_BACKOFF_MIN = timedelta(seconds=30)
+PUBLISH_BACKOFF_MAX = timedelta(minutes=10)
+
+
 class AttestationRejectedError(PermanentError):
     """Evidence failed policy (or could not be had in a way the policy accepts); the message names the checks."""
 
@@ -112,6 +116,8 @@ class AttestationEngine:
         self._discovery_verdicts: dict[str, Verdict] = {}
         self._lock = threading.Lock()
         self._published_kid: str | None = None
+        self._publish_backoff = timedelta(0)
+        self._publish_retry_at: datetime | None = None
         # Events are the audit trail, not part of the answer: they are sent off the prepare path, in order, as
         # client-go's event recorder does (the audit log line is written synchronously).
         self._events = ThreadPoolExecutor(max_workers=1, thread_name_prefix="attestation-events")
@@ -123,13 +129,24 @@ class AttestationEngine:
     # ---- keys ----------------------------------------------------------------------------------------------------
 
     def publish_keys(self) -> None:
-        """Make sure the current key exists and the published ConfigMap lists it (and its recent predecessors)."""
+        """Make sure the current key exists and the published ConfigMap lists it (and its recent predecessors).
+
+        A failure (the key namespace missing, RBAC not granted yet) is retried with exponential backoff, not at every
+        rescan or prepare, so a misconfigured node does not send the API server a failing write every few seconds.
+        """
         kid = self.keys.current().kid
+        now = self.clock()
+        if self._publish_retry_at is not None and now < self._publish_retry_at:
+            return
         try:
             publish_keys(self.kube, self.keys, self.settings.keys_namespace)
         except ApiError as e:
-            log.warning("could not publish token keys", extra={"error": str(e)})
+            self._publish_backoff = min(max(2 * self._publish_backoff, PUBLISH_BACKOFF_MIN), PUBLISH_BACKOFF_MAX)
+            self._publish_retry_at = now + self._publish_backoff
+            log.warning("could not publish token keys; retrying later",
+                        extra={"error": str(e), "retry_in_seconds": self._publish_backoff.total_seconds()})
             return
+        self._publish_backoff, self._publish_retry_at = timedelta(0), None
         self._published_kid = kid
 
     def _signer(self) -> TokenSigner:

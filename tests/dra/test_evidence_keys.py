@@ -303,3 +303,30 @@ def test_keys_command_rotates_and_lists(tmp_path: Path) -> None:
     listed = keys("list").stdout.splitlines()
     assert [line.split()[0] for line in listed] == ["node-a.k1", "node-a.k2"]
     assert "PRIVATE" not in first.stdout + second.stdout
+
+
+def test_key_publication_failure_backs_off(sim: SimulatedProvider, tmp_path: Path) -> None:
+    """A missing key namespace is retried with backoff, not with a failing write at every rescan."""
+    now = [datetime(2026, 1, 1, tzinfo=UTC)]
+    with ApiServerDouble() as server:  # no cc-gpu-token-keys namespace
+        api = KubernetesApi(server.write_kubeconfig(tmp_path / "kubeconfig"))
+        engine = AttestationEngine(AttestationSettings(), sim, _verifier(sim),
+                                   NodeKeyStore(tmp_path / "k", "node-a", timedelta(days=1)), OnVfio(), api,
+                                   "gpu.cc-gpu.io", "node-a", tmp_path / "tokens", clock=lambda: now[0])
+        try:
+            engine.publish_keys()
+            assert server.writes("create", "configmaps") == 1
+            for _ in range(5):  # rescans within the backoff window
+                now[0] += timedelta(seconds=5)
+                engine.publish_keys()
+            assert server.writes("create", "configmaps") == 1
+            server.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "cc-gpu-token-keys"}})
+            now[0] += timedelta(seconds=30)
+            engine.publish_keys()
+            assert server.writes("create", "configmaps", succeeded=True) == 1
+            now[0] += timedelta(seconds=5)
+            engine.publish_keys()
+            assert server.writes() == 2, "published once; nothing written while nothing changed"
+        finally:
+            engine.close()
+            api.close()
