@@ -13,7 +13,7 @@ Figures:
   ours warm   one Verifier verifying the same evidence repeatedly (verified RIMs and chains cached)
   NVIDIA      its `attest()` per verification, with its logging as shipped and with its logging silenced
   CLI         wall time of a whole `python -m cc_gpu attest verify` process
-Files are cached in $CC_GPU_CACHE_DIR (default $XDG_CACHE_HOME/cc-gpu or ~/.cache/cc-gpu).
+Files are cached in $CC_GPU_CACHE (default ~/.cache/cc-gpu), as the tests cache them.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import zipfile
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -37,6 +36,7 @@ from cc_gpu.attest.ocsp import RevocationMode  # noqa: E402
 from cc_gpu.attest.policy import Policy  # noqa: E402
 from cc_gpu.attest.trust import TrustStore  # noqa: E402
 from cc_gpu.attest.verifier import Verifier  # noqa: E402
+from tests.nvidia_vectors import cache_dir, nvidia_files, nvidia_wheel  # noqa: E402
 
 NVIDIA_VERSION = "2.7.3"
 SAMPLE_VERSION = "2.1.1"
@@ -45,50 +45,12 @@ AT = datetime(2025, 1, 15, tzinfo=UTC)
 RIMS = ("Driver_RIM_test_no_gpu.swidtag", "1010_0200_882_96005E0001_test_no_gpu.swidtag")
 
 
-def cache_dir() -> Path:
-    explicit = os.environ.get("CC_GPU_CACHE_DIR")
-    base = Path(explicit) if explicit else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cc-gpu"
-    base.mkdir(parents=True, exist_ok=True)
-    return base
-
-
-def wheel(version: str) -> Path:
-    path = cache_dir() / "wheels" / f"nv_local_gpu_verifier-{version}-py3-none-any.whl"
-    if not path.exists():
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "download",
-                "--quiet",
-                "--no-deps",
-                f"nv-local-gpu-verifier=={version}",
-                "-d",
-                str(path.parent),
-            ],
-            check=True,
-        )
-    return path
-
-
-def samples(version: str) -> Path:
-    target = cache_dir() / f"nv-local-gpu-verifier-{version}"
-    if not (target / ".complete").exists():
-        with zipfile.ZipFile(wheel(version)) as zf:
-            for member in zf.namelist():
-                if member.startswith(("verifier/samples/", "verifier/certs/")) and not member.endswith(".py"):
-                    zf.extract(member, target)
-        (target / ".complete").write_text("ok\n")
-    return target / "verifier" / "samples"
-
-
 def nvidia_python() -> Path:
     venv = cache_dir() / f"nvidia-verifier-{NVIDIA_VERSION}"
     python = venv / "bin" / "python"
     if not (venv / ".complete").exists():
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "--quiet", str(wheel(NVIDIA_VERSION))], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "--quiet", str(nvidia_wheel(NVIDIA_VERSION))], check=True)
         (venv / ".complete").write_text("ok\n")
     return python
 
@@ -181,7 +143,7 @@ def main() -> int:
     parser.add_argument("--cli-runs", type=int, default=10)
     args = parser.parse_args()
 
-    sample_dir = samples(SAMPLE_VERSION)
+    sample_dir = nvidia_files(SAMPLE_VERSION) / "samples"
     python = nvidia_python()
     cold: list[float] = []
     warm: list[float] = []

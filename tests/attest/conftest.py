@@ -1,16 +1,12 @@
 """Fixtures for the attestation tests: NVIDIA's published sample evidence, and a fresh simulated CA per run.
 
 The real vectors come from NVIDIA's public `nv-local-gpu-verifier` wheels, downloaded with pip at test time into a
-cache outside the repository (`$CC_GPU_CACHE_DIR`, else `$XDG_CACHE_HOME/cc-gpu`, else `~/.cache/cc-gpu`) and reused
+cache outside the repository (`$CC_GPU_CACHE`, else `~/.cache/cc-gpu`; see `tests/nvidia_vectors.py`) and reused
 on later runs. Only the sample files and root certificates are extracted; NVIDIA's code is never imported here.
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import zipfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,54 +14,12 @@ from pathlib import Path
 import pytest
 
 from cc_gpu.attest.sim import SimulatedCa
+from tests.nvidia_vectors import nvidia_files
 
 NVIDIA_VERSIONS = ("2.1.1", "2.7.3")
 NONCE_211 = bytes.fromhex("4cff7f5380ead8fad8ec2c531c110aca4302a88f603792801a8ca29ee151af2e")
 NONCE_273 = bytes.fromhex("931d8dd0add203ac3d8b4fbde75e115278eefcdceac5b87671a748f32364dfcb")
 AT_2025 = datetime(2025, 1, 15, tzinfo=UTC)
-
-
-def cache_dir() -> Path:
-    explicit = os.environ.get("CC_GPU_CACHE_DIR")
-    if explicit:
-        return Path(explicit)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "cc-gpu"
-
-
-def nvidia_wheel(version: str) -> Path:
-    wheels = cache_dir() / "wheels"
-    name = f"nv_local_gpu_verifier-{version}-py3-none-any.whl"
-    if not (wheels / name).exists():
-        wheels.mkdir(parents=True, exist_ok=True)
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "download",
-                "--quiet",
-                "--no-deps",
-                f"nv-local-gpu-verifier=={version}",
-                "-d",
-                str(wheels),
-            ],
-            check=True,
-        )
-    return wheels / name
-
-
-def nvidia_files(version: str) -> Path:
-    """`<cache>/nv-local-gpu-verifier-<version>/verifier/{samples,certs}` extracted from the published wheel."""
-    target = cache_dir() / f"nv-local-gpu-verifier-{version}"
-    marker = target / ".complete"
-    if not marker.exists():
-        with zipfile.ZipFile(nvidia_wheel(version)) as wheel:
-            for member in wheel.namelist():
-                if member.startswith(("verifier/samples/", "verifier/certs/")) and not member.endswith(".py"):
-                    wheel.extract(member, target)
-        marker.write_text("ok\n")
-    return target / "verifier"
 
 
 @dataclass(frozen=True)
