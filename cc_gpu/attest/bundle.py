@@ -25,6 +25,7 @@ from cc_gpu.attest.rim import verify_rim
 from cc_gpu.attest.sources import RIM_SUFFIXES
 from cc_gpu.attest.trust import TrustStore
 from cc_gpu.errors import AttestationError
+from cc_gpu.files import write_atomic
 
 
 @dataclass(frozen=True)
@@ -36,9 +37,7 @@ class ImportReport:
 
 def _write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    write_atomic(path, data, mode=0o644)
 
 
 def ocsp_key(der: bytes) -> str:

@@ -27,6 +27,7 @@ from cryptography.x509 import ocsp
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from cc_gpu.attest.errors import OcspError, OcspUnavailableError
+from cc_gpu.files import write_atomic
 
 NVIDIA_OCSP_URL = "https://ocsp.ndis.nvidia.com/"
 OCSP_TIMEOUT_S = 10.0
@@ -82,9 +83,7 @@ class DirectoryOcspStore:
 
     def put(self, key: str, der: bytes) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
-        tmp = self.path / f".{key}.tmp"
-        tmp.write_bytes(der)
-        tmp.replace(self.path / f"{key}.der")
+        write_atomic(self.path / f"{key}.der", der, mode=0o644)
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,7 @@ from cc_gpu.dra.keys import NodeKeyStore
 from cc_gpu.dra.keys import publish as publish_keys
 from cc_gpu.dra.ports import GpuView
 from cc_gpu.errors import CcGpuError, PermanentError
+from cc_gpu.files import write_atomic
 from cc_gpu.kube.api import KubeApi
 from cc_gpu.kube.errors import ApiError
 
@@ -323,10 +324,7 @@ class AttestationEngine:
             if self.settings.token_mount:
                 directory.mkdir(parents=True, exist_ok=True, mode=0o755)
                 path = directory / f"{gpu_token_name(gpu.bdf)}.jwt"
-                tmp = path.with_name(f".{path.name}.tmp")
-                tmp.write_text(gpu.token + "\n", encoding="ascii")
-                tmp.chmod(0o644)
-                tmp.replace(path)
+                write_atomic(path, (gpu.token + "\n").encode("ascii"), mode=0o644)
                 mounts.append(CdiMount(str(path), f"{TOKEN_MOUNT_DIR}/{gpu_token_name(gpu.bdf)}.jwt"))
         return tuple(env), tuple(mounts)
 

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cc_gpu.dra.checkpoint import remove_stale_temps, write_atomic
 from cc_gpu.dra.errors import CdiError
+from cc_gpu.files import remove_stale_temps, write_atomic
 
 CDI_VERSION = "0.5.0"
 VENDOR = "cc-gpu.io"

@@ -30,8 +30,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cc_gpu.dra.crashpoints import crashpoint
 from cc_gpu.dra.errors import CheckpointCorruptError
+from cc_gpu.files import write_atomic
 
 log = logging.getLogger("cc_gpu.dra.checkpoint")
 
@@ -123,60 +123,6 @@ def decode(raw: bytes) -> dict[str, ClaimEntry]:
         return {str(uid): _entry_from(e) for uid, e in claims.items()}
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise CheckpointCorruptError(f"checkpoint data is malformed: {e}") from e
-
-
-def write_atomic(path: Path, content: bytes, mode: int = 0o600) -> None:
-    """Write `content` to `path` so a reader sees the old file or the new one, never a partial one."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(content)
-            f.flush()
-            os.fsync(f.fileno())
-        crashpoint("atomic-write-before-rename")
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def remove_stale_temps(directory: Path, prefix: str) -> int:
-    """Remove temp files `write_atomic` left behind for targets starting with `prefix` when their writer died.
-
-    The writer's pid is part of the temp name; a file whose writer is alive may be mid-write and is kept.
-    """
-    removed = 0
-    if not directory.is_dir():
-        return removed
-    for tmp in directory.glob(f".{prefix}*.tmp"):
-        parts = tmp.name.split(".")
-        try:
-            pid = int(parts[-3])
-        except (ValueError, IndexError):
-            continue
-        if pid != os.getpid() and _alive(pid):
-            continue
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-            removed += 1
-    return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class Checkpoint:

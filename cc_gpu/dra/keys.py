@@ -31,8 +31,8 @@ from cryptography.hazmat.primitives.serialization import (
 )
 
 from cc_gpu.attest.binding import NODE_ANNOTATION
-from cc_gpu.dra.checkpoint import write_atomic
 from cc_gpu.errors import CheckpointError
+from cc_gpu.files import write_atomic
 from cc_gpu.kube.api import JsonObject, KubeApi
 from cc_gpu.kube.errors import AlreadyExistsError, ConflictError, NotFoundError
 

@@ -27,7 +27,6 @@ from cc_gpu.dra.checkpoint import (
     Checkpoint,
     ClaimEntry,
     PreparedDevice,
-    remove_stale_temps,
 )
 from cc_gpu.dra.claims import ClaimPlan, parse_claim
 from cc_gpu.dra.crashpoints import crashpoint
@@ -36,6 +35,7 @@ from cc_gpu.dra.gate import GatePolicy, PodView, decide
 from cc_gpu.dra.locks import GroupLocks
 from cc_gpu.dra.ports import GpuView, HostPort
 from cc_gpu.errors import CcGpuError
+from cc_gpu.files import remove_stale_temps
 from cc_gpu.kube.api import KubeApi
 from cc_gpu.kube.errors import ApiError, ConflictError, NotFoundError
 
