@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -31,3 +32,16 @@ def test_unknown_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) ->
 def test_python_dash_m_reports_version() -> None:
     out = subprocess.run([sys.executable, "-m", "cc_gpu", "--version"], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == __version__
+
+
+def test_a_closed_pipe_is_not_an_error() -> None:
+    """`cc-gpu discover --json | head -1` ends quietly, as Unix tools do: here the reader is gone before any write."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "cc_gpu", "discover", "--sim", "dgx-h100", "--json"],
+                              stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=60, check=False)
+    finally:
+        os.close(write_end)
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 from typing import Protocol
@@ -74,4 +75,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parsed = parser.parse_args(rest)
     except SystemExit as exc:  # argparse exits 2 on usage errors and 0 on --help
         return int(exc.code or 0)
-    return module.run(parsed)
+    try:
+        return module.run(parsed)
+    except BrokenPipeError:
+        # The reader went away (`cc-gpu discover --json | head`): not a failure of ours. Point stdout at /dev/null so
+        # the interpreter's final flush does not raise again (the recipe in Python's signal documentation).
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
