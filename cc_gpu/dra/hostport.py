@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-import uuid
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -180,13 +179,6 @@ class HostAdapter:
         binder.restore(group, owner)
 
 
-def _ensure_sim_boot_id(host: Host) -> None:
-    path = host.roots.proc / BOOT_ID
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(str(uuid.uuid4()) + "\n")
-
-
 def build_host(settings: PluginSettings, kube: KubeApi) -> tuple[HostAdapter, Callable[[float], bool]]:
     """The host adapter for `settings` (real or simulated) and a function that waits for hardware uevents."""
     if settings.sim:
@@ -194,7 +186,6 @@ def build_host(settings: PluginSettings, kube: KubeApi) -> tuple[HostAdapter, Ca
 
         root = settings.sim_root or settings.plugin_path / "sim"
         host = create_sim_host(settings.sim, root, state=settings.plugin_path / "host-state")
-        _ensure_sim_boot_id(host)
     else:
         host = Host.real(sysfs=settings.sysfs_root, dev=settings.dev_root, proc=settings.proc_root,
                          state=settings.plugin_path / "host-state")

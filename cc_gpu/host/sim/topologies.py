@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -214,6 +215,8 @@ def build(topo: SimTopology, root: Path) -> SimKernel:
         (k.dev / "iommu").touch()
     (k.proc / "sys" / "kernel").mkdir(parents=True, exist_ok=True)
     (k.proc / "sys" / "kernel" / "osrelease").write_text(KERNEL_RELEASE + "\n")
+    (k.proc / "sys" / "kernel" / "random").mkdir(exist_ok=True)
+    (k.proc / "sys" / "kernel" / "random" / "boot_id").write_text(f"{uuid.uuid4()}\n")  # one per simulated boot
     mods = root / "lib" / "modules" / KERNEL_RELEASE
     mods.mkdir(parents=True, exist_ok=True)
     (mods / "modules.alias").write_text(MODULES_ALIAS)
