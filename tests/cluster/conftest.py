@@ -15,8 +15,7 @@ from .build import BuildError
 from .controlplane import ClusterError, ControlPlane
 
 NODE = "node-a"
-SESSION_VALUES = {"runtimeClasses": {"create": True},
-                  "admission": {"cdiAnnotation": {"enabled": False}, "cdiAnnotationGuard": {"enabled": False}}}
+SESSION_VALUES = {"runtimeClasses": {"create": True}}
 
 
 @pytest.fixture(scope="session")

@@ -130,13 +130,13 @@ class ControlPlane:
         pki = pki_module.make(workdir / "pki")
         port = _free_port()
         plane = cls(workdir, binaries, pki, port, workdir / "admin.kubeconfig", logs)
-        _write_kubeconfig(plane.admin_kubeconfig, plane.url, pki.ca.cert, cert=pki.admin)
+        write_kubeconfig(plane.admin_kubeconfig, plane.url, pki.ca.cert, cert=pki.admin)
         atexit.register(plane.stop)
         try:
             plane._start_etcd_and_apiserver()
             if scheduler:
                 kubeconfig = workdir / "scheduler.kubeconfig"
-                _write_kubeconfig(kubeconfig, plane.url, pki.ca.cert, cert=pki.scheduler)
+                write_kubeconfig(kubeconfig, plane.url, pki.ca.cert, cert=pki.scheduler)
                 plane._spawn("kube-scheduler", [
                     str(binaries.path("kube-scheduler")), f"--kubeconfig={kubeconfig}",
                     f"--authentication-kubeconfig={kubeconfig}", f"--authorization-kubeconfig={kubeconfig}",
@@ -144,7 +144,7 @@ class ControlPlane:
                 ])
             if controller_manager:
                 kubeconfig = workdir / "controller-manager.kubeconfig"
-                _write_kubeconfig(kubeconfig, plane.url, pki.ca.cert, cert=pki.controller_manager)
+                write_kubeconfig(kubeconfig, plane.url, pki.ca.cert, cert=pki.controller_manager)
                 plane._spawn("kube-controller-manager", [
                     str(binaries.path("kube-controller-manager")), f"--kubeconfig={kubeconfig}",
                     f"--authentication-kubeconfig={kubeconfig}", f"--authorization-kubeconfig={kubeconfig}",
@@ -262,7 +262,7 @@ class ControlPlane:
     def pod_token_kubeconfig(self, namespace: str, service_account: str, pod_name: str, path: Path,
                              node_name: str) -> Path:
         token = self.pod_token(namespace, service_account, pod_name, node_name)
-        _write_kubeconfig(path, self.url, self.pki.ca.cert, token=token)
+        write_kubeconfig(path, self.url, self.pki.ca.cert, token=token)
         return path
 
     def wait_for(self, what: str, predicate: Any, timeout: float = 60.0, interval: float = 0.25) -> Any:
@@ -324,7 +324,7 @@ class ControlPlane:
             time.sleep(0.2)
 
 
-def _write_kubeconfig(path: Path, server: str, ca: Path, *, cert: pki_module.Pair | None = None,
+def write_kubeconfig(path: Path, server: str, ca: Path, *, cert: pki_module.Pair | None = None,
                       token: str | None = None) -> None:
     user: dict[str, str] = {}
     if cert is not None:

@@ -16,14 +16,14 @@ pytestmark = pytest.mark.cluster
 PROBE_VALUES = {
     "deviceClasses": {"vfio": {"name": "vfio.probe.cc-gpu.io"}, "attested": {"name": "attested.probe.cc-gpu.io"}},
     "attestation": {"keys": {"namespace": "cc-gpu-probe-keys"}},
-    "admission": {"cdiAnnotation": {"enabled": False}, "cdiAnnotationGuard": {"enabled": False}},
 }
 
 
 def test_every_object_is_accepted_and_uninstall_leaves_nothing(control_plane: ControlPlane) -> None:
     with installed(control_plane, release="probe", namespace="cc-gpu-probe", values=PROBE_VALUES) as objects:
         kinds = sorted({o["kind"] for o in objects})
-        assert {"DaemonSet", "ClusterRole", "DeviceClass", "ValidatingAdmissionPolicy"} <= set(kinds)
+        assert {"DaemonSet", "Deployment", "ClusterRole", "DeviceClass", "ValidatingAdmissionPolicy",
+                "MutatingAdmissionPolicy"} <= set(kinds)
         for obj in objects:
             reply = stored(control_plane, obj, "cc-gpu-probe")
             assert reply.code == 200, f"{obj['kind']}/{obj['metadata']['name']}: {reply.code} {reply.body}"
@@ -42,7 +42,7 @@ def test_validating_policies_type_check_against_the_real_schemas(control_plane: 
     """The API server type-checks each ValidatingAdmissionPolicy's CEL against the OpenAPI schemas of the resources
     it matches (the Kubernetes CEL libraries included) and reports warnings in status.typeChecking."""
     policies = [o for o in chart_release if o["kind"] == "ValidatingAdmissionPolicy"]
-    assert len(policies) >= 3
+    assert len(policies) >= 5
     for policy in policies:
         path = f"/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicies/{policy['metadata']['name']}"
 
