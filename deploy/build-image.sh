@@ -15,8 +15,9 @@
 #
 # Reproducibility: SOURCE_DATE_EPOCH (default: the last commit's time) sets every file's mtime, the image's creation
 # time and the SBOM's timestamp; the wheel is built from pinned tools. Two builds from the same inputs on the same
-# day give the same digest; across days the digest changes when Debian publishes new package versions (the mirror
-# serves only the current ones; the SBOM lists what went in).
+# day give the same image digest and the same SBOM (the .oci.tar file itself differs in its outer tar headers' times);
+# across days the digest changes when Debian publishes new package versions (the mirror serves only the current
+# ones; the SBOM lists what went in).
 set -euo pipefail
 export LC_ALL=C.UTF-8 TZ=UTC
 
@@ -105,6 +106,7 @@ mkdir -p "$cache/debs"
 include="$(IFS=,; echo "${RUNTIME_PACKAGES[*]}")"
 debootstrap --variant=minbase --include="$include" --components=main --cache-dir="$cache/debs" \
     "$DEBIAN_SUITE" "$mnt" "$MIRROR" > "$work/debootstrap.log" 2>&1 || { tail -30 "$work/debootstrap.log" >&2; exit 1; }
+grep "Release signature" "$work/debootstrap.log"   # debootstrap checks the archive's signature with Debian's keyring
 run() { "${bah[@]}" run --isolation chroot "$ctr" -- "$@"; }
 
 step "security updates"

@@ -43,6 +43,12 @@ def inputs_hash() -> str:
     return digest.hexdigest()[:20]
 
 
+def tools_python() -> Path:
+    """The build's tool venv (cyclonedx-python-lib among them), as deploy/build-image.sh names it."""
+    lock = hashlib.sha256((REPO / "deploy/image/build-requirements.txt").read_bytes()).hexdigest()[:16]
+    return cache_root().parent / "image-build" / f"tools-{lock}" / "bin" / "python"
+
+
 def sudo() -> list[str]:
     """debootstrap and buildah's chroot isolation need root (CI runs as root; elsewhere through sudo)."""
     return [] if os.geteuid() == 0 else ["sudo", "-n", "--preserve-env=CC_GPU_CACHE"]
@@ -97,7 +103,8 @@ def build(version: str) -> Built:
     started = time.monotonic()
     with (directory / "build.log").open("w") as log:
         proc = subprocess.run([*sudo(), "nice", "-n", "10", str(BUILD_SCRIPT), "--out", str(directory)],
-                              stdout=log, stderr=subprocess.STDOUT, check=False)
+                              stdout=log, stderr=subprocess.STDOUT, check=False,
+                              env={**os.environ, "CC_GPU_CACHE": str(cache_root().parent)})
     if proc.returncode != 0:
         raise AssertionError(f"deploy/build-image.sh failed ({proc.returncode}):\n{built.log[-4000:]}")
     seconds = time.monotonic() - started

@@ -32,7 +32,7 @@ from cc_gpu.dra.proto import grpc_health_v1_pb2, grpc_health_v1_pb2_grpc
 from cc_gpu.kube.apiserver import ApiServerDouble, cluster
 from cc_gpu.kube.client import KubernetesApi
 from tests.deploy.chart import REPO, one, render
-from tests.deploy.image import BUILD_SCRIPT, Built, Container, build, container
+from tests.deploy.image import BUILD_SCRIPT, Built, Container, build, container, tools_python
 from tests.deploy.test_containerfile import instructions
 
 pytestmark = pytest.mark.slow
@@ -120,9 +120,7 @@ def test_the_image_holds_no_history_git_tests_compilers_or_caches(image: Contain
 
 
 def test_the_sbom_is_valid_cyclonedx_and_lists_everything_in_the_image(built: Built, image: Container) -> None:
-    tools = [p for p in (built.directory.parent.parent / "image-build").glob("tools-*/bin/python")]
-    assert tools, "the build's tool venv (cyclonedx-python-lib) is in the cache"
-    check = subprocess.run([str(tools[0]), str(REPO / "deploy/image/sbom.py"), "validate", str(built.sbom)],
+    check = subprocess.run([str(tools_python()), str(REPO / "deploy/image/sbom.py"), "validate", str(built.sbom)],
                            capture_output=True, text=True, check=False)
     assert check.returncode == 0, check.stdout + check.stderr
     sbom = json.loads(built.sbom.read_text())
