@@ -28,6 +28,8 @@ from cc_gpu.kata import (
 CONFIG_DIRS = ("etc/kata-containers", "opt/kata/share/defaults/kata-containers")
 CONFIG_NAMES = tuple(f"configuration-qemu-nvidia-gpu{suffix}.toml" for suffix in ("", "-snp", "-tdx"))
 CONTAINERD_CONFIG = "etc/containerd/config.toml"
+#: kata-deploy writes `git describe` of the release here (`kata-deploy-merge-builds.sh`).
+KATA_VERSION_FILES = ("opt/kata/VERSION",)
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,18 @@ def find_configs(root: Path) -> list[Path]:
                 found.append(candidate)
                 break
     return found
+
+
+def read_kata_version(root: Path) -> str | None:
+    """The Kata release installed under the host root `root` as its `VERSION` file says, or None."""
+    for name in KATA_VERSION_FILES:
+        try:
+            text = (root / name).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError):
+            continue
+        if text:
+            return text.splitlines()[0][:64]
+    return None
 
 
 def _read(path: Path) -> dict[str, Any]:

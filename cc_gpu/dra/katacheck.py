@@ -34,6 +34,7 @@ class KataCheckSettings:
     enabled: bool = True
     root: Path | None = None  # None: the sim tree on a simulated node, else `/`
     containerd_configs: tuple[Path, ...] = ()  # default: <root>/etc/containerd/config.toml when present
+    kata_version: str = ""  # the node's Kata release when it cannot be read from <root>/opt/kata/VERSION
 
 
 @dataclass(frozen=True)

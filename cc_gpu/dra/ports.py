@@ -27,7 +27,7 @@ class GpuView:
     architecture: str
     numa_node: int
     pcie_root: str
-    iommufd: bool  # the kernel offers /dev/vfio/devices/vfioN for it
+    iommufd: bool  # the node offers iommufd (/dev/iommu): the device can be passed as /dev/vfio/devices/vfioN
     cc_capable: bool
     cc_mode: str  # on | off | ppcie | devtools | unknown
     driver: str | None  # the GPU's current driver

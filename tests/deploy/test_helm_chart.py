@@ -349,3 +349,31 @@ def test_a_bad_values_file_names_every_fault() -> None:
     message = str(caught.value)
     for fault in ("/driverName", "/rollingUpdate/surge", "'replicas' not allowed"):
         assert fault in message
+
+
+def _published(iommufd: bool) -> dict[str, Any]:
+    """A device's `device` CEL variable as the scheduler builds it from the plugin's own ResourceSlice entry."""
+    from cc_gpu.dra.ports import GpuView  # noqa: PLC0415
+    from cc_gpu.dra.slices import device_json  # noqa: PLC0415
+
+    view = GpuView("gpu-0000-18-00-0", "0000:18:00.0", ("0000:18:00.0",), ("0000:18:00.0",), 10, "0x10de", "0x2330",
+                   "H100", "hopper", 0, "pci0000:16", iommufd, True, "on", "nvidia", None,
+                   attributes={"attested": {"bool": True}})
+    attrs = {k: next(iter(v.values())) for k, v in device_json(view)["attributes"].items()}
+    return {"driver": "gpu.cc-gpu.io", "attributes": {"gpu.cc-gpu.io": attrs}}
+
+
+@pytest.mark.parametrize("require", [True, False], ids=["default: iommufd required", "requireIommuFD false"])
+def test_confidential_classes_select_iommufd_nodes(require: bool) -> None:
+    """Kata >= 3.26 refuses a legacy group node for confidential guests: by default a legacy-only node's devices
+    match neither class, so the scheduler never sends a confidential claim there."""
+    import celpy  # noqa: PLC0415
+
+    from tests.deploy.cel import evaluate  # noqa: PLC0415
+
+    values = {} if require else {"deviceClasses": {"requireIommuFD": False}}
+    for cls in (o for o in render(values) if o["kind"] == "DeviceClass"):
+        expression = cls["spec"]["selectors"][0]["cel"]["expression"]
+        assert bool(evaluate(expression, {"device": celpy.json_to_cel(_published(True))})) is True
+        legacy_only = evaluate(expression, {"device": celpy.json_to_cel(_published(False))})
+        assert bool(legacy_only) is not require, cls["metadata"]["name"]

@@ -17,6 +17,7 @@ from tests.host.conftest import SimFactory
 # name: (gpu count, {group: gpus in it}, product, architecture)
 EXPECTED = {
     "dgx-h100": (8, {10: 1, 11: 1, 12: 1, 13: 1, 14: 1, 15: 1, 16: 1, 17: 1}, "H100 SXM5 80GB", "hopper"),
+    "dgx-h100-legacy": (8, {10: 1, 11: 1, 12: 1, 13: 1, 14: 1, 15: 1, 16: 1, 17: 1}, "H100 SXM5 80GB", "hopper"),
     "h100-pcie-audio": (1, {30: 1}, "H100 PCIe", "hopper"),
     "shared-group-nic": (1, {31: 1}, "H100 PCIe", "hopper"),
     "two-gpus-one-group": (2, {32: 2}, "H100 PCIe", "hopper"),
@@ -40,6 +41,7 @@ def test_each_topology_lists_its_gpus_and_groups(sim: SimFactory, topology: str)
         assert gpu.driver == "nvidia"
         assert gpu.cc_mode == "on"
         assert gpu.pcie_root.startswith("pci")
+    assert inv.iommufd is (topology != "dgx-h100-legacy"), "current kernels offer iommufd; the legacy node does not"
 
 
 def test_every_named_topology_is_tested_here() -> None:
