@@ -1,4 +1,8 @@
-"""Fixtures for the CDI consumer tests: the built Go consumer, a CDI root, and the spec writer under test."""
+"""Fixtures for the CDI consumer tests: the built Go consumers, a CDI root, and the spec writer under test.
+
+`consumer` is parametrised over the CDI library versions the runtimes use (Kata's v0.6.0, containerd's v1.1.0), so
+every consumer test runs against both.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.cdi.consumer import Consumer, build
+from tests.cdi.consumer import LIBRARIES, Consumer, build
 
 
-@pytest.fixture(scope="session")
-def consumer_binary() -> Path:
-    return build()
+@pytest.fixture(scope="session", params=sorted(LIBRARIES))
+def consumer_binary(request: pytest.FixtureRequest) -> Path:
+    return build(LIBRARIES[request.param])
 
 
 @pytest.fixture
