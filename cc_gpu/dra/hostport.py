@@ -83,6 +83,7 @@ def views_from(inventory: Inventory, selection: Selection, label_value: str | No
             memory_bytes=sum(g.memory_bytes or 0 for g in gpus) or None,
             healthy=first.sriov_numvfs == 0,
             health_message="" if first.sriov_numvfs == 0 else "SR-IOV virtual functions are enabled",
+            functions=sum(1 for m in group.members if not m.is_bridge) if group else len(gpus),
         ))
     return out
 

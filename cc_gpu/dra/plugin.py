@@ -101,8 +101,11 @@ class Plugin:
         if self.settings.kata_check.enabled:
             if self.kata_summary is None:  # once, at startup: the most GPUs one pod can get is all of them
                 kata = self.settings.kata_check
-                self.kata_summary = run_kata_check(self.settings.kata_root, sum(len(d.gpus) for d in devices),
-                                                   kata.containerd_configs).summary
+                self.kata_summary = run_kata_check(
+                    self.settings.kata_root, sum(len(d.gpus) for d in devices), kata.containerd_configs,
+                    functions=sum(d.functions for d in devices) or None, kata_version=kata.kata_version,
+                    node_iommufd=all(d.iommufd for d in devices) if devices else None,
+                    kubelet_root=self.settings.registry_dir.parent).summary
             devices = [replace(d, attributes={**d.attributes, KATA_CHECK_ATTRIBUTE: {"string": self.kata_summary}})
                        for d in devices]
         if self.attestation is not None:

@@ -34,6 +34,7 @@ class GpuView:
     memory_bytes: int | None
     healthy: bool = True
     health_message: str = ""
+    functions: int = 1  # PCIe functions of the group that go to the VM (bridges stay): each takes a root port in Kata
     attributes: Mapping[str, Any] = field(default_factory=dict)  # extra ResourceSlice attributes (attestation)
 
 
