@@ -285,7 +285,8 @@ def _port_count_findings(hypervisor: Mapping[str, Any], cold: str | None, hot: s
         configured = hypervisor.get(key, 0)
         if not isinstance(configured, int) or isinstance(configured, bool) or configured < 0:
             findings.append(Finding("bad-port-count", Severity.ERROR, f"hypervisor.qemu.{key}",
-                                    f"{key} = {configured!r} is not a non-negative integer", f"set {key} = 0"))
+                                    f"{key} = {configured!r} is not a non-negative integer: Kata fails loading the "
+                                    "configuration", f"set {key} = 0"))
         elif configured > MAX_PCIE_PORTS:
             findings.append(Finding("ports-capped", Severity.WARNING, f"hypervisor.qemu.{key}",
                                     f"{key} = {configured}: Kata caps it at {MAX_PCIE_PORTS}",
@@ -357,6 +358,33 @@ def _confidential_findings(hypervisor: Mapping[str, Any], kind: RuntimeClassKind
                                 "the plain GPU class has confidential_guest on",
                                 "use the snp or tdx class for confidential pods"))
     return findings
+
+
+#: Our findings that mean Kata's loader refuses the configuration (the shim fails before any VM exists).
+LOAD_ERRORS = frozenset({"bad-port-value", "bad-vfio-mode", "hot-and-cold-plug", "bad-port-count"})
+
+
+def effective_settings(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The VFIO-relevant settings Kata's loader derives from a merged configuration, as this check reads them.
+
+    The test suite compares this with what Kata's own loader decides for the same files.
+    """
+    _, hypervisor = _hypervisor(config)
+    runtime = config.get("runtime")
+    runtime = runtime if isinstance(runtime, Mapping) else {}
+    params = hypervisor.get("kernel_params", "")
+    annotations = hypervisor.get("enable_annotations")
+    return {
+        "cold_plug_vfio": hypervisor.get("cold_plug_vfio", "no-port"),
+        "hot_plug_vfio": hypervisor.get("hot_plug_vfio", "no-port"),
+        "pcie_root_port": min(int(hypervisor.get("pcie_root_port", 0)), MAX_PCIE_PORTS),
+        "pcie_switch_port": min(int(hypervisor.get("pcie_switch_port", 0)), MAX_PCIE_PORTS),
+        "confidential_guest": hypervisor.get("confidential_guest", False) is True,
+        "sev_snp_guest": hypervisor.get("sev_snp_guest", False) is True,
+        "srs": isinstance(params, str) and SRS_PARAM in params.split(),
+        "enable_annotations": list(annotations) if isinstance(annotations, list) and annotations else None,
+        "vfio_mode": runtime.get("vfio_mode", "guest-kernel"),
+    }
 
 
 def parse_version(text: str | None) -> tuple[int, int, int] | None:

@@ -33,7 +33,8 @@ MODULE = "github.com/kata-containers/kata-containers/src/runtime"
 SETTINGS = {
     "RUNTIME_NAME": "containerd-shim-kata-v2", "PROJECT_NAME": "Kata Containers", "PROJECT_TYPE": "kata",
     "PROJECT_URL": "https://github.com/kata-containers", "PROJECT_ORG": "kata-containers", "PKGRUNDIR": "/run/vc",
-    "COMMIT": "oracle", "VERSION": "oracle", "CONFIG_PATH": "/opt/kata/share/defaults/kata-containers/configuration.toml",
+    "COMMIT": "oracle", "VERSION": "oracle",
+    "CONFIG_PATH": "/opt/kata/share/defaults/kata-containers/configuration.toml",
     "SYSCONFIG": "/etc/kata-containers/configuration.toml",
 }
 #: Keys of `[hypervisor.*]` whose value is a host file the loader checks.
@@ -70,9 +71,9 @@ def build() -> Path:
         copy = work / "kata-runtime"
         shutil.copytree(module_dir, copy, copy_function=shutil.copyfile)
         for directory, _, names in os.walk(copy):
-            os.chmod(directory, 0o755)  # noqa: PTH101 - the module cache is read-only
+            os.chmod(directory, 0o755)
             for name in names:
-                os.chmod(os.path.join(directory, name), 0o644)  # noqa: PTH101, PTH118
+                os.chmod(os.path.join(directory, name), 0o644)
         template = (copy / "pkg/katautils/config-settings.go.in").read_text()
         for key, value in SETTINGS.items():
             template = template.replace(f"@{key}@", value)
@@ -101,7 +102,7 @@ def _mount_points(paths: list[str]) -> list[str]:
     points: set[str] = set()
     for path in paths:
         p = PurePosixPath(path)
-        ancestors = [*reversed(p.parents)][1:] + [p]
+        ancestors = [*[*reversed(p.parents)][1:], p]
         missing = next((a for a in ancestors if not Path(a).exists()), None)
         if missing is not None:
             points.add(str(missing.parent))

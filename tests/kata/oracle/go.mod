@@ -2,7 +2,11 @@ module cc-gpu.test/kata-oracle
 
 go 1.24.6
 
-// Kata's Go runtime at a pinned commit (Kata tags are not Go module versions, so a pseudo-version). The build copies
+// Kata's Go runtime at a pinned commit of main (2025-08-28, 754f07cff239). Kata's tags are not Go module versions, so
+// it is a pseudo-version; the module proxy this was built against answers only exact pseudo-versions (queries by tag,
+// branch or commit hash are refused with 403), which is why this one, required by another project's go.mod, is the
+// pin rather than a release commit. Move it to a release commit's pseudo-version where the proxy resolves one. The
+// commit predates `pod_resource_api_sock`, which its loader ignores like any unknown key. The build copies
 // this module out of the module cache into ./kata-runtime, generates pkg/katautils/config-settings.go from its .in
 // template there, and the replace below points at that copy (see tests/kata/oracle.py). Nothing of Kata is committed.
 require github.com/kata-containers/kata-containers/src/runtime v0.0.0-20250828155603-754f07cff239
