@@ -67,12 +67,19 @@ class Review:
     uid: str = "7d1c4c2a-8f61-4a6e-9d0b-5c2e3f4a5b6c"
     user: Mapping[str, Any] | None = None
     namespace: str = "tenant-a"
+    namespace_labels: Mapping[str, str] | None = None  # None: the namespace has no labels
+
+    def _namespace_object(self) -> dict[str, Any]:
+        meta: dict[str, Any] = {"name": self.namespace}
+        if self.namespace_labels is not None:
+            meta["labels"] = dict(self.namespace_labels)
+        return {"apiVersion": "v1", "kind": "Namespace", "metadata": meta}
 
     def activation(self) -> dict[str, Any]:
         request = {"operation": self.operation, "uid": self.uid, "namespace": self.namespace,
                    "userInfo": dict(self.user or {"username": "someone"})}
         return {"request": celpy.json_to_cel(request), "object": celpy.json_to_cel(self.obj),
-                "oldObject": celpy.json_to_cel(self.old)}
+                "oldObject": celpy.json_to_cel(self.old), "namespaceObject": celpy.json_to_cel(self._namespace_object())}
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from cc_gpu.dra.keys import NodeKey, configmap_body, key_id
-from tests.cdi.consumer import Consumer, build, device_paths
+from tests.cdi.consumer import LIBRARIES, Consumer, build, device_paths
 from tests.cdi.shapes import legacy_nodes, write_pod_spec
 from tests.deploy.cel import Policy, Review
 from tests.deploy.chart import NAMESPACE, one, render
@@ -89,6 +89,23 @@ GUARD_CASES = [
      ["cannot be added or changed"]),
     ("added on update", Review("UPDATE", pod(annotations={"cdi.k8s.io/cc-gpu": "cc-gpu.io/vfio=pod-z"}),
                                old=pod(), uid="z"), ["cannot be added or changed"]),
+    ("a foreign kind under our key", Review("CREATE", pod(annotations={"cdi.k8s.io/cc-gpu": "nvidia.com/pgpu=0"}),
+                                            uid=UID), ["pods may not name cc-gpu CDI devices"]),
+    ("our device plus a foreign one under our key",
+     Review("CREATE", pod(annotations={"cdi.k8s.io/cc-gpu": OURS + ",nvidia.com/pgpu=0"}), uid=UID),
+     ["pods may not name cc-gpu CDI devices"]),
+    ("our key on a pod the mutating policy skips", Review("CREATE", pod(claims=False, annotations={
+        "cdi.k8s.io/cc-gpu": "example.com/gpu=0"}), uid=UID), ["pods may not name cc-gpu CDI devices"]),
+    ("our key switched to a foreign kind on update",
+     Review("UPDATE", pod(annotations={"cdi.k8s.io/cc-gpu": "nvidia.com/pgpu=0"}),
+            old=pod(annotations={"cdi.k8s.io/cc-gpu": OURS}), uid="w"), ["cannot be added or changed"]),
+    ("guest kernel parameters in a tenant namespace",
+     Review("CREATE", pod(annotations={"io.katacontainers.config.hypervisor.kernel_params": "nvrc.smi.srs=1"}),
+            uid=UID, namespace_labels={"cc-gpu.io/gpu-tenant": "true"}),
+     ["may not set io.katacontainers.config.hypervisor.kernel_params"]),
+    ("guest kernel parameters elsewhere are not ours to judge",
+     Review("CREATE", pod(annotations={"io.katacontainers.config.hypervisor.kernel_params": "debug"}), uid=UID,
+            namespace="ops", namespace_labels={"team": "ops"}), []),
 ]
 
 
@@ -241,6 +258,7 @@ def test_the_annotation_set_at_admission_resolves_to_the_pods_gpus(tmp_path: Pat
     cdi_root = tmp_path / "cdi"
     cdi_root.mkdir()
     assert write_pod_spec(cdi_root, UID, [legacy_nodes(12)]) == value
-    consumer = Consumer(build(), tmp_path)
-    sandbox = consumer.inject(cdi_root, annotations=mutated["metadata"]["annotations"], nodes=legacy_nodes(12))
-    assert sorted(device_paths(sandbox)) == ["/dev/vfio/12", "/dev/vfio/vfio"]
+    for library in LIBRARIES.values():  # Kata's CDI library and containerd's
+        consumer = Consumer(build(library), tmp_path)
+        sandbox = consumer.inject(cdi_root, annotations=mutated["metadata"]["annotations"], nodes=legacy_nodes(12))
+        assert sorted(device_paths(sandbox)) == ["/dev/vfio/12", "/dev/vfio/vfio"], library.name
