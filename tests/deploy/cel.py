@@ -79,7 +79,8 @@ class Review:
         request = {"operation": self.operation, "uid": self.uid, "namespace": self.namespace,
                    "userInfo": dict(self.user or {"username": "someone"})}
         return {"request": celpy.json_to_cel(request), "object": celpy.json_to_cel(self.obj),
-                "oldObject": celpy.json_to_cel(self.old), "namespaceObject": celpy.json_to_cel(self._namespace_object())}
+                "oldObject": celpy.json_to_cel(self.old),
+                "namespaceObject": celpy.json_to_cel(self._namespace_object())}
 
 
 @dataclass(frozen=True)
