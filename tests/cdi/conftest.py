@@ -25,6 +25,21 @@ def consumer(consumer_binary: Path, tmp_path: Path) -> Consumer:
     return Consumer(consumer_binary, work)
 
 
+@pytest.fixture(scope="session")
+def kata_shim_binary() -> Path:
+    """Kata's own `config.WithCDI` (the call the shim makes on the sandbox annotations), built from Kata's module."""
+    from tests.kata import oracle  # noqa: PLC0415
+
+    return oracle.build()
+
+
+@pytest.fixture
+def kata_shim(kata_shim_binary: Path, tmp_path: Path) -> Consumer:
+    work = tmp_path / "kata-shim"
+    work.mkdir()
+    return Consumer(kata_shim_binary, work)
+
+
 @pytest.fixture
 def cdi_root(tmp_path: Path) -> Path:
     root = tmp_path / "cdi"

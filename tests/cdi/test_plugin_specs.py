@@ -37,7 +37,7 @@ MODES: dict[str, tuple[tuple[str, ...], list[dict[str, Any]] | None, str]] = {
 
 @pytest.mark.parametrize("mode", sorted(MODES))
 def test_pod_annotation_and_claim_ids_resolve_to_the_prepared_gpus(node: Node, consumer: Consumer,  # noqa: F811
-                                                                   mode: str) -> None:
+                                                                   kata_shim: Consumer, mode: str) -> None:
     args, config, prefix = MODES[mode]
     node.start_plugin(*args)
     devices = node.devices()
@@ -54,6 +54,9 @@ def test_pod_annotation_and_claim_ids_resolve_to_the_prepared_gpus(node: Node, c
 
     sandbox = consumer.inject(node.cdi_root, annotations=annotations, nodes=nodes)
     containers = consumer.inject(node.cdi_root, devices=claim_ids, nodes=nodes)
+    # Kata's own annotation handling (config.WithCDI, Kata's code at its pinned commit) resolves the same nodes.
+    shim = kata_shim.inject(node.cdi_root, annotations=annotations, nodes=nodes)
+    assert sorted(device_paths(shim)) == sorted(device_paths(sandbox))
     groups = {p for p in device_paths(sandbox) if p != "/dev/vfio/vfio"}
     assert len(groups) == 2  # one node per GPU's IOMMU group (or iommufd device)
     assert sorted(device_paths(sandbox)) == sorted(device_paths(containers))
