@@ -76,5 +76,7 @@ def run_kata_check(
                 "code": finding.code, "severity": finding.severity.value, "setting": finding.setting,
                 "finding": finding.message, "fix": finding.fix})
     summary = node_summary(reports)
-    log.info("kata check done", extra={"kata_check": summary, "configs": len(reports), "gpus": max(1, gpus)})
+    log.info("kata check done", extra={"kata_check": summary, "configs": len(reports), "gpus": max(1, gpus),
+                                       "functions": functions or max(1, gpus),
+                                       "kata_version": next((r.report.kata_version for r in reports), None)})
     return KataCheckResult(summary, findings)

@@ -66,19 +66,31 @@ def test_every_check_fixture_agrees_with_katas_loader(kata_loader: Path, tmp_pat
     agree(config, kind, kata(kata_loader, path, config), str(changes))
 
 
+DROP_INS = {
+    "shipped": [],
+    "with our drop-in": ["kata/config.d/50-cc-gpu-vfio.toml"],
+    "with the pod-resources drop-in": ["kata/config.d-pod-resources/50-cc-gpu-vfio.toml"],
+    "with our drop-in and the class drop-ins": [
+        "kata/config.d/50-cc-gpu-vfio.toml", "kata/config.d-snp/60-cc-gpu-snp.toml", "kata/config.d-tdx/60-cc-gpu-tdx.toml",
+    ],
+}
+
+
 @pytest.mark.parametrize("suffix", sorted(KINDS))
-@pytest.mark.parametrize("drop_in", [None, "kata/config.d/50-cc-gpu-vfio.toml"], ids=["shipped", "with our drop-in"])
-def test_shipped_configurations_and_our_drop_ins(kata_loader: Path, tmp_path: Path, suffix: str,
-                                                 drop_in: str | None) -> None:
+@pytest.mark.parametrize("variant", sorted(DROP_INS))
+def test_shipped_configurations_and_our_drop_ins(kata_loader: Path, tmp_path: Path, suffix: str, variant: str) -> None:
     repo = Path(__file__).resolve().parents[2]
     path = tmp_path / f"configuration-qemu-nvidia-gpu{suffix}.toml"
     shutil.copy(Path(__file__).parent / "fixtures" / path.name, path)
-    if drop_in:
+    drop_ins = [d for d in DROP_INS[variant] if ("config.d-snp" not in d and "config.d-tdx" not in d)
+                or f"config.d{suffix}/" in d]  # a class drop-in only beside its own class
+    if drop_ins:
         (tmp_path / "config.d").mkdir()
-        shutil.copy(repo / drop_in, tmp_path / "config.d")
+        for drop_in in drop_ins:
+            shutil.copy(repo / drop_in, tmp_path / "config.d")
     ours = read_kata_config(path)
-    agree(ours, KINDS[suffix], kata(kata_loader, path, ours), path.name)
-    if drop_in:
+    agree(ours, KINDS[suffix], kata(kata_loader, path, ours), f"{path.name} {variant}")
+    if variant == "with our drop-in":
         assert ours == good(KINDS[suffix])
 
 
