@@ -71,7 +71,9 @@ DROP_INS = {
     "with our drop-in": ["kata/config.d/50-cc-gpu-vfio.toml"],
     "with the pod-resources drop-in": ["kata/config.d-pod-resources/50-cc-gpu-vfio.toml"],
     "with our drop-in and the class drop-ins": [
-        "kata/config.d/50-cc-gpu-vfio.toml", "kata/config.d-snp/60-cc-gpu-snp.toml", "kata/config.d-tdx/60-cc-gpu-tdx.toml",
+        "kata/config.d/50-cc-gpu-vfio.toml",
+        "kata/config.d-snp/60-cc-gpu-snp.toml",
+        "kata/config.d-tdx/60-cc-gpu-tdx.toml",
     ],
 }
 
