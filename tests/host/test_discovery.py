@@ -177,3 +177,14 @@ def test_real_host_discovery_does_not_crash() -> None:
     except NoIommuError:
         return
     assert all(g.vendor_id == pciids.NVIDIA for g in inv.gpus)
+
+
+def test_iommu_without_vfio_cdevs_is_no_iommufd(sim: SimFactory) -> None:
+    """CONFIG_IOMMUFD without CONFIG_VFIO_DEVICE_CDEV: /dev/iommu exists, but vfio registers no vfio-dev major."""
+    host, kernel = sim("dgx-h100")
+    assert discover(host).iommufd
+    (kernel.sys / "module" / "vfio").mkdir(parents=True, exist_ok=True)
+    (kernel.proc / "devices").write_text("Character devices:\n 10 misc\n240 vfio\n")
+    assert not discover(host).iommufd
+    (kernel.proc / "devices").write_text("Character devices:\n 10 misc\n239 vfio-dev\n240 vfio\n")
+    assert discover(host).iommufd
