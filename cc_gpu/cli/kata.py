@@ -35,6 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     check.add_argument("--handler", help="containerd runtime handler (default: kata-deploy's name for the class)")
     check.add_argument("--no-drop-ins", action="store_true", help="ignore config.d/ next to each configuration")
     check.add_argument("--root", type=Path, default=Path("/"), help="host root the default paths are under")
+    check.add_argument("--kata-version", help="the node's Kata release (default: <root>/opt/kata/VERSION)")
+    check.add_argument("--kubelet-root", type=Path, help="the kubelet's --root-dir, to check pod_resource_api_sock")
     check.add_argument("--json", action="store_true", help="print the reports as JSON")
 
 
@@ -48,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
             runtime_class=RuntimeClassKind(args.runtime_class) if args.runtime_class else None,
             path=ColdPlugPath(args.path), ports_per_gpu=args.ports_per_gpu,
             containerd_configs=args.containerd_config, handler=args.handler, drop_ins=not args.no_drop_ins,
+            kata_version=args.kata_version, kubelet_root=args.kubelet_root,
         )
     except KataConfigError as e:
         print(f"cc-gpu kata check: {e}", file=sys.stderr)
@@ -69,6 +72,8 @@ def _as_json(node_report: NodeReport) -> dict[str, object]:
     report = node_report.report
     return {
         "config": str(node_report.config),
+        "loaded": str(node_report.resolved or node_report.config),
+        "kata_version": report.kata_version,
         "class": report.runtime_class.value,
         "path": report.path.value,
         "gpus": report.gpus,
@@ -81,8 +86,9 @@ def _as_json(node_report: NodeReport) -> dict[str, object]:
 def _print_report(node_report: NodeReport) -> None:
     report = node_report.report
     verdict = "OK" if report.ok else "FAIL"
-    print(f"{verdict}  {node_report.config}  (class {report.runtime_class.value}, path {report.path.value}, "
-          f"{report.gpus} GPU(s))")
+    loaded = f" -> {node_report.resolved}" if node_report.resolved else ""
+    print(f"{verdict}  {node_report.config}{loaded}  (class {report.runtime_class.value}, path {report.path.value}, "
+          f"{report.gpus} GPU(s), Kata {report.kata_version or 'unknown'})")
     for finding in report.findings:
         print(f"  {finding.severity.value:<7} {finding.code}: {finding.setting}: {finding.message}")
         print(f"          fix: {finding.fix}")

@@ -73,6 +73,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kata-root", dest="kata_root", type=Path, default=None,
                         help="host root under which the Kata and containerd configuration files are read (default /, "
                              "the sim tree with --sim; env CC_GPU_KATA_ROOT)")
+    parser.add_argument("--kata-version", dest="kata_version", default=None,
+                        help="the node's Kata release when <kata root>/opt/kata/VERSION does not say it; decides "
+                             "whether iommuMode legacy is allowed for confidential pods (env CC_GPU_KATA_VERSION)")
 
 
 def _env_name(dest: str) -> str:
@@ -120,6 +123,9 @@ def settings_from(args: argparse.Namespace, environ: dict[str, str]) -> Any:
         settings = replace(settings, kata_check=replace(settings.kata_check, enabled=kata_check == "on"))
     if kata_root:
         settings = replace(settings, kata_check=replace(settings.kata_check, root=kata_root))
+    kata_version = args.kata_version or environ.get("CC_GPU_KATA_VERSION")
+    if kata_version:
+        settings = replace(settings, kata_check=replace(settings.kata_check, kata_version=kata_version))
     return settings.validate()
 
 

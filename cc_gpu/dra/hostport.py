@@ -76,13 +76,14 @@ def views_from(inventory: Inventory, selection: Selection, label_value: str | No
             architecture=first.architecture,
             numa_node=first.numa_node if first.numa_node is not None else -1,
             pcie_root=first.pcie_root.split("/", 1)[0],  # the root complex, as resource.kubernetes.io/pcieRoot
-            iommufd=all(g.iommufd_cdev for g in gpus) or inventory.iommufd,
+            iommufd=inventory.iommufd,  # QEMU opens /dev/iommu for a cdev: without it no cdev can be used
             cc_capable=first.cc_mode not in ("unsupported", "unknown"),
             cc_mode=modes.pop() if len(modes) == 1 else "mixed",
             driver=first.driver,
             memory_bytes=sum(g.memory_bytes or 0 for g in gpus) or None,
             healthy=first.sriov_numvfs == 0,
             health_message="" if first.sriov_numvfs == 0 else "SR-IOV virtual functions are enabled",
+            functions=sum(1 for m in group.members if not m.is_bridge) if group else len(gpus),
         ))
     return out
 
@@ -90,10 +91,12 @@ def views_from(inventory: Inventory, selection: Selection, label_value: str | No
 class HostAdapter:
     """`HostPort` over a `cc_gpu.host.Host`."""
 
-    def __init__(self, host: Host, selection: Selection, label_value: Callable[[], str | None] | None = None) -> None:
+    def __init__(self, host: Host, selection: Selection, label_value: Callable[[], str | None] | None = None,
+                 bind_policy: BindPolicy | None = None) -> None:
         self.host = host
         self.selection = selection
         self.label_value = label_value or (lambda: None)
+        self.bind_policy = bind_policy or BindPolicy()  # the backend is chosen per bind; the rest applies to all
         self._binders: dict[str, Binder] = {}
         self._lock = threading.Lock()
         self._last_cc: dict[str, str] = {}  # bdf -> CC mode last read while the host driver held the GPU
@@ -101,7 +104,7 @@ class HostAdapter:
     def _binder(self, backend: str) -> Binder:
         with self._lock:
             if backend not in self._binders:
-                self._binders[backend] = Binder(self.host, BindPolicy(backend=backend))
+                self._binders[backend] = Binder(self.host, replace(self.bind_policy, backend=backend))
             return self._binders[backend]
 
     def devices(self) -> list[GpuView]:

@@ -34,6 +34,7 @@ class KataCheckSettings:
     enabled: bool = True
     root: Path | None = None  # None: the sim tree on a simulated node, else `/`
     containerd_configs: tuple[Path, ...] = ()  # default: <root>/etc/containerd/config.toml when present
+    kata_version: str = ""  # the node's Kata release when it cannot be read from <root>/opt/kata/VERSION
 
 
 @dataclass(frozen=True)
@@ -42,11 +43,25 @@ class KataCheckResult:
     findings: int  # errors and warnings logged
 
 
-def run_kata_check(root: Path, gpus: int, containerd_configs: tuple[Path, ...] = ()) -> KataCheckResult:
-    """Check every NVIDIA GPU configuration under `root` for pods of up to `gpus` GPUs; log what is found."""
+def run_kata_check(
+    root: Path,
+    gpus: int,
+    containerd_configs: tuple[Path, ...] = (),
+    *,
+    functions: int | None = None,
+    kata_version: str | None = None,
+    node_iommufd: bool | None = None,
+    kubelet_root: Path | None = None,
+) -> KataCheckResult:
+    """Check every NVIDIA GPU configuration under `root` for pods of up to `gpus` GPUs; log what is found.
+
+    `functions` counts ports as Kata does: every PCIe function of the node's GPU groups can be cold-plugged into one
+    pod's VM, and Kata creates max(functions, pcie_root_port) root ports, refusing more than 16 functions.
+    """
     configs = tuple(root / p.relative_to(p.anchor) if p.is_absolute() else root / p for p in containerd_configs)
     try:
-        reports = check_node(gpus=max(1, gpus), root=root, containerd_configs=configs)
+        reports = check_node(gpus=max(1, gpus), root=root, containerd_configs=configs, functions=functions,
+                             kata_version=kata_version or None, node_iommufd=node_iommufd, kubelet_root=kubelet_root)
     except KataConfigError as e:
         log.warning("kata check: a configuration file cannot be read", extra={"error": str(e)})
         return KataCheckResult(ERROR_SUMMARY, 1)
@@ -61,5 +76,7 @@ def run_kata_check(root: Path, gpus: int, containerd_configs: tuple[Path, ...] =
                 "code": finding.code, "severity": finding.severity.value, "setting": finding.setting,
                 "finding": finding.message, "fix": finding.fix})
     summary = node_summary(reports)
-    log.info("kata check done", extra={"kata_check": summary, "configs": len(reports), "gpus": max(1, gpus)})
+    log.info("kata check done", extra={"kata_check": summary, "configs": len(reports), "gpus": max(1, gpus),
+                                       "functions": functions or max(1, gpus),
+                                       "kata_version": next((r.report.kata_version for r in reports), None)})
     return KataCheckResult(summary, findings)

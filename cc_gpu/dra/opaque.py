@@ -28,7 +28,10 @@ RESET_MODES = ("auto", "never")
 class VfioDeviceConfig:
     """The effective configuration for the devices of one request of one claim."""
 
-    iommu_mode: str = "auto"  # which /dev/vfio nodes go into the CDI spec: auto picks iommufd when the kernel offers it
+    # Which /dev/vfio nodes go into the CDI spec. `auto`: the iommufd cdev for a pod of a confidential handler (Kata
+    # >= 3.26 refuses the legacy group node there; a node without iommufd refuses the claim), otherwise the legacy
+    # group node where `/dev/vfio/vfio` exists, else the cdev. See `iommu.py`.
+    iommu_mode: str = "auto"
     reset_on_release: str = "auto"  # reset the function at unprepare when the kernel offers a reset method
     extra: Mapping[str, Any] = field(default_factory=dict)  # decoded later sections, keyed by section name
 

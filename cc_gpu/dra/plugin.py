@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from cc_gpu.dra.cdi import CdiWriter
 from cc_gpu.dra.checkpoint import PREPARE_COMPLETED, Checkpoint
+from cc_gpu.dra.iommu import parse_kata_version, version_text
 from cc_gpu.dra.katacheck import ATTRIBUTE as KATA_CHECK_ATTRIBUTE
 from cc_gpu.dra.katacheck import run_kata_check
 from cc_gpu.dra.locks import GroupLocks
@@ -30,6 +31,7 @@ from cc_gpu.dra.settings import PluginSettings
 from cc_gpu.dra.slices import NodeRef, SlicePublisher
 from cc_gpu.dra.state import DeviceState
 from cc_gpu.errors import CcGpuError
+from cc_gpu.kata_node import read_kata_version
 from cc_gpu.kube.api import KubeApi
 
 if TYPE_CHECKING:
@@ -61,7 +63,9 @@ class Plugin:
             locks=GroupLocks(plugin_dir / "locks"),
             policy=s.policy,
             attestation=self.attestation,
+            kata_version=parse_kata_version(s.kata_check.kata_version or read_kata_version(s.kata_root)),
         )
+        log.info("kata version", extra={"kata_version": version_text(self.state.kata_version)})
         self.health = HealthBroadcaster(s.node_name) if s.health_service else None
         self.service = DraService(self.state, self.metrics)
         self.servers = PluginServers(
@@ -97,8 +101,11 @@ class Plugin:
         if self.settings.kata_check.enabled:
             if self.kata_summary is None:  # once, at startup: the most GPUs one pod can get is all of them
                 kata = self.settings.kata_check
-                self.kata_summary = run_kata_check(self.settings.kata_root, sum(len(d.gpus) for d in devices),
-                                                   kata.containerd_configs).summary
+                self.kata_summary = run_kata_check(
+                    self.settings.kata_root, sum(len(d.gpus) for d in devices), kata.containerd_configs,
+                    functions=sum(d.functions for d in devices) or None, kata_version=kata.kata_version,
+                    node_iommufd=all(d.iommufd for d in devices) if devices else None,
+                    kubelet_root=self.settings.registry_dir.parent).summary
             devices = [replace(d, attributes={**d.attributes, KATA_CHECK_ATTRIBUTE: {"string": self.kata_summary}})
                        for d in devices]
         if self.attestation is not None:

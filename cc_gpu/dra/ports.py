@@ -27,13 +27,14 @@ class GpuView:
     architecture: str
     numa_node: int
     pcie_root: str
-    iommufd: bool  # the kernel offers /dev/vfio/devices/vfioN for it
+    iommufd: bool  # the node offers iommufd (/dev/iommu): the device can be passed as /dev/vfio/devices/vfioN
     cc_capable: bool
     cc_mode: str  # on | off | ppcie | devtools | unknown
     driver: str | None  # the GPU's current driver
     memory_bytes: int | None
     healthy: bool = True
     health_message: str = ""
+    functions: int = 1  # PCIe functions of the group that go to the VM (bridges stay): each takes a root port in Kata
     attributes: Mapping[str, Any] = field(default_factory=dict)  # extra ResourceSlice attributes (attestation)
 
 

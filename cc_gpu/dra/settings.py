@@ -172,6 +172,8 @@ def _kata_check(value: Any, base: KataCheckSettings) -> KataCheckSettings:
             out = replace(out, root=Path(_typed("kata_check.root", v, str)))
         elif key == "containerd_configs":
             out = replace(out, containerd_configs=tuple(Path(p) for p in _str_list("kata_check.containerd_configs", v)))
+        elif key == "kata_version":
+            out = replace(out, kata_version=_typed("kata_check.kata_version", v, str))
         else:
             raise ConfigError(f"config key kata_check.{key}: unknown")
     return out

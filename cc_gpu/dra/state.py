@@ -31,7 +31,8 @@ from cc_gpu.dra.checkpoint import (
 from cc_gpu.dra.claims import ClaimPlan, parse_claim
 from cc_gpu.dra.crashpoints import crashpoint
 from cc_gpu.dra.errors import ClaimError, GateRefusedError
-from cc_gpu.dra.gate import GatePolicy, PodView, decide
+from cc_gpu.dra.gate import GateDecision, GatePolicy, PodView, decide
+from cc_gpu.dra.iommu import IommuModeRefusedError, choose_mode
 from cc_gpu.dra.locks import GroupLocks
 from cc_gpu.dra.ports import GpuView, HostPort
 from cc_gpu.errors import CcGpuError
@@ -76,6 +77,7 @@ class DeviceState:
     locks: GroupLocks
     policy: GatePolicy = field(default_factory=GatePolicy)
     attestation: AttestationEngine | None = None  # None: claims that require attestation are refused
+    kata_version: tuple[int, int, int] | None = None  # the node's Kata release, read at startup; None: unknown
     _inventory: dict[str, GpuView] = field(default_factory=dict)
     _inventory_lock: threading.Lock = field(default_factory=threading.Lock)
     _boot_id: str = ""
@@ -107,7 +109,8 @@ class DeviceState:
             return self._answer(done)
         claim = self._get_claim(ref)
         plan = parse_claim(claim, ref.uid, self.driver, self.pool, self.inventory())
-        decision_pod = self._gate(claim, plan)
+        decision = self._gate(claim, plan)
+        modes = self._iommu_modes(claim, plan, decision)
         groups = sorted({d.device.iommu_group for d in plan.devices})
         with self.locks.hold(groups):
             existing = self.checkpoint.get(ref.uid)
@@ -116,8 +119,8 @@ class DeviceState:
             if existing is not None:
                 self._rollback(existing)
             attested = self._step_attest(claim, plan)  # before anything changes: a rejected GPU stays with the host
-            entry = self._step_started(plan, decision_pod)
-            entry = self._step_bind(plan, entry)
+            entry = self._step_started(plan, decision.pod)
+            entry = self._step_bind(entry, modes, decision.confidential)
             entry = self._step_cdi(entry, attested)
             self._step_completed(entry)
         self._record_ready(ref, entry, attested)
@@ -140,15 +143,25 @@ class DeviceState:
             modes[d.device.name] = fresh[d.device.name].cc_mode
         return modes
 
-    def _gate(self, claim: Mapping[str, Any], plan: ClaimPlan) -> PodView:
+    def _gate(self, claim: Mapping[str, Any], plan: ClaimPlan) -> GateDecision:
         pod = self._pod_view(plan.namespace, plan.pod)
         cc_modes = self._fresh_cc_modes(plan)
         try:
-            decide(pod, self.policy, self.host.tee_enabled(), cc_modes)
+            return decide(pod, self.policy, self.host.tee_enabled(), cc_modes)
         except GateRefusedError as e:
             self._event(claim, "PrepareRefused", str(e))
             raise
-        return pod
+
+    def _iommu_modes(self, claim: Mapping[str, Any], plan: ClaimPlan, decision: GateDecision) -> dict[str, str]:
+        """Device -> the VFIO interface to bind it with (`iommu.py`); refused before anything changes on the node."""
+        try:
+            return {d.device.name: choose_mode(d.config.iommu_mode, confidential=decision.confidential,
+                                               node_iommufd=d.device.iommufd, kata_version=self.kata_version,
+                                               device=d.device.name)
+                    for d in plan.devices}
+        except IommuModeRefusedError as e:
+            self._event(claim, "PrepareRefused", str(e))
+            raise
 
     def _pod_view(self, namespace: str, entry: Mapping[str, Any]) -> PodView:
         ref = f"{namespace}/{entry.get('name')}"
@@ -209,12 +222,14 @@ class DeviceState:
         crashpoint("prepare-after-started")
         return entry
 
-    def _step_bind(self, plan: ClaimPlan, entry: ClaimEntry) -> ClaimEntry:
-        modes = {d.device.name: d.config.iommu_mode for d in plan.devices}
+    def _step_bind(self, entry: ClaimEntry, modes: Mapping[str, str], confidential: bool) -> ClaimEntry:
         bound: list[PreparedDevice] = []
         try:
             for dev in entry.devices:
                 result = self.host.bind(dev.iommu_group, entry.uid, modes[dev.device])
+                if confidential and modes[dev.device] == "iommufd" and result.mode != "iommufd":
+                    raise IommuModeRefusedError(  # the kernel lost /dev/iommu between discovery and bind
+                        f"device {dev.device}: bound as {result.mode}, but a confidential pod needs an iommufd cdev")
                 name = cdi.device_name(entry.uid, dev.device)
                 bound.append(
                     replace(

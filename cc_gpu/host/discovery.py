@@ -99,7 +99,7 @@ class Unit:
 class Inventory:
     gpus: tuple[Gpu, ...]
     groups: tuple[IommuGroup, ...]
-    iommufd: bool  # /dev/iommu exists
+    iommufd: bool  # /dev/iommu exists and VFIO device cdevs are not known to be missing (`iommufd_available`)
 
     @property
     def units(self) -> tuple[Unit, ...]:
@@ -149,7 +149,27 @@ def discover(host: Host, device_filter: DeviceFilter = NVIDIA_GPUS, *, require_i
     with host.nvml.batch():  # one NVML session for the whole pass, closed before anything can bind
         gpus = tuple(_gpu(host, fn, groups.get(fn.iommu_group) if fn.iommu_group is not None else None)
                      for fn in gpus_fn)
-    return Inventory(gpus, tuple(groups[n] for n in sorted(groups)), io.exists(roots.dev / "iommu"))
+    return Inventory(gpus, tuple(groups[n] for n in sorted(groups)), iommufd_available(host))
+
+
+def iommufd_available(host: Host) -> bool:
+    """Whether devices can be passed as iommufd cdevs: `/dev/iommu` (CONFIG_IOMMUFD) and VFIO device cdevs.
+
+    The cdevs (CONFIG_VFIO_DEVICE_CDEV) have no node of their own before a device is bound, but with the cdev support
+    the vfio module registers the `vfio-dev` character major, which `/proc/devices` lists. When vfio is loaded and that
+    major is missing, the kernel has iommufd but no VFIO cdevs; when vfio is not loaded yet, it cannot be told and
+    the bind itself says so (it waits for the cdev to appear).
+    """
+    io, roots = host.io, host.roots
+    if not io.exists(roots.dev / "iommu"):
+        return False
+    if not io.exists(roots.sysfs / "module" / "vfio"):
+        return True
+    try:
+        devices = io.read_text(roots.proc / "devices")
+    except OSError:
+        return True
+    return any(line.split()[-1:] == ["vfio-dev"] for line in devices.splitlines())
 
 
 def _gpu(host: Host, fn: PciFunction, group: IommuGroup | None) -> Gpu:

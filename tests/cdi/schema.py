@@ -1,4 +1,7 @@
-"""Validation of emitted CDI specs against the CDI JSON schema (from Debian's Go CDI package) and the Kata rules.
+"""Validation of emitted CDI specs against the CDI JSON schema and the Kata rules.
+
+The schema is the one shipped in the Go module of the CDI library Kata resolves with (v0.6.0), fetched by Go from the
+module proxy into its module cache (`go mod download`), so nothing of it is copied into the repository.
 
 The one schema validator of the suite: the plugin's unit and end-to-end tests and the Go consumer's tests use it.
 """
@@ -6,7 +9,9 @@ The one schema validator of the suite: the plugin's unit and end-to-end tests an
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -15,15 +20,26 @@ import jsonschema
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT7
 
-GOPATH = "/usr/share/gocode"
-SCHEMA_DIR = Path(GOPATH) / "src/github.com/container-orchestrated-devices/container-device-interface/schema"
-KATA_MAX_VERSION = (0, 5, 0)  # the highest cdiVersion the Go CDI library in Debian (and NVIDIA's Kata pin) accepts
+from tests import gotool
+
+SCHEMA_MODULE = "github.com/container-orchestrated-devices/container-device-interface@v0.6.0"
+KATA_MAX_VERSION = (0, 5, 0)  # what the plugin emits: NVIDIA's Kata pin, and below Kata's v0.6.0 library's 0.6.0 cap
+
+
+@cache
+def schema_dir() -> Path:
+    """The `schema/` directory of Kata's CDI library module, downloaded into Go's module cache if missing."""
+    out = subprocess.run([gotool.go(), "mod", "download", "-json", SCHEMA_MODULE], capture_output=True, text=True,
+                         check=False, env={**os.environ, "GOTOOLCHAIN": "local", "GOFLAGS": "-mod=mod"}, cwd="/")
+    if out.returncode != 0:
+        raise gotool.GoToolchainError(f"go mod download {SCHEMA_MODULE} failed: {out.stdout[-2000:]}{out.stderr}")
+    return Path(json.loads(out.stdout)["Dir"]) / "schema"
 
 
 @cache
 def _validator() -> jsonschema.Draft7Validator:
-    schema = json.loads((SCHEMA_DIR / "schema.json").read_text())
-    defs = json.loads((SCHEMA_DIR / "defs.json").read_text())
+    schema = json.loads((schema_dir() / "schema.json").read_text())
+    defs = json.loads((schema_dir() / "defs.json").read_text())
     registry: Registry[Any] = Registry().with_resource("defs.json", Resource(contents=defs, specification=DRAFT7))
     return jsonschema.Draft7Validator(schema, registry=registry)
 

@@ -1,7 +1,8 @@
-"""cc-gpu's CDI specs as a real consumer sees them: the Go CDI library resolves our ids and the pod annotation.
+"""cc-gpu's CDI specs as the real consumers see them: the Go CDI libraries resolve our ids and the pod annotation.
 
-The consumer is the Go CDI library 0.5.2 (Debian), older and stricter than the 0.6.0 Kata loads: what it accepts,
-Kata accepts. Every test runs it over a CDI root holding our specs and asserts the `linux.devices` it injects.
+Every consumer test runs twice, once with the library version Kata's Go runtime resolves with (v0.6.0, which also
+checks each spec's `cdiVersion` against the minimum its features need) and once with containerd 2.2/2.3's (v1.1.0), over
+a CDI root holding our specs, and asserts the `linux.devices` it injects.
 """
 
 from __future__ import annotations
@@ -71,7 +72,8 @@ def test_unknown_pod_device_fails_the_sandbox(consumer: Consumer, cdi_root: Path
 
 
 BROKEN = [
-    ("a newer cdiVersion than the library knows", {"cdiVersion": "0.6.0"}, "invalid version"),
+    ("a newer cdiVersion than the library knows", {"cdiVersion": "9.9.9"}, "version"),
+    ("a feature above the spec's cdiVersion", {"annotations": {"a": "b"}}, "version"),
     ("an unknown field", {"deviceNodes": []}, "unknown field"),
     ("a device with no edits", {"devices": [{"name": "empty", "containerEdits": {}}]}, "empty"),
 ]

@@ -100,6 +100,22 @@ def test_another_vendors_cdi_annotation_is_not_ours_to_judge(cluster: ControlPla
     assert not denial(cluster.admin("POST", PODS + DRY, pod(annotations={"cdi.k8s.io/nic": "example.com/net=eth1"})))
 
 
+KERNEL_PARAMS = "io.katacontainers.config.hypervisor.kernel_params"
+
+
+def test_tenants_may_not_set_the_guest_kernels_parameters(cluster: ControlPlane) -> None:
+    """nvrc.smi.srs=1 in the guest's kernel parameters lets it mark the GPU ready without attesting it."""
+    message = denial(cluster.admin("POST", PODS + DRY, pod(annotations={KERNEL_PARAMS: "nvrc.smi.srs=1"})))
+    assert f"may not set {KERNEL_PARAMS}" in message
+
+
+def test_kernel_parameters_outside_tenant_namespaces_are_not_ours_to_judge(cluster: ControlPlane) -> None:
+    cluster.ensure_namespace("ops-debug")
+    other = pod(annotations={KERNEL_PARAMS: "debug"}, claims=False)
+    other["metadata"]["namespace"] = "ops-debug"
+    assert not denial(cluster.admin("POST", "/api/v1/namespaces/ops-debug/pods" + DRY, other))
+
+
 @pytest.fixture
 def held(cluster: ControlPlane) -> Iterator[dict[str, Any]]:
     created = cluster.admin.create(PODS, pod(name="held"))

@@ -353,3 +353,23 @@ def test_a_bad_values_file_names_every_fault() -> None:
     message = str(caught.value)
     for fault in ("/driverName", "/rollingUpdate/surge", "'replicas' not allowed"):
         assert fault in message
+
+
+@pytest.mark.parametrize("require", [True, False], ids=["default: iommufd required", "requireIommuFD false"])
+def test_confidential_classes_select_iommufd_nodes(require: bool) -> None:
+    """Kata >= 3.26 refuses a legacy group node for confidential guests: by default both classes select only devices
+    whose node publishes iommuFD=true (the attribute `cc_gpu.dra.slices.device_json` writes), so the scheduler never
+    sends a confidential claim to a legacy-only node."""
+    from cc_gpu.dra.ports import GpuView  # noqa: PLC0415
+    from cc_gpu.dra.slices import device_json  # noqa: PLC0415
+
+    view = GpuView("gpu-0000-18-00-0", "0000:18:00.0", ("0000:18:00.0",), ("0000:18:00.0",), 10, "0x10de", "0x2330",
+                   "H100", "hopper", 0, "pci0000:16", False, True, "on", "nvidia", None)
+    assert device_json(view)["attributes"]["iommuFD"] == {"bool": False}
+    clause = ('"iommuFD" in device.attributes["gpu.cc-gpu.io"] && '
+              'device.attributes["gpu.cc-gpu.io"].iommuFD == true')
+    values = {} if require else {"deviceClasses": {"requireIommuFD": False}}
+    for cls in (o for o in render(values) if o["kind"] == "DeviceClass"):
+        expression = " ".join(cls["spec"]["selectors"][0]["cel"]["expression"].split())
+        assert expression.startswith('device.driver == "gpu.cc-gpu.io"')
+        assert (clause in expression) is require, (cls["metadata"]["name"], expression)

@@ -21,6 +21,7 @@ def test_demo_runs_and_narrates() -> None:
         "versions ['v1.DRAPlugin', 'v1beta1.DRAPlugin', 'v1alpha1.DRAResourceHealth']",
         "8 devices",
         '"cdiVersion": "0.5.0"',
+        '"path": "/dev/vfio/devices/vfio',  # the SNP pod's GPU as an iommufd cdev (Kata >= 3.26)
         "is on vfio-pci",
         "refused: pod default/vm-2: RuntimeClass 'runc' has handler 'runc'",
         "Event on ResourceClaim default/gpu-2: Warning PrepareRefused",
@@ -35,3 +36,13 @@ def test_demo_runs_and_narrates() -> None:
     ):
         assert expected in out, expected
     assert out.count(": nvidia") >= 3
+
+
+def test_demo_on_a_legacy_only_node_shows_the_refusal() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "cc_gpu", "demo", "--topology", "dgx-h100-legacy"],
+        env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "refused: device gpu-0000-18-00-0: a confidential pod's GPU must be passed as an iommufd cdev" in proc.stdout
+    assert "nothing bound: 0000:18:00.0 is still on nvidia" in proc.stdout

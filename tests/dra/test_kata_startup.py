@@ -99,3 +99,18 @@ def test_findings_are_logged_with_their_fix(node: Node) -> None:
         assert entry["fix"]
     assert {e["severity"] for e in findings} <= {"error", "warning"}
     assert node.stop_plugin() == 0
+
+
+def test_ports_are_counted_per_function(tmp_path: Path) -> None:
+    """Kata gives every cold-plugged PCIe function a root port: the GPU's audio function counts too."""
+    from tests.dra.harness import simulated_node  # noqa: PLC0415
+
+    with simulated_node(tmp_path, "h100-pcie-audio") as audio:
+        install(audio.sim_root, "-snp", fixed=True)
+        (audio.sim_root / "opt/kata/VERSION").write_text("3.29.0\n")
+        audio.start_plugin()
+        lines = [json.loads(line) for line in audio.log_path.read_text().splitlines() if line.startswith("{")]
+        (done,) = [e for e in lines if e.get("msg") == "kata check done"]
+        assert (done["gpus"], done["functions"], done["kata_version"]) == (1, 2, "3.29.0")
+        assert done["kata_check"] == "ok"
+        assert audio.stop_plugin() == 0

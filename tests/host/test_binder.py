@@ -286,7 +286,7 @@ def test_restore_refuses_while_a_vmm_holds_the_group(sim: SimFactory, topology: 
 
 
 def test_prefer_iommufd_falls_back_to_legacy_without_dev_iommu(sim: SimFactory) -> None:
-    host, _ = sim("dgx-h100")
+    host, _ = sim("dgx-h100-legacy")
     assert binder(host, backend="prefer-iommufd").bind(10, "t").backend == "legacy"
 
 

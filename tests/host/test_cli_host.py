@@ -29,7 +29,7 @@ def test_discover_dgx_h100_json_lists_eight_gpus_with_groups() -> None:
     assert {g["product_name"] for g in doc["gpus"]} == {"H100 SXM5 80GB"}
     assert {g["vendor_id"] for g in doc["gpus"]} == {"10de"}
     assert len(doc["units"]) == 8
-    assert doc["node"] == {"iommu": True, "iommufd": False, "tee": {"sev_snp": True, "tdx": False}}
+    assert doc["node"] == {"iommu": True, "iommufd": True, "tee": {"sev_snp": True, "tdx": False}}
     assert set(doc["gpus"][0]) >= {"bdf", "device_id", "subsystem_device_id", "architecture", "numa_node",
                                    "pcie_root", "driver", "iommufd_cdev", "sriov", "display", "cc_mode", "nvml"}
 

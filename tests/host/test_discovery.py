@@ -17,6 +17,7 @@ from tests.host.conftest import SimFactory
 # name: (gpu count, {group: gpus in it}, product, architecture)
 EXPECTED = {
     "dgx-h100": (8, {10: 1, 11: 1, 12: 1, 13: 1, 14: 1, 15: 1, 16: 1, 17: 1}, "H100 SXM5 80GB", "hopper"),
+    "dgx-h100-legacy": (8, {10: 1, 11: 1, 12: 1, 13: 1, 14: 1, 15: 1, 16: 1, 17: 1}, "H100 SXM5 80GB", "hopper"),
     "h100-pcie-audio": (1, {30: 1}, "H100 PCIe", "hopper"),
     "shared-group-nic": (1, {31: 1}, "H100 PCIe", "hopper"),
     "two-gpus-one-group": (2, {32: 2}, "H100 PCIe", "hopper"),
@@ -40,6 +41,7 @@ def test_each_topology_lists_its_gpus_and_groups(sim: SimFactory, topology: str)
         assert gpu.driver == "nvidia"
         assert gpu.cc_mode == "on"
         assert gpu.pcie_root.startswith("pci")
+    assert inv.iommufd is (topology != "dgx-h100-legacy"), "current kernels offer iommufd; the legacy node does not"
 
 
 def test_every_named_topology_is_tested_here() -> None:
@@ -175,3 +177,14 @@ def test_real_host_discovery_does_not_crash() -> None:
     except NoIommuError:
         return
     assert all(g.vendor_id == pciids.NVIDIA for g in inv.gpus)
+
+
+def test_iommu_without_vfio_cdevs_is_no_iommufd(sim: SimFactory) -> None:
+    """CONFIG_IOMMUFD without CONFIG_VFIO_DEVICE_CDEV: /dev/iommu exists, but vfio registers no vfio-dev major."""
+    host, kernel = sim("dgx-h100")
+    assert discover(host).iommufd
+    (kernel.sys / "module" / "vfio").mkdir(parents=True, exist_ok=True)
+    (kernel.proc / "devices").write_text("Character devices:\n 10 misc\n240 vfio\n")
+    assert not discover(host).iommufd
+    (kernel.proc / "devices").write_text("Character devices:\n 10 misc\n239 vfio-dev\n240 vfio\n")
+    assert discover(host).iommufd

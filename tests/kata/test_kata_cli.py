@@ -31,6 +31,7 @@ def node(tmp_path: Path) -> Path:
         shutil.copy(FIXTURES / f"configuration-qemu-nvidia-gpu{name}.toml", kata)
     (tmp_path / "etc/containerd").mkdir(parents=True)
     shutil.copy(FIXTURES / "containerd-kata-deploy.toml", tmp_path / "etc/containerd/config.toml")
+    (tmp_path / "opt/kata/VERSION").write_text("3.29.0\n")  # kata-deploy writes `git describe` of the release
     return tmp_path
 
 
@@ -58,8 +59,8 @@ def test_documented_fixes_pass(node: Path) -> None:
     out = cc_gpu("--root", str(node), "--gpus", "8", "--json")
     assert out.returncode == 0, out.stdout + out.stderr
     reports = json.loads(out.stdout)
-    assert [(r["class"], r["ok"], r["findings"]) for r in reports] == [
-        ("plain", True, []), ("snp", True, []), ("tdx", True, [])]
+    assert [(r["class"], r["ok"], r["findings"], r["kata_version"]) for r in reports] == [
+        ("plain", True, [], "3.29.0"), ("snp", True, [], "3.29.0"), ("tdx", True, [], "3.29.0")]
 
 
 def test_no_drop_ins_ignores_config_d(node: Path) -> None:
@@ -72,7 +73,7 @@ def test_no_drop_ins_ignores_config_d(node: Path) -> None:
 def test_explicit_files_class_and_json_findings(node: Path) -> None:
     config = node / KATA_DIR / "configuration-qemu-nvidia-gpu-tdx.toml"
     out = cc_gpu("--config", str(config), "--class", "snp", "--containerd-config",
-                 str(REPO / "kata/containerd/cc-gpu-pod-annotations-v3.toml"), "--json")
+                 str(REPO / "kata/containerd/cc-gpu-pod-annotations-v3.toml"), "--kata-version", "3.29.0", "--json")
     assert out.returncode == 1
     (report,) = json.loads(out.stdout)
     assert report["class"] == "snp"

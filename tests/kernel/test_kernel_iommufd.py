@@ -16,6 +16,7 @@ CASES = [
     "iommufd_device_nodes",
     "bind_prefers_iommufd_cdev",
     "iommufd_cycles_over_all_groups",
+    "confidential_claim_gets_an_iommufd_cdev_spec",
 ]
 
 

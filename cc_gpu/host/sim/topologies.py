@@ -65,7 +65,7 @@ class SimTopology:
     description: str
     devices: tuple[SimDevice, ...]
     iommu: bool = True
-    iommufd: bool = False
+    iommufd: bool = True  # /dev/iommu and VFIO device cdevs, as current distribution kernels have
     sev_snp: bool = True
     tdx: bool = False
     nvml: bool = True
@@ -80,7 +80,9 @@ def _gpu(bdf: str, device: int, group: int, parent: str, numa: int = 0, *, klass
     return SimDevice(bdf, 0x10DE, device, klass, "nvidia", group, parent, numa)
 
 
-def _dgx_h100() -> SimTopology:
+def _dgx_h100(*, iommufd: bool = True) -> SimTopology:
+    """A DGX H100 on a current distribution kernel: iommufd and VFIO device cdevs (`/dev/iommu`) as well as legacy
+    groups. `iommufd=False` is the same machine on a kernel without them, where confidential claims are refused."""
     gpu_buses = ["18", "2a", "3a", "5d", "9a", "ab", "ba", "db"]
     devs: list[SimDevice] = []
     for i, bus in enumerate(gpu_buses):
@@ -92,8 +94,15 @@ def _dgx_h100() -> SimTopology:
         devs.append(SimDevice(f"0000:0{5 + i}:00.0", 0x10DE, 0x22A3, 0x068000, "nvidia", 20 + i, None, 0,
                               (0x10DE, 0x1796), 0, "flr", "off"))
     devs.append(SimDevice("0000:c1:00.0", 0x15B3, 0x1021, 0x020000, "mlx5_core", 40, None, 1, (0x15B3, 0x0023), 16))
-    return SimTopology("dgx-h100", "8 x H100 SXM5, one GPU per IOMMU group, 4 NVSwitches, a ConnectX-7 NIC",
-                       tuple(devs))
+    if not iommufd:
+        return SimTopology("dgx-h100-legacy", "dgx-h100 on a kernel without iommufd: legacy VFIO groups only "
+                           "(confidential claims are refused)", tuple(devs), iommufd=False)
+    return SimTopology("dgx-h100", "8 x H100 SXM5, one GPU per IOMMU group, 4 NVSwitches, a ConnectX-7 NIC, "
+                       "iommufd cdevs and legacy groups", tuple(devs), iommufd=True)
+
+
+def _dgx_h100_legacy() -> SimTopology:
+    return _dgx_h100(iommufd=False)
 
 
 def _h100_pcie_audio() -> SimTopology:
@@ -146,7 +155,7 @@ def _no_iommu() -> SimTopology:
         _gpu("0000:41:00.0", 0x2331, 0, "0000:40:01.0"),
         _port("0000:50:01.0", 0),
         _gpu("0000:51:00.0", 0x2331, 0, "0000:50:01.0"),
-    ), iommu=False)
+    ), iommu=False, iommufd=False)
 
 
 def _emulated_edu() -> SimTopology:
@@ -154,11 +163,12 @@ def _emulated_edu() -> SimTopology:
     return SimTopology("emulated-edu", "two QEMU edu devices (1234:11e8, class 00ff), no driver, one group each", (
         SimDevice("0000:00:03.0", 0x1234, 0x11E8, 0x00FF00, None, 3, None, 0, (0x1AF4, 0x1100), 0, "flr", "off"),
         SimDevice("0000:00:04.0", 0x1234, 0x11E8, 0x00FF00, None, 4, None, 0, (0x1AF4, 0x1100), 0, "flr", "off"),
-    ), sev_snp=False, nvml=False)
+    ), iommufd=False, sev_snp=False, nvml=False)
 
 
 TOPOLOGY_BUILDERS: dict[str, Callable[[], SimTopology]] = {
     "dgx-h100": _dgx_h100,
+    "dgx-h100-legacy": _dgx_h100_legacy,
     "h100-pcie-audio": _h100_pcie_audio,
     "shared-group-nic": _shared_group_nic,
     "two-gpus-one-group": _two_gpus_one_group,

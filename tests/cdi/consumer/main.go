@@ -1,8 +1,10 @@
 // Command cdi-consumer resolves CDI device names the way a container runtime does, with the Go CDI library.
 //
 // It exists so the test suite can check the CDI specs cc-gpu writes against a real consumer instead of our own
-// reading of the specification. The library version packaged by Debian (0.5.2) is older and stricter than the one
-// Kata Containers loads (0.6.0), so a spec accepted here is accepted by Kata.
+// reading of the specification. It is built once per library version the runtimes vendor: v0.6.0 as Kata's Go runtime
+// uses it (this import path), and tags.cncf.io/container-device-interface v1.1.0 as containerd 2.2/2.3 use it (the
+// build rewrites the import path; see tests/cdi/consumer.py). Each version has its own go.mod/go.sum beside this file.
+// Debian's 0.5.2 is not used: it lacks the per-feature minimum cdiVersion check that v0.6.0 applies.
 //
 // Usage:
 //
@@ -47,7 +49,10 @@ func main() {
 		fail("-spec-dir is required")
 	}
 
-	registry := cdi.GetRegistry(cdi.WithSpecDirs(*specDir), cdi.WithAutoRefresh(false))
+	registry, err := cdi.NewCache(cdi.WithSpecDirs(*specDir), cdi.WithAutoRefresh(false))
+	if err != nil {
+		fail("creating the CDI cache: %v", err)
+	}
 	if err := registry.Refresh(); err != nil {
 		fail("CDI registry refresh failed: %v", err)
 	}

@@ -8,13 +8,23 @@ is open.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import stat
+import tempfile
+from pathlib import Path
 
 import kstate
 import project
 import vfio_uapi as vfio
 from harness import case, expect, expect_errno
+
+from cc_gpu.dra import cdi
+from cc_gpu.dra.hostport import HostAdapter, views_from
+from cc_gpu.dra.iommu import choose_mode
+from cc_gpu.dra.settings import Selection
+from cc_gpu.host.binder import BindPolicy
+from cc_gpu.host.discovery import discover
 
 
 @case("iommufd_device_nodes", "iommufd")
@@ -83,3 +93,40 @@ def iommufd_cycles(topo: kstate.Topology) -> str:
     for bdf, state in before.items():
         expect(kstate.snapshot([bdf])[bdf] == state, f"{bdf} not back as it booted ({state})")
     return f"{IOMMUFD_CYCLES} cdev bind/restore cycles over groups {topo.all_groups()}"
+
+
+@case("confidential_claim_gets_an_iommufd_cdev_spec", "iommufd")
+def confidential_cdev_spec(topo: kstate.Topology) -> str:
+    """The plugin's path for a claim of a confidential pod: the node's capability as published, the mode the plugin
+    picks (`auto` -> iommufd), the bind through the plugin's host adapter, the CDI spec it writes; then the cdev the
+    spec names is opened, bound to iommufd and attached to an IOAS, as QEMU does for Kata."""
+    g = topo.solo_group
+    before = kstate.snapshot(kstate.members(g))
+    host = project.host()
+    (view,) = [v for v in views_from(discover(host, project.EMULATED_GPUS), Selection()) if v.iommu_group == g]
+    expect(view.iommufd, "the node's devices are not published with iommuFD=true although /dev/iommu exists")
+    mode = choose_mode("auto", confidential=True, node_iommufd=view.iommufd, kata_version=None, device=view.name)
+    expect(mode == "iommufd", f"a confidential claim got iommu mode {mode!r}")
+    adapter = HostAdapter(host, Selection(), bind_policy=BindPolicy(passthrough=project.EMULATED_GPUS,
+                                                                    bind_timeout=30.0, lock_timeout=30.0))
+    bound = adapter.bind(g, project.OWNER, mode)
+    try:
+        expect(bound.mode == "iommufd", f"the host adapter bound the group as {bound.mode!r}")
+        with tempfile.TemporaryDirectory() as tmp:
+            path = cdi.CdiWriter(Path(tmp)).write_claim(
+                project.OWNER, [cdi.CdiDevice(cdi.device_name(project.OWNER, view.name), bound.nodes)])
+            spec = json.loads(path.read_text())
+        nodes = [n["path"] for d in spec["devices"] for n in d["containerEdits"]["deviceNodes"]]
+        expect(bool(nodes) and all(n.startswith("/dev/vfio/devices/vfio") for n in nodes),
+               f"the spec names {nodes}, not iommufd cdevs only")
+        details = []
+        for node in nodes:
+            expect(stat.S_ISCHR(os.stat(node).st_mode), f"{node} is not a character device")
+            with vfio.cdev_session("/dev", node.rsplit("/", 1)[1]) as check:
+                expect(check.attached_pt > 0 and check.ioas > 0, f"{node}: IOAS {check.ioas}, pt {check.attached_pt}")
+                details.append(f"{node}: devid {check.devid}, IOAS {check.ioas} attached (pt {check.attached_pt})")
+    finally:
+        adapter.restore(g, project.OWNER, reset=False)
+    for bdf, state in before.items():
+        expect(kstate.driver(bdf) == state.driver, f"{bdf} back on {kstate.driver(bdf)!r}, was {state.driver!r}")
+    return f"spec cdiVersion {spec['cdiVersion']} names {nodes}; " + "; ".join(details)

@@ -37,3 +37,9 @@ app.kubernetes.io/component: kubelet-plugin
 {{- define "cc-gpu.deviceClassList" -}}
 {{- list .Values.deviceClasses.vfio.name .Values.deviceClasses.attested.name | toJson -}}
 {{- end -}}
+
+{{/* A CEL clause: the device's node offers iommufd (the plugin's iommuFD attribute), as confidential guests need. */}}
+{{- define "cc-gpu.iommufdSelector" -}}
+"iommuFD" in device.attributes[{{ .Values.driverName | quote }}] &&
+device.attributes[{{ .Values.driverName | quote }}].iommuFD == true
+{{- end }}
