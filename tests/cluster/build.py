@@ -24,6 +24,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests import gotool
+
 MODULE = Path(__file__).resolve().parent / "go"
 COMMANDS = {
     "kube-apiserver": "k8s.io/kubernetes/cmd/kube-apiserver",
@@ -31,8 +33,6 @@ COMMANDS = {
     "kube-controller-manager": "k8s.io/kubernetes/cmd/kube-controller-manager",
     "etcd": "./cmd/etcd",
 }
-# The machine's Go comes first: Debian's golang-go (1.19) is far older than the module needs.
-GO_CANDIDATES = (Path("/usr/local/go/bin/go"),)
 BUILD_TIMEOUT_S = 75 * 60
 
 
@@ -63,20 +63,17 @@ def pinned_version(module: str) -> str:
 
 
 def go_binary() -> Path:
-    """The Go toolchain to build with: the machine's own, checked against the go.mod's `go` line."""
-    found = [p for p in GO_CANDIDATES if p.exists()]
-    which = shutil.which("go")
-    if which:
-        found.append(Path(which))
-    if not found:
-        raise BuildError("no Go toolchain: install Go 1.26 or newer at /usr/local/go (or on PATH)")
+    """The Go toolchain the test suite builds with (tests/gotool.py), checked against the go.mod's `go` line."""
+    try:
+        go = Path(gotool.go())
+    except gotool.GoToolchainError as e:
+        raise BuildError(str(e)) from e
     need = _version_tuple(re.search(r"^go (\S+)", (MODULE / "go.mod").read_text(), re.MULTILINE).group(1))  # type: ignore[union-attr]
-    for go in found:
-        have = _go_version(go)
-        if have >= need:
-            return go
-    raise BuildError(f"the Go toolchains found ({', '.join(f'{g}: {_go_version(g)}' for g in found)}) are older "
-                     f"than the {'.'.join(map(str, need))} that {MODULE / 'go.mod'} needs")
+    have = _go_version(go)
+    if have < need:
+        raise BuildError(f"{go} is Go {'.'.join(map(str, have))}, older than the {'.'.join(map(str, need))} that "
+                         f"{MODULE / 'go.mod'} needs (set CC_GPU_GO to a newer one)")
+    return go
 
 
 def ldflags() -> str:
