@@ -21,8 +21,9 @@ Measured, for each, in the same run:
   slices deleted before each start so every start publishes afresh.
 - **NodePrepareResources / NodeUnprepareResources latency** p50/p99 over `--claims` claims, one claim a call,
   the two plugins' cycles interleaved. Each claim is created and allocated by the benchmark as cluster admin (it
-  writes `status.allocation` and `reservedFor` a Pod on the Node, what kube-scheduler would write): the benchmark
-  measures the node side, not the scheduler, and an admin write keeps the scheduler's time out of the figures.
+  writes `status.allocation`, with the DeviceClass's opaque config copied in as kube-scheduler does, and
+  `reservedFor` a Pod on the Node): the benchmark measures the node side, and an admin write keeps the scheduler's
+  time out of the figures. At the end it reads back the `Ready` condition cc-gpu wrote on its last claim.
 - RSS of each plugin process at the end.
 """
 
@@ -212,6 +213,12 @@ class Claims:
     def __init__(self, plane: ControlPlane) -> None:
         self.admin = plane.admin
         self.n = 0
+        self.classes: dict[str, list[dict[str, Any]]] = {}
+
+    def class_config(self, name: str) -> list[dict[str, Any]]:
+        if name not in self.classes:
+            self.classes[name] = self.admin.get(f"{RG}/deviceclasses/{name}")["spec"].get("config") or []
+        return self.classes[name]
 
     def make(self, namespace: str, device_class: str, driver: str, device: str) -> tuple[str, str, str]:
         self.n += 1
@@ -224,9 +231,13 @@ class Claims:
             "apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaim",
             "metadata": {"name": name, "namespace": namespace},
             "spec": {"devices": {"requests": [{"name": "gpu", "exactly": {"deviceClassName": device_class}}]}}})
+        # The class's opaque config goes into the allocation as kube-scheduler copies it (source FromClass).
+        config = [{"source": "FromClass", "requests": ["gpu"], "opaque": c["opaque"]}
+                  for c in self.class_config(device_class)]
         claim["status"] = {
             "allocation": {
-                "devices": {"results": [{"request": "gpu", "driver": driver, "pool": NODE, "device": device}]},
+                "devices": {"results": [{"request": "gpu", "driver": driver, "pool": NODE, "device": device}],
+                            **({"config": config} if config else {})},
                 "nodeSelector": {"nodeSelectorTerms": [
                     {"matchFields": [{"key": "metadata.name", "operator": "In", "values": [NODE]}]}]},
             },
@@ -234,6 +245,19 @@ class Claims:
         }
         self.admin("PUT", f"{RG}/namespaces/{namespace}/resourceclaims/{name}/status", claim).ok()
         return namespace, name, str(claim["metadata"]["uid"])
+
+
+def ready(plane: ControlPlane, claims: Claims) -> str:
+    """The `Ready` condition cc-gpu wrote into the newest cc-gpu claim's status.devices, or why there is none."""
+    for n in range(claims.n, 0, -1):
+        reply = plane.admin("GET", f"{RG}/namespaces/{TENANT}/resourceclaims/c-{n}")
+        if reply.code == 200:
+            for device in (reply.body.get("status") or {}).get("devices") or []:
+                for condition in device.get("conditions") or []:
+                    if condition.get("type") == "Ready":
+                        return f"{condition['status']} ({condition.get('reason')})"
+            return "missing"
+    return "no cc-gpu claim found"
 
 
 def delete_slices(plane: ControlPlane, reader: Reader, driver: str) -> None:
@@ -306,6 +330,9 @@ def main() -> int:
                     p.unprepare.append(seconds)
             rss = {p.label: p.rss_mb() for p in plugins}
             report(cc, peer, rss, args)
+            print(f"  cc-gpu's Ready condition on the last claim, as the server stores it: {ready(plane, claims)}")
+            warnings = [line for line in cc.log.read_text(errors="replace").splitlines() if '"warning"' in line]
+            print(f"  cc-gpu warnings logged: {len(warnings)}" + "".join(f"\n    {w[:300]}" for w in warnings[:3]))
         finally:
             for p in plugins:
                 p.stop(kubelet)
