@@ -12,8 +12,9 @@ that both plugins register with. The two plugins:
 - **peer**: benchmarks/peer/, a minimal Go DRA kubelet plugin of this project's own on
   `k8s.io/dynamic-resource-allocation/kubeletplugin` v0.37.2 (the helper every Go DRA driver uses), 8 simulated
   devices, a CDI spec file and a checkpoint per prepare, its ResourceSlice published by the helper's
-  PublishResources. It holds a pod-bound token of its own ServiceAccount, with the rules the reference example
-  driver's chart grants. (Why not `sigs.k8s.io/dra-example-driver` itself: see the README's Benchmarks section.)
+  PublishResources. It holds a pod-bound token of its own ServiceAccount, with the reference example driver's
+  chart's rules for what it does (get claims and nodes, resourceslices). (Why not `sigs.k8s.io/dra-example-driver`
+  itself: see the README's Benchmarks section.)
 
 Measured, for each, in the same run:
 - **start-to-published**: from spawning the process to its ResourceSlice readable on the server (a keep-alive
@@ -183,7 +184,7 @@ def setup_cluster(plane: ControlPlane, root: Path) -> tuple[Path, Path]:
     chart.install(plane, values={"runtimeClasses": {"create": True}})
     plane.ensure_namespace(TENANT, {chart.TENANT_LABEL: "true"})
     plane.ensure_namespace(PEER_NS)
-    # What the reference example driver's chart grants its kubelet plugin.
+    # The reference example driver's chart's rules for what the peer does (it reads no pods, writes no status).
     admin.create("/api/v1/namespaces/" + PEER_NS + "/serviceaccounts", {
         "apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": PEER_SA, "namespace": PEER_NS}})
     admin.create("/apis/rbac.authorization.k8s.io/v1/clusterroles", {
