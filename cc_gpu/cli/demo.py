@@ -133,12 +133,12 @@ def _show_slice(demo: _Demo) -> list[str]:
     (s,) = demo.api.list_resource_slices(DRIVER, NODE)
     pool = s["spec"]["pool"]
     print(f"ResourceSlice {s['metadata']['name']}: pool {pool['name']} generation {pool['generation']}, "
-          f"{len(s['spec']['devices'])} devices, owner Node/{s['metadata']['ownerReferences'][0]['name']}")
+          f"{len(s['spec'].get('devices') or [])} devices, owner Node/{s['metadata']['ownerReferences'][0]['name']}")
     print(f"  {'device':<18} {'pciBusID':<13} {'product':<16} {'iommuGroup':>10} {'ccMode':>7} {'driver':>8}")
-    for d in s["spec"]["devices"]:
+    for d in s["spec"].get("devices") or []:
         print(f"  {d['name']:<18} {_attr(d, 'resource.kubernetes.io/pciBusID'):<13} {_attr(d, 'productName'):<16} "
               f"{_attr(d, 'iommuGroup'):>10} {_attr(d, 'ccMode'):>7} {_attr(d, 'driver'):>8}")
-    return [d["name"] for d in s["spec"]["devices"]]
+    return [d["name"] for d in s["spec"].get("devices") or []]
 
 
 def _script(demo: _Demo) -> int:
@@ -207,7 +207,7 @@ def _attested_claims(demo: _Demo, good: str, tampered: str) -> list[tuple[str, s
 
     _say("Attested claims (class config `attestation: {required: true}`, strict policy, simulated evidence)")
     (s,) = demo.api.list_resource_slices(DRIVER, NODE)
-    for d in s["spec"]["devices"]:
+    for d in s["spec"].get("devices") or []:
         if d["name"] in (good, tampered):
             print(f"discovery: {d['name']} attested={_attr(d, 'attested')} driverVersion={_attr(d, 'driverVersion')} "
                   f"vbiosVersion={_attr(d, 'vbiosVersion')}")

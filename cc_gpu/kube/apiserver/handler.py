@@ -16,6 +16,7 @@ from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from cc_gpu.kube.apiserver.apply import apply_claim_status, check_options, is_apply, not_modelled
 from cc_gpu.kube.apiserver.patches import apply_patch, check_patch_type
 from cc_gpu.kube.apiserver.resources import RESOURCE_TYPES, ResourceType, lookup
 from cc_gpu.kube.apiserver.selectors import Predicate, parse_field_selector, parse_label_selector
@@ -210,9 +211,15 @@ class Handler(BaseHTTPRequestHandler):
             )
         if verb == "patch":
             content_type = self.headers.get("Content-Type", "")
+            subresource = route.subresource
+            if is_apply(content_type):
+                return 200, self._apply(route, query, raw, dry_run)
+            if "force" in query:
+                why = "force: Forbidden: may not be specified for non-apply patch"
+                details = {"group": "meta.k8s.io", "kind": "PatchOptions"}
+                raise ApiStatus(422, "Invalid", f'PatchOptions.meta.k8s.io "" is invalid: {why}', details)
             check_patch_type(content_type)
             patch = _decode(raw)
-            subresource = route.subresource
 
             def build(current: JsonObject) -> JsonObject:
                 patched = apply_patch(content_type, current, patch)
@@ -227,6 +234,12 @@ class Handler(BaseHTTPRequestHandler):
             if not isinstance(preconditions, dict):
                 raise bad_request("preconditions must be an object")
             gone = store.get(rt, ns, route.name) if dry_run else store.delete(rt, ns, route.name, preconditions)
+            if rt.returns_deleted:
+                return 200, gone
+            if rt.kind == "Namespace":  # the real server answers with the namespace it starts to finalize
+                gone.setdefault("metadata", {})["deletionTimestamp"] = store.now()
+                gone["status"] = {"phase": "Terminating"}
+                return 200, gone
             return 200, success_status(rt, route.name, gone["metadata"]["uid"])
         if verb == "deletecollection":
             label = parse_label_selector(query.get("labelSelector", ""))
@@ -244,6 +257,21 @@ class Handler(BaseHTTPRequestHandler):
                         raise
             return 200, {"kind": f"{rt.kind}List", "apiVersion": rt.api_version, "metadata": {}, "items": deleted}
         raise method_not_allowed(verb, self.path)
+
+    def _apply(self, route: Route, query: dict[str, str], raw: bytes, dry_run: bool) -> JsonObject:
+        """Server-side apply, for the one subresource the double models it for (see `apply.py`)."""
+        if route.rt.plural != "resourceclaims" or route.subresource != "status":
+            raise not_modelled(f"{route.rt.plural}{'/' + route.subresource if route.subresource else ''}")
+        manager, force = query.get("fieldManager", ""), query.get("force", "")
+        check_options(manager, force)
+        config = _decode_apply(raw)
+        store, rt = self.double.store, route.rt
+
+        def build(current: JsonObject) -> JsonObject:
+            return apply_claim_status(rt, current, config, manager, force == "true", store.now())
+
+        return store.update(rt, route.namespace or "", route.name, build, subresource="status", dry_run=dry_run,
+                            apply=True)
 
     def _prepare_watch(self, route: Route, query: dict[str, str]) -> tuple[Predicate, float, str]:
         """Everything a watch request can get wrong, checked before the 200 and the stream start."""
@@ -369,6 +397,16 @@ def _decode(raw: bytes) -> Any:
         return json.loads(raw)
     except ValueError as e:
         raise bad_request(f"couldn't get version/kind; json parse error: {e}") from e
+
+
+def _decode_apply(raw: bytes) -> Any:
+    """An apply body is YAML (JSON is YAML); the real server decodes it strictly (duplicate keys are an error)."""
+    import yaml  # noqa: PLC0415 (only apply requests need it)
+
+    try:
+        return yaml.safe_load(raw.decode("utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise bad_request(f"error decoding YAML: {e}") from e
 
 
 def _decode_object(raw: bytes) -> JsonObject:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from cc_gpu.kube.apiserver.defaults import prepare_for_write
 from cc_gpu.kube.apiserver.resources import ResourceType
 from cc_gpu.kube.apiserver.status import STALE, ApiStatus, already_exists, bad_request, conflict, not_found
 from cc_gpu.kube.apiserver.validation import normalize_times, validate_object
@@ -88,6 +89,10 @@ class Store:
         with self._changed:
             return self._revision
 
+    def now(self) -> str:
+        """The server's clock as an RFC 3339 timestamp (whole seconds)."""
+        return _now(self._clock)
+
     # -- reads ---------------------------------------------------------------------------------------------------
 
     def get(self, rt: ResourceType, namespace: str, name: str) -> JsonObject:
@@ -139,6 +144,7 @@ class Store:
             if rt.kind == "Namespace":
                 obj.setdefault("spec", {"finalizers": ["kubernetes"]})
                 obj.setdefault("status", {"phase": "Active"})
+            obj = prepare_for_write(rt, None, obj, _now(self._clock))
             validate_object(rt, None, obj)
             key = (rt.plural, namespace if rt.namespaced else "", str(meta["name"]))
             if key in self._objects:
@@ -173,8 +179,12 @@ class Store:
         *,
         subresource: str = "",
         dry_run: bool = False,
+        apply: bool = False,
     ) -> JsonObject:
-        """Read-modify-write under the lock: `build` gets the current object and returns the requested one."""
+        """Read-modify-write under the lock: `build` gets the current object and returns the requested one.
+
+        Only an apply (`apply=True`) changes `metadata.managedFields`; other writes keep the stored ones.
+        """
         if subresource not in ("", "status") or (subresource == "status" and not rt.status_subresource):
             raise ApiStatus(
                 404, "NotFound", f"the server could not find the requested resource ({rt.plural}/{subresource})"
@@ -203,7 +213,14 @@ class Store:
                 raise conflict(rt, name, STALE)
             if meta.get("uid") and meta["uid"] != current["metadata"]["uid"]:
                 raise _uid_conflict(rt, name, meta["uid"], current)
-            updated = self._merge_for_write(rt, current, requested, subresource)
+            updated = prepare_for_write(
+                rt, current, self._merge_for_write(rt, current, requested, subresource), _now(self._clock)
+            )
+            managed = (requested if apply else current)["metadata"].get("managedFields")
+            if managed:
+                updated["metadata"]["managedFields"] = managed
+            else:
+                updated["metadata"].pop("managedFields", None)
             if _strip_server_fields(updated) == _strip_server_fields(current):
                 return copy.deepcopy(current)  # a no-op write changes nothing, not even the resourceVersion
             if rt.has_generation and updated.get("spec") != current.get("spec"):

@@ -83,6 +83,10 @@ def check_schema(rt: ResourceType, obj: dict[str, Any]) -> None:
     if error.validator == "type":
         raise bad_request(f"json: cannot decode {where or 'the object'}: {error.message}")
     name = str(get_path(obj, "metadata.name") or "")
+    if error.validator == "required":  # named as the server names it: the missing field itself
+        missing = re.findall(r"'([^']+)' is a required property", str(error.message))
+        field = f"{where}.{missing[0]}" if where and missing else (missing[0] if missing else where)
+        raise invalid(rt, name, [Cause(field, "FieldValueRequired", "Required value")])
     raise invalid(rt, name, [Cause(where, "FieldValueInvalid", f"Invalid value: {error.message}")])
 
 

@@ -1,0 +1,306 @@
+"""Server-side apply (`application/apply-patch+yaml`) where the driver uses it: a ResourceClaim's `status.devices`.
+
+The real server tracks, per field manager, the set of fields each manager last applied (`metadata.managedFields`),
+merges an applied configuration into the live object along the schema's list-map keys, and removes the fields a
+manager stops applying unless another manager still owns them. In the 1.37 types `status.devices` is a list map keyed
+by `driver`, `device`, `pool` and `shareID`, and each entry's `conditions` a list map keyed by `type`; neither has a
+strategic-merge key, so apply is the one write that lets several writers (the plugin, an attestation service, the
+binding-condition code) each own their conditions on one device entry without erasing the others.
+
+The double models exactly that subset: apply to `resourceclaims/<name>/status` whose status names only `devices`.
+Ownership is kept at the granularity the driver can observe: a device entry, a condition (by type) and each other
+top-level field of an entry (`data`, `networkData`, replaced whole). Anything else sent with the apply media type is
+refused with a 415 saying so, rather than answered differently from the real server.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+from cc_gpu.kube.apiserver.resources import ResourceType
+from cc_gpu.kube.apiserver.status import ApiStatus, Cause, bad_request, conflict
+
+APPLY = "application/apply-patch+yaml"
+DEVICE_KEYS = ("driver", "device", "pool", "shareID")
+STATUS = "status"
+MAX_FIELD_MANAGER = 128
+
+JsonObject = dict[str, Any]
+DeviceKey = tuple[str, str, str, str | None]
+Path = tuple[Any, ...]  # ("dev", key) | ("cond", key, type) | ("field", key, name)
+
+
+def is_apply(content_type: str) -> bool:
+    return content_type.split(";", maxsplit=1)[0].strip().lower() == APPLY
+
+
+def not_modelled(what: str) -> ApiStatus:
+    return ApiStatus(
+        415,
+        "UnsupportedMediaType",
+        f"the API-server double models server-side apply only for resourceclaims/status (status.devices): {what}",
+    )
+
+
+def check_options(manager: str, force: str) -> None:
+    """The real server's PatchOptions checks for an apply request (422 on `PatchOptions.meta.k8s.io`)."""
+    causes = []
+    if not manager:
+        causes.append(Cause("fieldManager", "FieldValueRequired", "Required value: is required for apply patch"))
+    elif len(manager) > MAX_FIELD_MANAGER or not manager.isprintable():
+        causes.append(
+            Cause("fieldManager", "FieldValueInvalid", "Invalid value: must be at most 128 printable characters")
+        )
+    if force not in ("", "true", "false"):
+        raise bad_request(f'force: invalid boolean value "{force}"')
+    if causes:
+        summary = "; ".join(f"{c.field}: {c.message}" for c in causes)
+        details = {"group": "meta.k8s.io", "kind": "PatchOptions"}
+        raise ApiStatus(422, "Invalid", f'PatchOptions.meta.k8s.io "" is invalid: {summary}', details, tuple(causes))
+
+
+def _key_of(entry: Any, where: str) -> DeviceKey:
+    if not isinstance(entry, dict):
+        raise bad_request(f"{where}: expected an object")
+    for key in ("driver", "device", "pool"):
+        if not isinstance(entry.get(key), str):
+            raise ApiStatus(
+                500, "InternalError", f'{where}: associative list with keys has an element that omits key field "{key}"'
+            )
+    share = entry.get("shareID")
+    return (entry["driver"], entry["device"], entry["pool"], share if isinstance(share, str) else None)
+
+
+def _key_json(key: DeviceKey) -> str:
+    fields = {"device": key[1], "driver": key[0], "pool": key[2]}
+    if key[3] is not None:
+        fields["shareID"] = key[3]
+    return "k:" + json.dumps(fields, sort_keys=True, separators=(",", ":"))
+
+
+def _paths_of(devices: list[Any]) -> tuple[set[Path], dict[DeviceKey, JsonObject]]:
+    """The fields an applied `status.devices` list sets, and its entries by key (duplicates are an error)."""
+    paths: set[Path] = set()
+    entries: dict[DeviceKey, JsonObject] = {}
+    for i, entry in enumerate(devices):
+        key = _key_of(entry, f".status.devices[{i}]")
+        if key in entries:
+            raise ApiStatus(500, "InternalError", f".status.devices: duplicate entries for key {_key_json(key)[2:]}")
+        entries[key] = entry
+        paths.add(("dev", key))
+        types: set[str] = set()
+        for j, condition in enumerate(entry.get("conditions") or []):
+            if not isinstance(condition, dict) or not isinstance(condition.get("type"), str):
+                raise ApiStatus(
+                    500,
+                    "InternalError",
+                    f".status.devices[{i}].conditions[{j}]: associative list with keys has an element that omits "
+                    'key field "type"',
+                )
+            if condition["type"] in types:
+                raise ApiStatus(
+                    500,
+                    "InternalError",
+                    f'.status.devices[{i}].conditions: duplicate entries for key [type="{condition["type"]}"]',
+                )
+            types.add(condition["type"])
+            paths.add(("cond", key, condition["type"]))
+        for name in entry:
+            if name not in DEVICE_KEYS and name != "conditions":
+                paths.add(("field", key, name))
+    return paths, entries
+
+
+def _fields_v1(paths: set[Path], entries: dict[DeviceKey, JsonObject]) -> JsonObject:
+    devices: JsonObject = {}
+    for path in sorted(paths, key=repr):
+        key = path[1]
+        node = devices.setdefault(
+            _key_json(key), {".": {}, **{f"f:{k}": {} for k in DEVICE_KEYS if k != "shareID" or key[3]}}
+        )
+        if path[0] == "cond":
+            condition = next(c for c in entries[key].get("conditions") or [] if c.get("type") == path[2])
+            node.setdefault("f:conditions", {})[f'k:{{"type":{json.dumps(path[2])}}}'] = {
+                ".": {},
+                **{f"f:{name}": {} for name in sorted(condition)},
+            }
+        elif path[0] == "field":
+            node[f"f:{path[2]}"] = {}
+    return {"f:status": {"f:devices": devices}} if devices else {}
+
+
+def _parse_fields_v1(fields: Any) -> set[Path]:
+    paths: set[Path] = set()
+    devices = ((fields or {}).get("f:status") or {}).get("f:devices") or {}
+    for raw_key, node in devices.items():
+        if not raw_key.startswith("k:"):
+            continue
+        decoded = json.loads(raw_key[2:])
+        key = (decoded.get("driver"), decoded.get("device"), decoded.get("pool"), decoded.get("shareID"))
+        paths.add(("dev", key))
+        for name, child in node.items():
+            if name == "f:conditions":
+                paths.update(("cond", key, json.loads(k[2:])["type"]) for k in child if k.startswith("k:"))
+            elif name.startswith("f:") and name[2:] not in DEVICE_KEYS:
+                paths.add(("field", key, name[2:]))
+    return paths
+
+
+def _ownership(obj: JsonObject) -> dict[str, set[Path]]:
+    owners: dict[str, set[Path]] = {}
+    for entry in (obj.get("metadata") or {}).get("managedFields") or []:
+        if entry.get("operation") == "Apply" and entry.get("subresource") == STATUS:
+            owners[str(entry.get("manager"))] = _parse_fields_v1(entry.get("fieldsV1"))
+    return owners
+
+
+def _value(devices: dict[DeviceKey, JsonObject], path: Path) -> Any:
+    entry = devices.get(path[1])
+    if entry is None:
+        return None
+    if path[0] == "cond":
+        return next((c for c in entry.get("conditions") or [] if c.get("type") == path[2]), None)
+    if path[0] == "field":
+        return entry.get(path[2])
+    return True
+
+
+def _describe(path: Path) -> str:
+    driver, device, pool, share = path[1]
+    where = f'.status.devices[driver="{driver}",device="{device}",pool="{pool}"' + (
+        f',shareID="{share}"]' if share else "]"
+    )
+    if path[0] == "cond":
+        return f'{where}.conditions[type="{path[2]}"]'
+    return f"{where}.{path[2]}" if path[0] == "field" else where
+
+
+def apply_claim_status(  # noqa: PLR0917 (the request's parts, one by one)
+    rt: ResourceType, current: JsonObject, config: Any, manager: str, force: bool, now: str
+) -> JsonObject:
+    """The claim after `manager` applied `config` to its status; raises the real server's 409 on a conflict."""
+    name = current["metadata"]["name"]
+    if not isinstance(config, dict):
+        raise bad_request("the apply configuration must be an object")
+    for field, expected in (("apiVersion", rt.api_version), ("kind", rt.kind)):
+        if config.get(field) != expected:
+            raise bad_request(f"{field} must be {expected!r} in an apply configuration (got {config.get(field)!r})")
+    unknown = sorted(set(config) - {"apiVersion", "kind", "metadata", "status"})
+    meta = config.get("metadata") or {}
+    if unknown or not isinstance(meta, dict) or set(meta) - {"name", "namespace", "resourceVersion", "uid"}:
+        raise not_modelled(f"fields {unknown or sorted(set(meta) - {'name', 'namespace', 'resourceVersion', 'uid'})}")
+    if meta.get("name") != name:
+        raise bad_request(f"the name of the object ({meta.get('name')}) does not match the name on the URL ({name})")
+    status = config.get("status") or {}
+    if not isinstance(status, dict) or set(status) - {"devices"}:
+        raise not_modelled(f"status fields {sorted(set(status) - {'devices'}) if isinstance(status, dict) else status}")
+    if meta.get("uid") and meta["uid"] != current["metadata"]["uid"]:
+        have = current["metadata"]["uid"]
+        raise conflict(rt, name, f"Precondition failed: UID in precondition: {meta['uid']}, UID in object meta: {have}")
+    if meta.get("resourceVersion") and meta["resourceVersion"] != current["metadata"]["resourceVersion"]:
+        raise conflict(
+            rt, name, "the object has been modified; please apply your changes to the latest version and try again"
+        )
+    applied, applied_entries = _paths_of(list(status.get("devices") or []))
+
+    result = copy.deepcopy(current)
+    live = {_key_of(d, "status.devices"): d for d in (result.get("status") or {}).get("devices") or []}
+    owners = _ownership(result)
+    owners = {m: {p for p in paths if _value(live, p) is not None} for m, paths in owners.items()}  # gone fields
+    previous = owners.pop(manager, set())
+
+    clashes = sorted(
+        (
+            (other, p)
+            for other, paths in owners.items()
+            for p in paths & applied
+            if p[0] != "dev" and _value(live, p) != _value(applied_entries, p)
+        ),
+        key=repr,
+    )
+    if clashes and not force:
+        listed = "\n".join(
+            f'- conflict with "{other}" with subresource "status": {_describe(p)}' for other, p in clashes
+        )
+        raise ApiStatus(
+            409,
+            "Conflict",
+            f"Apply failed with {len(clashes)} conflict{'s' if len(clashes) > 1 else ''}: {listed}",
+            {"name": name, "group": rt.group, "kind": rt.plural},
+        )
+    for other, p in clashes:
+        owners[other].discard(p)
+
+    devices = list((result.get("status") or {}).get("devices") or [])
+    by_key = {_key_of(d, "status.devices"): d for d in devices}
+    for key, entry in applied_entries.items():
+        target = by_key.get(key)
+        if target is None:
+            target = {k: entry[k] for k in DEVICE_KEYS if k in entry}
+            devices.append(target)
+            by_key[key] = target
+        conditions = list(target.get("conditions") or [])
+        for condition in entry.get("conditions") or []:
+            index = next((i for i, c in enumerate(conditions) if c.get("type") == condition["type"]), None)
+            if index is None:
+                conditions.append(copy.deepcopy(condition))
+            else:
+                conditions[index] = copy.deepcopy(condition)
+        if conditions or "conditions" in target:
+            target["conditions"] = conditions
+        for field, value in entry.items():
+            if field not in DEVICE_KEYS and field != "conditions":
+                target[field] = copy.deepcopy(value)
+
+    still_owned = set().union(*owners.values()) if owners else set()
+    for path in sorted(previous - applied, key=lambda p: ("dev", "field", "cond").index(p[0]), reverse=True):
+        if path in still_owned or path[1] not in by_key:
+            continue
+        target = by_key[path[1]]
+        if path[0] == "cond":
+            target["conditions"] = [c for c in target.get("conditions") or [] if c.get("type") != path[2]]
+        elif path[0] == "field":
+            target.pop(path[2], None)
+        else:
+            devices = [d for d in devices if d is not target]
+            del by_key[path[1]]
+
+    status_out = dict(result.get("status") or {})
+    if devices:
+        status_out["devices"] = devices
+    else:
+        status_out.pop("devices", None)
+    result["status"] = status_out
+
+    owners[manager] = applied
+    managed = [
+        e
+        for e in (result["metadata"].get("managedFields") or [])
+        if not (e.get("operation") == "Apply" and e.get("subresource") == STATUS)
+    ]
+    for who, paths in sorted(owners.items()):
+        if not paths:
+            continue
+        values = {**live, **applied_entries} if who == manager else live
+        managed.append(
+            {
+                "manager": who,
+                "operation": "Apply",
+                "apiVersion": rt.api_version,
+                "time": now if who == manager else _time_of(current, who),
+                "fieldsType": "FieldsV1",
+                "fieldsV1": _fields_v1(paths, {k: v for k, v in values.items() if k in {p[1] for p in paths}}),
+                "subresource": STATUS,
+            }
+        )
+    result["metadata"]["managedFields"] = managed
+    return result
+
+
+def _time_of(obj: JsonObject, manager: str) -> str:
+    for entry in (obj.get("metadata") or {}).get("managedFields") or []:
+        if entry.get("manager") == manager and entry.get("operation") == "Apply":
+            return str(entry.get("time", ""))
+    return ""
