@@ -211,3 +211,20 @@ def _body(devices: list[dict[str, Any]]) -> dict[str, Any]:
         "metadata": {"name": "gpu-claim", "namespace": "default"},
         "status": {"devices": devices},
     }
+
+
+def test_data_is_merged_key_by_key_between_writers(raw: Http, seeded: Seeded) -> None:
+    """`data` is a RawExtension, a free-form map to the server's apply: each writer owns the keys it sets."""
+    mine = {"driver": DRIVER, "pool": NODE, "device": "gpu-0", "data": {"attestation": {"ok": True, "n": 1}}}
+    theirs = {"driver": DRIVER, "pool": NODE, "device": "gpu-0", "data": {"binding": {"ready": True}}}
+    assert raw("PATCH", f"{STATUS}?fieldManager=a", _body([mine]), APPLY).code == 200
+    assert raw("PATCH", f"{STATUS}?fieldManager=b", _body([theirs]), APPLY).code == 200
+    claim = raw("GET", STATUS[: -len("/status")]).body
+    assert entries(claim)[(DRIVER, NODE, "gpu-0")]["data"] == {
+        "attestation": {"ok": True, "n": 1},
+        "binding": {"ready": True},
+    }
+    fewer = {**mine, "data": {"attestation": {"ok": False}}}
+    assert raw("PATCH", f"{STATUS}?fieldManager=a", _body([fewer]), APPLY).code == 200
+    claim = raw("GET", STATUS[: -len("/status")]).body
+    assert entries(claim)[(DRIVER, NODE, "gpu-0")]["data"] == {"attestation": {"ok": False}, "binding": {"ready": True}}

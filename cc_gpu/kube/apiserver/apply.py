@@ -8,9 +8,10 @@ strategic-merge key, so apply is the one write that lets several writers (the pl
 binding-condition code) each own their conditions on one device entry without erasing the others.
 
 The double models exactly that subset: apply to `resourceclaims/<name>/status` whose status names only `devices`.
-Ownership is kept at the granularity the driver can observe: a device entry, a condition (by type) and each other
-top-level field of an entry (`data`, `networkData`, replaced whole). Anything else sent with the apply media type is
-refused with a 415 saying so, rather than answered differently from the real server.
+Ownership is kept at the granularity the driver can observe: a device entry, a condition (by type), and every field
+of an entry's other members down to their leaves (`data` is a RawExtension, which the server's schema makes a free-form
+map merged key by key; `networkData` a struct; lists inside them are atomic). Anything else sent with the apply
+media type is refused with a 415 saying so, rather than answered differently from the real server.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ MAX_FIELD_MANAGER = 128
 
 JsonObject = dict[str, Any]
 DeviceKey = tuple[str, str, str, str | None]
-Path = tuple[Any, ...]  # ("dev", key) | ("cond", key, type) | ("field", key, name)
+Path = tuple[Any, ...]  # ("dev", key) | ("cond", key, type) | ("field", key, (name, *nested keys))
 
 
 def is_apply(content_type: str) -> bool:
@@ -64,13 +65,16 @@ def check_options(manager: str, force: str) -> None:
 def _key_of(entry: Any, where: str) -> DeviceKey:
     if not isinstance(entry, dict):
         raise bad_request(f"{where}: expected an object")
-    for key in ("driver", "device", "pool"):
-        if not isinstance(entry.get(key), str):
-            raise ApiStatus(
-                500, "InternalError", f'{where}: associative list with keys has an element that omits key field "{key}"'
-            )
+    if not any(isinstance(entry.get(key), str) for key in DEVICE_KEYS):
+        # A missing key field is only left out of the key (validation then names it); all of them missing is not.
+        raise bad_request(f"{where}: associative list with keys has an element that omits all key fields")
     share = entry.get("shareID")
-    return (entry["driver"], entry["device"], entry["pool"], share if isinstance(share, str) else None)
+    return (
+        str(entry.get("driver", "")),
+        str(entry.get("device", "")),
+        str(entry.get("pool", "")),
+        share if isinstance(share, str) else None,
+    )
 
 
 def _key_json(key: DeviceKey) -> str:
@@ -78,6 +82,48 @@ def _key_json(key: DeviceKey) -> str:
     if key[3] is not None:
         fields["shareID"] = key[3]
     return "k:" + json.dumps(fields, sort_keys=True, separators=(",", ":"))
+
+
+def merge_order(live: list[Any], applied: list[Any]) -> list[Any]:
+    """The order of a merged list map, as structured-merge-diff interleaves the live and the applied items.
+
+    Applied items keep their relative order; live items that are not applied stay where they were among them.
+    """
+    applied_set, live_set = set(applied), set(live)
+    shared = [k for k in applied if k in live_set]
+    out: list[Any] = []
+    merged: set[Any] = set()
+    next_shared = shared.pop(0) if shared else None
+    li = ri = 0
+    while li < len(live) or ri < len(applied):
+        if li < len(live) and ri < len(applied):
+            key = live[li]
+            if key == applied[ri]:
+                merged.add(key)
+                out.append(key)
+                li += 1
+                ri += 1
+                next_shared = shared.pop(0) if shared else None
+                continue
+            if key in applied_set and next_shared is not None and next_shared != key:
+                li += 1
+                continue
+        if li < len(live):
+            key = live[li]
+            if key not in applied_set:
+                out.append(key)
+                li += 1
+                continue
+            if key in merged:
+                li += 1
+        if ri < len(applied):
+            key = applied[ri]
+            merged.add(key)
+            out.append(key)
+            ri += 1
+            if next_shared is not None and next_shared == key:
+                next_shared = shared.pop(0) if shared else None
+    return out
 
 
 def _paths_of(devices: list[Any]) -> tuple[set[Path], dict[DeviceKey, JsonObject]]:
@@ -107,10 +153,36 @@ def _paths_of(devices: list[Any]) -> tuple[set[Path], dict[DeviceKey, JsonObject
                 )
             types.add(condition["type"])
             paths.add(("cond", key, condition["type"]))
-        for name in entry:
+        for name, value in entry.items():
             if name not in DEVICE_KEYS and name != "conditions":
-                paths.add(("field", key, name))
+                paths.update(("field", key, sub) for sub in _nested((name,), value))
     return paths, entries
+
+
+def _nested(prefix: tuple[str, ...], value: Any) -> list[tuple[str, ...]]:
+    """A member's path and, for a map, every path beneath it (a map is merged key by key, anything else is a leaf)."""
+    out = [prefix]
+    if isinstance(value, dict):
+        for name, child in value.items():
+            out += _nested((*prefix, str(name)), child)
+    return out
+
+
+def _at(value: Any, path: tuple[str, ...]) -> Any:
+    for name in path:
+        if not isinstance(value, dict):
+            return None
+        value = value.get(name)
+    return value
+
+
+def _deep_merge(live: Any, applied: Any) -> Any:
+    if isinstance(live, dict) and isinstance(applied, dict):
+        merged = dict(live)
+        for name, child in applied.items():
+            merged[name] = _deep_merge(live.get(name), child)
+        return merged
+    return copy.deepcopy(applied)
 
 
 def _fields_v1(paths: set[Path], entries: dict[DeviceKey, JsonObject]) -> JsonObject:
@@ -127,7 +199,8 @@ def _fields_v1(paths: set[Path], entries: dict[DeviceKey, JsonObject]) -> JsonOb
                 **{f"f:{name}": {} for name in sorted(condition)},
             }
         elif path[0] == "field":
-            node[f"f:{path[2]}"] = {}
+            for name in path[2]:
+                node = node.setdefault(f"f:{name}", {})
     return {"f:status": {"f:devices": devices}} if devices else {}
 
 
@@ -144,8 +217,16 @@ def _parse_fields_v1(fields: Any) -> set[Path]:
             if name == "f:conditions":
                 paths.update(("cond", key, json.loads(k[2:])["type"]) for k in child if k.startswith("k:"))
             elif name.startswith("f:") and name[2:] not in DEVICE_KEYS:
-                paths.add(("field", key, name[2:]))
+                paths.update(("field", key, sub) for sub in _parse_nested((name[2:],), child))
     return paths
+
+
+def _parse_nested(prefix: tuple[str, ...], node: Any) -> list[tuple[str, ...]]:
+    out = [prefix]
+    for name, child in (node or {}).items():
+        if name.startswith("f:"):
+            out += _parse_nested((*prefix, name[2:]), child)
+    return out
 
 
 def _ownership(obj: JsonObject) -> dict[str, set[Path]]:
@@ -163,7 +244,7 @@ def _value(devices: dict[DeviceKey, JsonObject], path: Path) -> Any:
     if path[0] == "cond":
         return next((c for c in entry.get("conditions") or [] if c.get("type") == path[2]), None)
     if path[0] == "field":
-        return entry.get(path[2])
+        return _at(entry, path[2])
     return True
 
 
@@ -174,7 +255,7 @@ def _describe(path: Path) -> str:
     )
     if path[0] == "cond":
         return f'{where}.conditions[type="{path[2]}"]'
-    return f"{where}.{path[2]}" if path[0] == "field" else where
+    return f"{where}.{'.'.join(path[2])}" if path[0] == "field" else where
 
 
 def apply_claim_status(  # noqa: PLR0917 (the request's parts, one by one)
@@ -216,7 +297,9 @@ def apply_claim_status(  # noqa: PLR0917 (the request's parts, one by one)
             (other, p)
             for other, paths in owners.items()
             for p in paths & applied
-            if p[0] != "dev" and _value(live, p) != _value(applied_entries, p)
+            if p[0] != "dev"
+            and not (p[0] == "field" and isinstance(_value(applied_entries, p), dict))  # maps merge, leaves clash
+            and _value(live, p) != _value(applied_entries, p)
         ),
         key=repr,
     )
@@ -233,36 +316,37 @@ def apply_claim_status(  # noqa: PLR0917 (the request's parts, one by one)
     for other, p in clashes:
         owners[other].discard(p)
 
-    devices = list((result.get("status") or {}).get("devices") or [])
-    by_key = {_key_of(d, "status.devices"): d for d in devices}
+    live_devices = list((result.get("status") or {}).get("devices") or [])
+    by_key = {_key_of(d, "status.devices"): d for d in live_devices}
     for key, entry in applied_entries.items():
-        target = by_key.get(key)
-        if target is None:
-            target = {k: entry[k] for k in DEVICE_KEYS if k in entry}
-            devices.append(target)
-            by_key[key] = target
-        conditions = list(target.get("conditions") or [])
-        for condition in entry.get("conditions") or []:
-            index = next((i for i, c in enumerate(conditions) if c.get("type") == condition["type"]), None)
-            if index is None:
-                conditions.append(copy.deepcopy(condition))
-            else:
-                conditions[index] = copy.deepcopy(condition)
+        target = by_key.setdefault(key, {k: entry[k] for k in DEVICE_KEYS if k in entry})
+        current = {str(c.get("type")): c for c in target.get("conditions") or []}
+        wanted = {c["type"]: copy.deepcopy(c) for c in entry.get("conditions") or []}
+        order = merge_order(list(current), list(wanted))
+        conditions = [wanted.get(kind) or current[kind] for kind in order]
         if conditions or "conditions" in target:
             target["conditions"] = conditions
         for field, value in entry.items():
             if field not in DEVICE_KEYS and field != "conditions":
-                target[field] = copy.deepcopy(value)
+                target[field] = _deep_merge(target.get(field), value)
+    order = merge_order([_key_of(d, "status.devices") for d in live_devices], list(applied_entries))
+    devices = [by_key[key] for key in order]
 
     still_owned = set().union(*owners.values()) if owners else set()
-    for path in sorted(previous - applied, key=lambda p: ("dev", "field", "cond").index(p[0]), reverse=True):
+
+    def depth(p: Path) -> tuple[int, int]:
+        return ("dev", "field", "cond").index(p[0]), len(p[2]) if p[0] == "field" else 0
+
+    for path in sorted(previous - applied, key=depth, reverse=True):
         if path in still_owned or path[1] not in by_key:
             continue
         target = by_key[path[1]]
         if path[0] == "cond":
             target["conditions"] = [c for c in target.get("conditions") or [] if c.get("type") != path[2]]
         elif path[0] == "field":
-            target.pop(path[2], None)
+            parent = _at(target, path[2][:-1])
+            if isinstance(parent, dict):
+                parent.pop(path[2][-1], None)
         else:
             devices = [d for d in devices if d is not target]
             del by_key[path[1]]
