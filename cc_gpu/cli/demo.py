@@ -107,7 +107,9 @@ class _Demo:
         claim["status"] = cluster.allocation_status(
             [cluster.Allocated("gpu", DRIVER, NODE, device)], [pod], node_name=NODE, config=config or ()
         )
-        self.api.update_resource_claim_status("default", f"gpu-{self.n}", claim)
+        # As kube-scheduler writes it (Go's canonical JSON bytes), not through the client.
+        self.server.store.replace(self.server.store_type("resourceclaims"), "default", f"gpu-{self.n}", claim,
+                                  subresource="status")
         return "default", f"gpu-{self.n}", str(claim["metadata"]["uid"])
 
     def events_for(self, claim_name: str) -> list[dict[str, Any]]:

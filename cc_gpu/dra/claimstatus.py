@@ -14,6 +14,16 @@ conditions it applies under its field manager, and nothing else in the claim is 
 
 The API allows at most 8 conditions per device entry, across all writers; one writer here applies at most
 `MAX_OWN_CONDITIONS`, leaving room for the others.
+
+**The allocation's bytes.** The server keeps opaque parameters (`status.allocation.devices.config[].opaque.parameters`,
+copied by the scheduler from the DeviceClass or claim) as the bytes their author sent, and refuses any status write
+whose allocation is not byte-identical (`field cannot be modified once set`). Apply and strategic-merge patches
+re-encode the stored object canonically (compact, keys sorted) before comparing, so they are refused when those
+bytes have keys out of order, which a Go client marshalling a struct produces; a JSON patch keeps the key order of
+untouched values and is then accepted. So when the server refuses an apply because of `status.allocation`, this writer
+falls back to a JSON patch of `status.devices` (its entries merged into the stored ones by key and condition type),
+conditional on the resourceVersion it read. Bytes with whitespace inside (a client that pretty-prints) defeat every
+JSON write; the writer then logs why, and the prepare still succeeds.
 """
 
 from __future__ import annotations
@@ -24,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cc_gpu.kube.api import RESOURCE_API_VERSION, KubeApi
-from cc_gpu.kube.errors import ApiError
+from cc_gpu.kube.errors import ApiError, ConflictError, InvalidError
 
 log = logging.getLogger("cc_gpu.dra.claimstatus")
 
@@ -143,6 +153,80 @@ def apply_device_status(
     body = apply_body(namespace, name, uid, driver, devices, current)
     try:
         return kube.apply_resource_claim_status(namespace, name, body, field_manager=manager or field_manager(driver))
+    except InvalidError as e:
+        if not _allocation_refused(e):
+            log.warning("could not record device status", extra={"claim": f"{namespace}/{name}", "error": str(e)})
+            return None
+        log.info(
+            "apply refused over the allocation's stored bytes; writing device status by JSON patch",
+            extra={"claim": f"{namespace}/{name}"},
+        )
+        return _json_patch(kube, namespace, name, uid, body["status"]["devices"])
     except ApiError as e:
         log.warning("could not record device status", extra={"claim": f"{namespace}/{name}", "error": str(e)})
         return None
+
+
+def _allocation_refused(error: InvalidError) -> bool:
+    return any(cause.field == "status.allocation" for cause in error.causes)
+
+
+def _entry_key(entry: Mapping[str, Any]) -> tuple[Any, ...]:
+    return (entry.get("driver"), entry.get("pool"), entry.get("device"), entry.get("shareID"))
+
+
+def merged_devices(stored: Iterable[Mapping[str, Any]], ours: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """`stored` status.devices with `ours` merged in: entries by key, conditions by type, data by top-level key."""
+    out = [dict(entry) for entry in stored]
+    for entry in ours:
+        index = next((i for i, e in enumerate(out) if _entry_key(e) == _entry_key(entry)), None)
+        if index is None:
+            out.append(dict(entry))
+            continue
+        target = out[index]
+        target["conditions"] = merge_conditions(target.get("conditions") or [], entry.get("conditions") or [])
+        if entry.get("data") is not None:
+            target["data"] = {**(target.get("data") or {}), **entry["data"]}
+    return out
+
+
+def _json_patch(
+    kube: KubeApi, namespace: str, name: str, uid: str | None, ours: list[dict[str, Any]]
+) -> Mapping[str, Any] | None:
+    where = {"claim": f"{namespace}/{name}"}
+    for _ in range(3):
+        try:
+            claim = kube.get_resource_claim(namespace, name)
+        except ApiError as e:
+            log.warning("could not record device status", extra={**where, "error": str(e)})
+            return None
+        meta = claim.get("metadata") or {}
+        if uid and meta.get("uid") != uid:
+            log.warning("could not record device status: the claim was replaced", extra=where)
+            return None
+        devices = merged_devices((claim.get("status") or {}).get("devices") or [], ours)
+        operations: list[dict[str, Any]] = [
+            {"op": "test", "path": "/metadata/resourceVersion", "value": meta.get("resourceVersion")},
+            {"op": "add", "path": "/status/devices", "value": devices},
+        ]
+        try:
+            return kube.json_patch_resource_claim_status(namespace, name, operations)
+        except ConflictError:
+            continue
+        except InvalidError as e:
+            if _allocation_refused(e):
+                log.warning(
+                    "could not record device status: the server keeps this claim's opaque parameters as bytes no JSON "
+                    "client can send back (whitespace inside); recreate the DeviceClass or claim from YAML",
+                    extra={**where, "error": str(e)},
+                )
+                return None
+            if not e.causes:
+                continue  # the resourceVersion test failed (a bare 422): someone wrote meanwhile, read again
+            log.warning("could not record device status", extra={**where, "error": str(e)})
+            return None
+        except ApiError as e:
+            log.warning("could not record device status", extra={**where, "error": str(e)})
+            return None
+    log.warning("could not record device status: the claim kept changing", extra=where)
+    return None

@@ -23,6 +23,8 @@ RESOURCE_API_VERSION = "resource.k8s.io/v1"
 
 MERGE_PATCH = "application/merge-patch+json"
 """`patch_resource_claim_status` sends an RFC 7386 JSON merge patch: maps merge, lists are replaced whole."""
+JSON_PATCH = "application/json-patch+json"
+"""`json_patch_resource_claim_status` sends RFC 6902 operations (the fallback of the device-status writer)."""
 APPLY_PATCH = "application/apply-patch+yaml"
 """`apply_resource_claim_status` sends a server-side apply configuration (JSON, which is YAML)."""
 
@@ -70,6 +72,11 @@ class KubeApi(Protocol):
         conditions on the same device and `status.allocation` are never written. No read-modify-write, no
         resourceVersion: the claim is never re-serialised by this client.
         """
+        ...
+
+    def json_patch_resource_claim_status(self, namespace: str, name: str, operations: list[JsonObject]) -> JsonObject:
+        """PATCH the `status` subresource with RFC 6902 operations (a `test` of the resourceVersion makes it
+        conditional). The server patches the stored JSON in place, keeping the key order of untouched values."""
         ...
 
     # Events and ConfigMaps.

@@ -12,6 +12,7 @@ Cluster-scoped names carry the namespace, so the cases can share one real cluste
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -112,7 +113,10 @@ def allocated_claim(
             },
         },
     }
-    stored = target("PUT", f"{claims_path(ns)}/{name}/status", body)
+    # Go's canonical JSON (compact, keys sorted), as kube-scheduler writes it: opaque parameters are kept as bytes.
+    stored = target(
+        "PUT", f"{claims_path(ns)}/{name}/status", json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    )
     assert stored.code == 200, stored.body
     return stored.body  # type: ignore[no-any-return]
 
@@ -331,7 +335,85 @@ def delete_replies(target: Target, ns: str) -> list[Observation]:
     return out
 
 
+def allocation_bytes(target: Target, ns: str) -> list[Observation]:
+    """Which status writes the server accepts, by how the allocation's opaque parameters were serialised."""
+    out = []
+    params = {"kind": "GpuConfig", "mode": "vfio", "attestation": {"required": True, "policy": "strict"}}
+    forms = {
+        "canonical": json.dumps(params, sort_keys=True, separators=(",", ":")),
+        "unsorted": json.dumps(dict(reversed(list(params.items()))), separators=(",", ":")),
+        "spaced": json.dumps(params),
+    }
+    ready = [device("gpu-0", condition("Ready"))]
+    writes = {
+        "apply": lambda path: target(
+            "PATCH", f"{path}?fieldManager=m&force=true", _apply(ns, path.split("/")[-2], ready), content_type=APPLY
+        ),
+        "strategic": lambda path: target(
+            "PATCH", path, {"status": {"devices": ready}}, content_type="application/strategic-merge-patch+json"
+        ),
+        "merge": lambda path: target("PATCH", path, {"status": {"devices": ready}}, content_type=MERGE),
+        "json-patch": lambda path: target(
+            "PATCH",
+            path,
+            [{"op": "add", "path": "/status/devices", "value": ready}],
+            content_type="application/json-patch+json",
+        ),
+        "python-put": lambda path: target("PUT", path, target("GET", path).body),  # json.dumps: spaced
+    }
+    for form, text in forms.items():
+        for how, write in writes.items():
+            name = f"{form}-{how}"
+            claim = {
+                "apiVersion": "resource.k8s.io/v1",
+                "kind": "ResourceClaim",
+                "metadata": {"name": name},
+                "spec": {"devices": {"requests": [{"name": "gpu", "exactly": {"deviceClassName": f"gpus-{ns}"}}]}},
+            }
+            created = target("POST", claims_path(ns), claim).body
+            created["status"] = {
+                "allocation": {
+                    "devices": {
+                        "results": [{"request": "gpu", "driver": DRIVER, "pool": POOL, "device": "gpu-0"}],
+                        "config": [
+                            {
+                                "source": "FromClass",
+                                "requests": ["gpu"],
+                                "opaque": {"driver": DRIVER, "parameters": "@PARAMS@"},
+                            }
+                        ],
+                    }
+                }
+            }
+            raw = json.dumps(created, separators=(",", ":")).replace('"@PARAMS@"', text)
+            path = f"{claims_path(ns)}/{name}/status"
+            assert target("PUT", path, raw.encode()).code == 200
+            reply = write(path)
+            out.append(
+                {
+                    "write": name,
+                    "code": reply.code,
+                    "fields": sorted(
+                        str(c.get("field")) for c in ((reply.body or {}).get("details") or {}).get("causes") or []
+                    )
+                    if reply.code >= 400
+                    else [],
+                }
+            )
+    return out
+
+
+def _apply(ns: str, name: str, devices: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "apiVersion": "resource.k8s.io/v1",
+        "kind": "ResourceClaim",
+        "metadata": {"name": name, "namespace": ns},
+        "status": {"devices": devices},
+    }
+
+
 CASES: dict[str, Case] = {
+    "allocation-bytes": allocation_bytes,
     "writers-share-a-device-entry": writers_share_a_device_entry,
     "apply-conflicts": apply_conflicts,
     "apply-refusals": apply_refusals,

@@ -6,6 +6,7 @@ The same cases run against the real kube-apiserver in `tests/cluster/test_differ
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
 
 import pytest
@@ -121,8 +122,9 @@ def test_reapplying_the_same_status_writes_nothing(api: KubernetesApi, seeded: S
 def test_a_replaced_claim_is_not_written(api: KubernetesApi, seeded: Seeded) -> None:
     body = _body([{"driver": DRIVER, "pool": NODE, "device": "gpu-0", "conditions": [condition("Ready")]}])
     body["metadata"]["uid"] = "00000000-0000-0000-0000-000000000000"
-    with pytest.raises(errors.ConflictError):
+    with pytest.raises(errors.InvalidError) as caught:  # kube-apiserver: metadata.uid is immutable (422)
         api.apply_resource_claim_status("default", "gpu-claim", body, field_manager="x")
+    assert [c.field for c in caught.value.causes] == ["metadata.uid"]
 
 
 def test_conflicts_without_force_and_takeover_with_force(raw: Http, seeded: Seeded) -> None:
@@ -228,3 +230,63 @@ def test_data_is_merged_key_by_key_between_writers(raw: Http, seeded: Seeded) ->
     assert raw("PATCH", f"{STATUS}?fieldManager=a", _body([fewer]), APPLY).code == 200
     claim = raw("GET", STATUS[: -len("/status")]).body
     assert entries(claim)[(DRIVER, NODE, "gpu-0")]["data"] == {"attestation": {"ok": False}, "binding": {"ready": True}}
+
+
+def _allocate_with_bytes(raw: Http, parameters_text: str) -> str:
+    """Write the seeded claim's allocation again, its opaque parameters serialised exactly as given."""
+    claim = raw("GET", STATUS[: -len("/status")]).body
+    raw("PUT", STATUS, {**claim, "status": {}})
+    claim = raw("GET", STATUS[: -len("/status")]).body
+    claim["status"] = {
+        "allocation": {
+            "devices": {
+                "results": [{"request": "gpu", "driver": DRIVER, "pool": NODE, "device": "gpu-0"}],
+                "config": [
+                    {"source": "FromClass", "requests": ["gpu"], "opaque": {"driver": DRIVER, "parameters": "@P@"}}
+                ],
+            }
+        },
+    }
+    text = json.dumps(claim, separators=(",", ":")).replace('"@P@"', parameters_text)
+    assert raw("PUT", STATUS, text.encode()).code == 200
+    return str(claim["metadata"]["uid"])
+
+
+def test_status_written_by_json_patch_when_apply_meets_unsorted_bytes(
+    raw: Http, api: KubernetesApi, seeded: Seeded
+) -> None:
+    """Keys out of order (a Go struct marshalled): apply is refused, the writer falls back to a JSON patch."""
+    uid = _allocate_with_bytes(raw, '{"mode":"vfio","kind":"GpuConfig"}')
+    bound = {"driver": DRIVER, "pool": NODE, "device": "gpu-0", "conditions": [condition("Bound")]}
+    refused = raw("PATCH", f"{STATUS}?fieldManager=binder", _body([bound]), APPLY)
+    assert refused.code == 422, refused.body
+    merged = raw("PATCH", STATUS, {"status": {"devices": [bound]}}, "application/merge-patch+json")
+    assert merged.code == 200, merged.body
+    stored = apply_device_status(
+        api, "default", "gpu-claim", DRIVER, [DeviceStatus(NODE, "gpu-0", (condition("Ready"),))], uid=uid
+    )
+    assert stored is not None
+    assert sorted(types(stored)) == ["Bound", "Ready"]
+
+
+def test_status_not_written_over_pretty_printed_bytes(
+    raw: Http, api: KubernetesApi, seeded: Seeded, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Whitespace inside the stored parameters: no JSON write can keep them; the writer says why and gives up."""
+    uid = _allocate_with_bytes(raw, '{"kind": "GpuConfig", "mode": "vfio"}')
+    stored = apply_device_status(
+        api, "default", "gpu-claim", DRIVER, [DeviceStatus(NODE, "gpu-0", (condition("Ready"),))], uid=uid
+    )
+    assert stored is None
+    assert "whitespace inside" in caplog.text
+    assert "devices" not in raw("GET", STATUS[: -len("/status")]).body["status"]
+
+
+def test_a_python_client_put_of_the_claim_is_refused(raw: Http, api: KubernetesApi, seeded: Seeded) -> None:
+    """Why the driver never PUTs a claim: its client re-serialises the allocation's parameters (with spaces), so
+    the claim it read back, unchanged, no longer has the allocation's bytes."""
+    _allocate_with_bytes(raw, '{"kind":"GpuConfig","mode":"vfio"}')  # canonical, as kube-scheduler writes it
+    claim = api.get_resource_claim("default", "gpu-claim")
+    with pytest.raises(errors.InvalidError) as caught:
+        api.update_resource_claim_status("default", "gpu-claim", claim)
+    assert [c.field for c in caught.value.causes] == ["status.allocation"]

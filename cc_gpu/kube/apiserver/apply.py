@@ -21,7 +21,7 @@ import json
 from typing import Any
 
 from cc_gpu.kube.apiserver.resources import ResourceType
-from cc_gpu.kube.apiserver.status import ApiStatus, Cause, bad_request, conflict
+from cc_gpu.kube.apiserver.status import ApiStatus, Cause, bad_request, conflict, invalid
 
 APPLY = "application/apply-patch+yaml"
 DEVICE_KEYS = ("driver", "device", "pool", "shareID")
@@ -248,9 +248,20 @@ def _value(devices: dict[DeviceKey, JsonObject], path: Path) -> Any:
     return True
 
 
+def _conflicting_fields(
+    path: Path, live: dict[DeviceKey, JsonObject], applied: dict[DeviceKey, JsonObject]
+) -> list[str]:
+    """The leaf fields of a clash, as the server names them in a conflict's causes."""
+    before, after = _value(live, path), _value(applied, path)
+    if path[0] == "cond" and isinstance(before, dict) and isinstance(after, dict):
+        names = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
+        return [f"{_describe(path)}.{k}" for k in names]
+    return [_describe(path)]
+
+
 def _describe(path: Path) -> str:
     driver, device, pool, share = path[1]
-    where = f'.status.devices[driver="{driver}",device="{device}",pool="{pool}"' + (
+    where = f'.status.devices[device="{device}",driver="{driver}",pool="{pool}"' + (
         f',shareID="{share}"]' if share else "]"
     )
     if path[0] == "cond":
@@ -278,8 +289,8 @@ def apply_claim_status(  # noqa: PLR0917 (the request's parts, one by one)
     if not isinstance(status, dict) or set(status) - {"devices"}:
         raise not_modelled(f"status fields {sorted(set(status) - {'devices'}) if isinstance(status, dict) else status}")
     if meta.get("uid") and meta["uid"] != current["metadata"]["uid"]:
-        have = current["metadata"]["uid"]
-        raise conflict(rt, name, f"Precondition failed: UID in precondition: {meta['uid']}, UID in object meta: {have}")
+        why = f'Invalid value: "{meta["uid"]}": field is immutable'
+        raise invalid(rt, name, [Cause("metadata.uid", "FieldValueInvalid", why)])
     if meta.get("resourceVersion") and meta["resourceVersion"] != current["metadata"]["resourceVersion"]:
         raise conflict(
             rt, name, "the object has been modified; please apply your changes to the latest version and try again"
@@ -304,14 +315,20 @@ def apply_claim_status(  # noqa: PLR0917 (the request's parts, one by one)
         key=repr,
     )
     if clashes and not force:
-        listed = "\n".join(
-            f'- conflict with "{other}" with subresource "status": {_describe(p)}' for other, p in clashes
+        fields = sorted(
+            (other, field) for other, p in clashes for field in _conflicting_fields(p, live, applied_entries)
+        )
+        listed = "\n".join(f'- conflict with "{other}" with subresource "status": {field}' for other, field in fields)
+        causes = tuple(
+            Cause(field, "FieldManagerConflict", f'conflict with "{other}" with subresource "status"')
+            for other, field in fields
         )
         raise ApiStatus(
             409,
             "Conflict",
-            f"Apply failed with {len(clashes)} conflict{'s' if len(clashes) > 1 else ''}: {listed}",
+            f"Apply failed with {len(fields)} conflict{'s' if len(fields) > 1 else ''}: {listed}",
             {"name": name, "group": rt.group, "kind": rt.plural},
+            causes,
         )
     for other, p in clashes:
         owners[other].discard(p)

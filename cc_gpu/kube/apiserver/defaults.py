@@ -87,9 +87,12 @@ def prepare_for_write(rt: ResourceType, old: JsonObject | None, new: JsonObject,
                 if isinstance(capacity, dict) and isinstance(capacity.get("value"), str):
                     capacity["value"] = canonical(capacity["value"])
     elif rt.kind == "ResourceClaim":
+        new.setdefault("status", {})  # a struct, never omitted
         _default_requests((new.get("spec") or {}).get("devices"))
         drop_deallocated_status_devices(new, old)
     elif rt.kind == "ResourceClaimTemplate":
+        if isinstance(new.get("spec"), dict):
+            new["spec"].setdefault("metadata", {})  # ObjectMeta, a struct: `{}` when empty
         _default_requests(((new.get("spec") or {}).get("spec") or {}).get("devices"))
     pruned: JsonObject = _prune_empty(new)
     return pruned

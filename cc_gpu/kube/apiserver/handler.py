@@ -16,12 +16,14 @@ from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from cc_gpu.kube.apiserver import rawbytes
 from cc_gpu.kube.apiserver.apply import apply_claim_status, check_options, is_apply, not_modelled
 from cc_gpu.kube.apiserver.patches import apply_patch, check_patch_type
 from cc_gpu.kube.apiserver.resources import RESOURCE_TYPES, ResourceType, lookup
 from cc_gpu.kube.apiserver.selectors import Predicate, parse_field_selector, parse_label_selector
 from cc_gpu.kube.apiserver.status import (
     ApiStatus,
+    Cause,
     bad_request,
     method_not_allowed,
     path_not_found,
@@ -206,8 +208,10 @@ class Handler(BaseHTTPRequestHandler):
             return 201, store.create(rt, ns, _decode_object(raw), dry_run=dry_run)
         if verb == "update":
             self._require_json()
+            body = _decode_object(raw)
+            encoding = rawbytes.sent_allocation_parameters(raw, body) if route.subresource == "status" else None
             return 200, store.replace(
-                rt, ns, route.name, _decode_object(raw), subresource=route.subresource, dry_run=dry_run
+                rt, ns, route.name, body, subresource=route.subresource, dry_run=dry_run, encoding=encoding
             )
         if verb == "patch":
             content_type = self.headers.get("Content-Type", "")
@@ -215,9 +219,12 @@ class Handler(BaseHTTPRequestHandler):
             if is_apply(content_type):
                 return 200, self._apply(route, query, raw, dry_run)
             if "force" in query:
-                why = "force: Forbidden: may not be specified for non-apply patch"
+                why = "Forbidden: may not be specified for non-apply patch"
                 details = {"group": "meta.k8s.io", "kind": "PatchOptions"}
-                raise ApiStatus(422, "Invalid", f'PatchOptions.meta.k8s.io "" is invalid: {why}', details)
+                cause = Cause("force", "FieldValueForbidden", why)
+                raise ApiStatus(
+                    422, "Invalid", f'PatchOptions.meta.k8s.io "" is invalid: force: {why}', details, (cause,)
+                )
             check_patch_type(content_type)
             patch = _decode(raw)
 
@@ -227,7 +234,11 @@ class Handler(BaseHTTPRequestHandler):
                     patched["metadata"] = {**current["metadata"], **_precondition(patched, current)}
                 return patched
 
-            return 200, store.update(rt, ns, route.name, build, subresource=subresource, dry_run=dry_run)
+            media = content_type.split(";", maxsplit=1)[0].strip().lower()
+            encoding = rawbytes.CANONICAL if media == "application/strategic-merge-patch+json" else rawbytes.COMPACT
+            return 200, store.update(
+                rt, ns, route.name, build, subresource=subresource, dry_run=dry_run, encoding=encoding
+            )
         if verb == "delete":
             options = _decode_object(raw) if raw.strip() else {}
             preconditions = options.get("preconditions") or {}
@@ -270,8 +281,16 @@ class Handler(BaseHTTPRequestHandler):
         def build(current: JsonObject) -> JsonObject:
             return apply_claim_status(rt, current, config, manager, force == "true", store.now())
 
-        return store.update(rt, route.namespace or "", route.name, build, subresource="status", dry_run=dry_run,
-                            apply=True)
+        return store.update(
+            rt,
+            route.namespace or "",
+            route.name,
+            build,
+            subresource="status",
+            dry_run=dry_run,
+            apply=True,
+            encoding=rawbytes.CANONICAL,
+        )
 
     def _prepare_watch(self, route: Route, query: dict[str, str]) -> tuple[Predicate, float, str]:
         """Everything a watch request can get wrong, checked before the 200 and the stream start."""

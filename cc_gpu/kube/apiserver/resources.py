@@ -42,7 +42,7 @@ class ResourceType:
     @property
     def has_generation(self) -> bool:
         """Whether `metadata.generation` is maintained (it counts changes to the spec)."""
-        return self.kind not in ("Event", "ConfigMap", "Namespace", "Node")
+        return self.kind not in ("Event", "ConfigMap", "Namespace", "Node", "ResourceClaim", "ResourceClaimTemplate")
 
 
 RESOURCE_TYPES: tuple[ResourceType, ...] = (

@@ -237,7 +237,9 @@ def check_claim_status(old: dict[str, Any] | None, new: dict[str, Any]) -> list[
     allocation = status.get("allocation")
     old_allocation = (old or {}).get("status", {}).get("allocation") if old else None
     if old_allocation and allocation and allocation != old_allocation:
-        causes.append(Cause("status.allocation", "FieldValueInvalid", "Invalid value: field is immutable"))
+        causes.append(
+            Cause("status.allocation", "FieldValueInvalid", "Invalid value: null: field cannot be modified once set")
+        )
     results = ((allocation or {}).get("devices") or {}).get("results") or []
     allocated = {(r.get("driver"), r.get("pool"), r.get("device")) for r in results if isinstance(r, dict)}
     seen: set[tuple[Any, ...]] = set()
@@ -297,7 +299,7 @@ def _label_name_causes(where: str, value: str) -> list[Cause]:
     if not bad:
         return []
     message = (
-        f'Invalid value: "{value}": name part must consist of alphanumeric characters, \'-\', \'_\' or \'.\', '
+        f"Invalid value: \"{value}\": name part must consist of alphanumeric characters, '-', '_' or '.', "
         "and must start and end with an alphanumeric character"
     )
     return [Cause(where, "FieldValueInvalid", message)]
@@ -324,11 +326,21 @@ def condition_causes(where: str, conditions: Any) -> list[Cause]:
             causes.append(Cause(f"{at}.status", "FieldValueRequired", "Required value"))
         elif status not in CONDITION_STATUSES:
             supported = ", ".join(f'"{s}"' for s in CONDITION_STATUSES)
-            causes.append(Cause(f"{at}.status", "FieldValueNotSupported",
-                                f'Unsupported value: "{status}": supported values: {supported}'))
+            causes.append(
+                Cause(
+                    f"{at}.status",
+                    "FieldValueNotSupported",
+                    f'Unsupported value: "{status}": supported values: {supported}',
+                )
+            )
         if int(condition.get("observedGeneration") or 0) < 0:
-            causes.append(Cause(f"{at}.observedGeneration", "FieldValueInvalid",
-                                "Invalid value: must be greater than or equal to zero"))
+            causes.append(
+                Cause(
+                    f"{at}.observedGeneration",
+                    "FieldValueInvalid",
+                    "Invalid value: must be greater than or equal to zero",
+                )
+            )
         if not condition.get("lastTransitionTime"):
             causes.append(Cause(f"{at}.lastTransitionTime", "FieldValueRequired", "Required value"))
         reason = str(condition.get("reason") or "")
@@ -336,16 +348,31 @@ def condition_causes(where: str, conditions: Any) -> list[Cause]:
             causes.append(Cause(f"{at}.reason", "FieldValueRequired", "Required value"))
         else:
             if not CONDITION_REASON_RE.match(reason):
-                causes.append(Cause(f"{at}.reason", "FieldValueInvalid",
-                                    f'Invalid value: "{reason}": a condition reason must start with alphabetic '
-                                    "character, optionally followed by a string of alphanumeric characters or '_,:', "
-                                    "and must end with an alphanumeric character or '_'"))
+                causes.append(
+                    Cause(
+                        f"{at}.reason",
+                        "FieldValueInvalid",
+                        f'Invalid value: "{reason}": a condition reason must start with alphabetic '
+                        "character, optionally followed by a string of alphanumeric characters or '_,:', "
+                        "and must end with an alphanumeric character or '_'",
+                    )
+                )
             if len(reason) > MAX_CONDITION_REASON:
-                causes.append(Cause(f"{at}.reason", "FieldValueTooLong",
-                                    f"Too long: may not be more than {MAX_CONDITION_REASON} bytes"))
+                causes.append(
+                    Cause(
+                        f"{at}.reason",
+                        "FieldValueTooLong",
+                        f"Too long: may not be more than {MAX_CONDITION_REASON} bytes",
+                    )
+                )
         if len(str(condition.get("message") or "")) > MAX_CONDITION_MESSAGE:
-            causes.append(Cause(f"{at}.message", "FieldValueTooLong",
-                                f"Too long: may not be more than {MAX_CONDITION_MESSAGE} bytes"))
+            causes.append(
+                Cause(
+                    f"{at}.message",
+                    "FieldValueTooLong",
+                    f"Too long: may not be more than {MAX_CONDITION_MESSAGE} bytes",
+                )
+            )
     return causes
 
 
