@@ -180,6 +180,11 @@ class DeviceState:
 
     def _step_started(self, plan: ClaimPlan, pod: PodView) -> ClaimEntry:
         pod_device = cdi.pod_device_from_annotation(pod.annotations.get(cdi.POD_ANNOTATION)) or ""
+        pod_uid = str(plan.pod.get("uid", ""))
+        if pod_device and pod_device != cdi.POD_DEVICE_PREFIX + pod_uid:
+            # The guard policy admits only the pod's own device; anything else here means it was bypassed.
+            raise ClaimError(f"pod {pod.ref} names CDI device {pod_device!r} in {cdi.POD_ANNOTATION}, not its own "
+                             f"({cdi.POD_DEVICE_PREFIX}{pod_uid}); refusing to define it")
         devices = tuple(
             PreparedDevice(
                 request=d.request,
@@ -198,7 +203,7 @@ class DeviceState:
             state=PREPARE_STARTED,
             boot_id=self.boot_id,
             devices=devices,
-            pod_uid=str(plan.pod.get("uid", "")),
+            pod_uid=pod_uid,
             pod_cdi_device=pod_device,
         )
         self.checkpoint.put(entry)

@@ -24,10 +24,10 @@ RESOURCE_API_VERSION = "resource.k8s.io/v1"
 MERGE_PATCH = "application/merge-patch+json"
 """`patch_resource_claim_status` sends an RFC 7386 JSON merge patch: maps merge, lists are replaced whole."""
 JSON_PATCH = "application/json-patch+json"
-"""`json_patch_resource_claim_status` sends RFC 6902 operations (the fallback of the device-status writer)."""
+"""`patch_pod` and `json_patch_resource_claim_status` send RFC 6902 operations (a list; `test` ones make it
+conditional)."""
 APPLY_PATCH = "application/apply-patch+yaml"
 """`apply_resource_claim_status` sends a server-side apply configuration (JSON, which is YAML)."""
-
 
 class KubeApi(Protocol):
     """Everything the driver may ask of the API server."""

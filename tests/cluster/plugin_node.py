@@ -154,7 +154,9 @@ def plugin_node(
 ) -> Iterator[PluginNode]:
     """A Node (created if missing, labelled for the chart's SNP RuntimeClass) and its plugin's identity and files."""
     plane.create_node(name, {**KATA_NODE_LABELS, **(labels or {})})
-    patch = {"metadata": {"labels": {**KATA_NODE_LABELS, **(labels or {})}}}
+    # Labels for the SNP RuntimeClass; and no `node.kubernetes.io/not-ready` taint, which the TaintNodesByCondition
+    # admission plugin puts on every new Node and only the (disabled) node-lifecycle controller would lift.
+    patch = {"metadata": {"labels": {**KATA_NODE_LABELS, **(labels or {})}}, "spec": {"taints": None}}
     plane.admin("PATCH", f"/api/v1/nodes/{name}", patch, content_type="application/merge-patch+json").ok()
     root.mkdir(parents=True, exist_ok=True)
     (root / "plugin.toml").write_text(chart_plugin_toml(release) + toml_extra)

@@ -19,10 +19,12 @@ from typing import Any
 import pytest
 import yaml
 
+from cc_gpu.dra import podgate
 from cc_gpu.kube import errors
+from cc_gpu.kube.client import KubernetesApi
 
-from .chart import TENANT_LABEL
-from .controlplane import ControlPlane
+from .chart import NAMESPACE, TENANT_LABEL
+from .controlplane import ControlPlane, write_kubeconfig
 from .plugin_node import (
     ATTESTED_CLASS,
     DRIVER,
@@ -62,6 +64,23 @@ def nodes(
         found[EMPTY].wait_published()
         control_plane.ensure_namespace(TENANT, {TENANT_LABEL: "true"})
         yield found
+
+
+@pytest.fixture(scope="module")
+def gate(
+    control_plane: ControlPlane, nodes: dict[str, PluginNode], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[KubernetesApi]:
+    """The chart holds Kata GPU pods with a scheduling gate until its pod-gate controller releases them: that
+    controller's release pass, with the chart's pod-gate identity, runs while the tests wait for scheduling."""
+    token = control_plane.admin.create(
+        f"/api/v1/namespaces/{NAMESPACE}/serviceaccounts/cc-gpu-pod-gate/token",
+        {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {"expirationSeconds": 3600}},
+    )
+    path = tmp_path_factory.mktemp("pod-gate") / "kubeconfig"
+    write_kubeconfig(path, control_plane.url, control_plane.ca_file, token=token["status"]["token"])
+    api = KubernetesApi(path)
+    yield api
+    api.close()
 
 
 def _devices(slices: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -109,7 +128,7 @@ def _create(plane: ControlPlane, path: str, body: dict[str, Any]) -> dict[str, A
     return plane.admin.create(path, body)  # type: ignore[no-any-return]
 
 
-def _vm_pod(plane: ControlPlane, name: str, device_class: str, node: str) -> tuple[str, str, str]:
+def _vm_pod(plane: ControlPlane, gate: KubernetesApi, name: str, device_class: str, node: str) -> tuple[str, str, str]:
     """A pod asking for one GPU of `device_class` through a template; returns its claim once scheduled."""
     template = {
         "apiVersion": "resource.k8s.io/v1",
@@ -134,6 +153,7 @@ def _vm_pod(plane: ControlPlane, name: str, device_class: str, node: str) -> tup
     _create(plane, f"/api/v1/namespaces/{TENANT}/pods", pod)
 
     def scheduled() -> tuple[str, str, str] | None:
+        podgate.release_all(gate)
         got = plane.admin.get(f"/api/v1/namespaces/{TENANT}/pods/{name}")
         statuses = (got.get("status") or {}).get("resourceClaimStatuses") or []
         if got["spec"].get("nodeName") != node or not statuses or not statuses[0].get("resourceClaimName"):
@@ -146,7 +166,16 @@ def _vm_pod(plane: ControlPlane, name: str, device_class: str, node: str) -> tup
             return None
         return TENANT, claim["metadata"]["name"], claim["metadata"]["uid"]
 
-    return plane.wait_for(f"pod {name} scheduled with its claim allocated", scheduled, timeout=90)  # type: ignore[no-any-return]
+    try:
+        return plane.wait_for(f"pod {name} scheduled with its claim allocated", scheduled, timeout=90)  # type: ignore[no-any-return]
+    except Exception as e:
+        pod_now = plane.admin("GET", f"/api/v1/namespaces/{TENANT}/pods/{name}").body
+        claims = plane.admin("GET", f"/apis/resource.k8s.io/v1/namespaces/{TENANT}/resourceclaims").body
+        events = plane.admin("GET", f"/api/v1/namespaces/{TENANT}/events").body
+        raise AssertionError(
+            f"{str(e)[:300]}\npod: {json.dumps(pod_now)[:3000]}\nclaims: {json.dumps(claims)[:3000]}\n"
+            f"events: {json.dumps([(x.get('reason'), x.get('message')) for x in events.get('items', [])])[:3000]}"
+        ) from None
 
 
 def _claim(plane: ControlPlane, ref: tuple[str, str, str]) -> dict[str, Any]:
@@ -166,10 +195,14 @@ def _entry(claim: dict[str, Any]) -> dict[str, Any]:
     ],
 )
 def test_real_allocation_prepared_and_status_recorded(
-    control_plane: ControlPlane, nodes: dict[str, PluginNode], device_class: str, conditions: list[str]
+    control_plane: ControlPlane,
+    nodes: dict[str, PluginNode],
+    gate: KubernetesApi,
+    device_class: str,
+    conditions: list[str],
 ) -> None:
     node = nodes[HEALTHY]
-    ref = _vm_pod(control_plane, f"vm-{device_class.split('.', maxsplit=1)[0]}", device_class, HEALTHY)
+    ref = _vm_pod(control_plane, gate, f"vm-{device_class.split('.', maxsplit=1)[0]}", device_class, HEALTHY)
     before = _claim(control_plane, ref)
     allocation = before["status"]["allocation"]
     (config,) = [c for c in allocation["devices"]["config"] if c["opaque"]["driver"] == DRIVER]
@@ -188,10 +221,12 @@ def test_real_allocation_prepared_and_status_recorded(
     assert node.kubelet.unprepare(DRIVER, [ref]) == {ref[2]: ""}
 
 
-def test_another_writer_keeps_its_condition(control_plane: ControlPlane, nodes: dict[str, PluginNode]) -> None:
+def test_another_writer_keeps_its_condition(
+    control_plane: ControlPlane, nodes: dict[str, PluginNode], gate: KubernetesApi
+) -> None:
     """A condition another field manager applied to the plugin's device entry survives the plugin's write."""
     node = nodes[HEALTHY]
-    ref = _vm_pod(control_plane, "vm-shared", VFIO_CLASS, HEALTHY)
+    ref = _vm_pod(control_plane, gate, "vm-shared", VFIO_CLASS, HEALTHY)
     device = _claim(control_plane, ref)["status"]["allocation"]["devices"]["results"][0]["device"]
     bound = {
         "type": "BindingReady",
@@ -218,7 +253,7 @@ def _token(node: PluginNode) -> str:
     return str(config["users"][0]["user"]["token"])
 
 
-def test_least_privilege(control_plane: ControlPlane, nodes: dict[str, PluginNode]) -> None:
+def test_least_privilege(control_plane: ControlPlane, nodes: dict[str, PluginNode], gate: KubernetesApi) -> None:
     """What the plugin's identity may not do, decided by the real server's RBAC, Node-scoped driver checks and the
     chart's admission policies."""
     me = control_plane.as_token(_token(nodes[HEALTHY]))
@@ -228,7 +263,7 @@ def test_least_privilege(control_plane: ControlPlane, nodes: dict[str, PluginNod
     assert me("DELETE", f"/api/v1/nodes/{SICK}").code == 403
 
     # A claim allocated on the sick node: its own plugin may write the device status, node-a's may not.
-    ref = _vm_pod(control_plane, "vm-elsewhere", VFIO_CLASS, SICK)
+    ref = _vm_pod(control_plane, gate, "vm-elsewhere", VFIO_CLASS, SICK)
     device = _claim(control_plane, ref)["status"]["allocation"]["devices"]["results"][0]["device"]
     ready = {
         "type": "Ready",
@@ -265,11 +300,13 @@ def test_least_privilege(control_plane: ControlPlane, nodes: dict[str, PluginNod
     assert me("POST", "/apis/resource.k8s.io/v1/resourceslices", forged).code in (403, 422)
 
 
-def test_a_read_modify_put_of_the_claim_is_refused(control_plane: ControlPlane, nodes: dict[str, PluginNode]) -> None:
+def test_a_read_modify_put_of_the_claim_is_refused(
+    control_plane: ControlPlane, nodes: dict[str, PluginNode], gate: KubernetesApi
+) -> None:
     """Why the plugin applies instead of PUTting: the client re-serialises the allocation's opaque parameters (the
     real server keeps RawExtension bytes and compares them), so a PUT of the claim read back looks like a change of
     the immutable allocation, which the server refuses (and would need `resourceclaims/binding`)."""
-    ref = _vm_pod(control_plane, "vm-put", VFIO_CLASS, HEALTHY)
+    ref = _vm_pod(control_plane, gate, "vm-put", VFIO_CLASS, HEALTHY)
     api = nodes[HEALTHY].api
     claim = api.get_resource_claim(ref[0], ref[1])
     respaced = json.loads(json.dumps(claim))
