@@ -278,8 +278,11 @@ def test_least_privilege(control_plane: ControlPlane, nodes: dict[str, PluginNod
         "metadata": {"name": ref[1], "namespace": ref[0]},
         "status": {"devices": [{"driver": DRIVER, "pool": SICK, "device": device, "conditions": [ready]}]},
     }
-    with pytest.raises(errors.ForbiddenError):
+    with pytest.raises(errors.InvalidError) as refused:  # the driver check answers 422, naming status.devices
         nodes[HEALTHY].api.apply_resource_claim_status(ref[0], ref[1], body, field_manager="probe")
+    ((field, reason),) = [(c.field, c.reason) for c in refused.value.causes]
+    assert (field, reason) == ("status.devices", "FieldValueForbidden")
+    assert "resourceclaims/driver" in str(refused.value)
     nodes[SICK].api.apply_resource_claim_status(ref[0], ref[1], body, field_manager="probe")
     # Its own node's identity still may not write another driver's entry (resourceNames is the chart's driver).
     other = {**body, "status": {"devices": [{**body["status"]["devices"][0], "driver": "other.example.com"}]}}
