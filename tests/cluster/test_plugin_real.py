@@ -315,3 +315,27 @@ def test_a_read_modify_put_of_the_claim_is_refused(
     respaced = json.loads(json.dumps(claim))
     with pytest.raises((errors.InvalidError, errors.ForbiddenError)):
         api.update_resource_claim_status(ref[0], ref[1], respaced)
+
+
+def test_status_recorded_over_a_class_with_keys_out_of_order(
+    control_plane: ControlPlane, nodes: dict[str, PluginNode], gate: KubernetesApi
+) -> None:
+    """A DeviceClass whose opaque parameters were sent compact but with keys out of order (a Go client marshalling a
+    struct): the scheduler copies those bytes into the allocation, the server refuses the plugin's apply over them,
+    and the plugin's JSON-patch fallback records the status anyway."""
+    name = "vfio-unsorted.gpu.cc-gpu.io"
+    raw = (
+        '{"apiVersion":"resource.k8s.io/v1","kind":"DeviceClass","metadata":{"name":"' + name + '"},'
+        '"spec":{"selectors":[{"cel":{"expression":"device.driver == \\"' + DRIVER + '\\""}}],'
+        '"config":[{"opaque":{"driver":"' + DRIVER + '",'
+        '"parameters":{"kind":"VfioDeviceConfig","apiVersion":"cc-gpu.io/v1alpha1"}}}]}}'
+    )
+    created = control_plane.admin("POST", "/apis/resource.k8s.io/v1/deviceclasses", raw.encode())
+    assert created.code == 201, created.body
+    node = nodes[HEALTHY]
+    ref = _vm_pod(control_plane, gate, "vm-unsorted", name, HEALTHY)
+    assert node.kubelet.prepare(DRIVER, [ref])[ref[2]].error == "", node.log()
+    entry = _entry(_claim(control_plane, ref))
+    assert [c["type"] for c in entry["conditions"]] == ["Ready"]
+    assert "writing device status by JSON patch" in node.log()
+    assert node.kubelet.unprepare(DRIVER, [ref]) == {ref[2]: ""}
