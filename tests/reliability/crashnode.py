@@ -114,9 +114,8 @@ class CrashNode:
                   config: list[dict[str, Any]] | None = None) -> ClaimRef:
         self._n += 1
         name = f"{self.run}-{self._n}"
-        pod_device = f"pod-{name}" if pod_spec else ""
-        annotations = {cdi.POD_ANNOTATION: f"{cdi.KIND}={pod_device}"} if pod_spec else None
-        pod = self.node.pod(f"vm-{name}", annotations=annotations)
+        pod = self.node.pod(f"vm-{name}", cdi_device=pod_spec)  # the pod's own device, named from its UID
+        pod_device = cdi.POD_DEVICE_PREFIX + pod["metadata"]["uid"] if pod_spec else ""
         ns, cname, uid = self.node.claim(f"claim-{name}", devices, [pod], config=config)
         return ClaimRef(ns, cname, uid, pod_device)
 
