@@ -60,7 +60,13 @@ def _allocate(api: KubernetesApi, name: str, device: str, attested: bool) -> Cla
         devices["config"] = [{"source": "FromClass", "opaque": {"driver": DRIVER, "parameters": params}}]
     claim["status"] = {"allocation": {"devices": devices},
                        "reservedFor": [{"resource": "pods", "name": "vm", "uid": pod["metadata"]["uid"]}]}
-    api.update_resource_claim_status("default", name, claim)
+    # Compact JSON, as kube-scheduler writes it: the server keeps opaque parameters as the bytes it was sent.
+    import urllib.request  # noqa: PLC0415
+
+    url = f"{api.host}/apis/resource.k8s.io/v1/namespaces/default/resourceclaims/{name}/status"
+    request = urllib.request.Request(url, data=json.dumps(claim, separators=(",", ":")).encode(), method="PUT",
+                                     headers={"Content-Type": "application/json"})
+    urllib.request.urlopen(request).close()
     return ClaimRef("default", claim["metadata"]["uid"], name)
 
 

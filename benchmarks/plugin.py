@@ -84,7 +84,8 @@ class Bench:
         claim = self.server.create(cluster.resource_claim("default", f"c-{self.n}", device_class_name="vfio-gpu"))
         claim["status"] = cluster.allocation_status([cluster.Allocated("gpu", DRIVER, NODE, device)], [pod],
                                                     node_name=NODE)
-        self.api.update_resource_claim_status("default", f"c-{self.n}", claim)
+        rt = self.server.store_type("resourceclaims")  # written as kube-scheduler writes it
+        self.server.store.replace(rt, "default", f"c-{self.n}", claim, subresource="status")
         return "default", f"c-{self.n}", str(claim["metadata"]["uid"])
 
     def rss_mb(self) -> float:

@@ -109,7 +109,9 @@ class _Demo:
         claim["status"] = cluster.allocation_status(
             [cluster.Allocated("gpu", DRIVER, NODE, device)], [pod], node_name=NODE, config=config or ()
         )
-        self.api.update_resource_claim_status("default", f"gpu-{self.n}", claim)
+        # As kube-scheduler writes it (Go's canonical JSON bytes), not through the client.
+        self.server.store.replace(self.server.store_type("resourceclaims"), "default", f"gpu-{self.n}", claim,
+                                  subresource="status")
         return "default", f"gpu-{self.n}", str(claim["metadata"]["uid"])
 
     def events_for(self, claim_name: str) -> list[dict[str, Any]]:
@@ -135,14 +137,14 @@ def _show_slice(demo: _Demo) -> list[str]:
     (s,) = demo.api.list_resource_slices(DRIVER, NODE)
     pool = s["spec"]["pool"]
     print(f"ResourceSlice {s['metadata']['name']}: pool {pool['name']} generation {pool['generation']}, "
-          f"{len(s['spec']['devices'])} devices, owner Node/{s['metadata']['ownerReferences'][0]['name']}")
+          f"{len(s['spec'].get('devices') or [])} devices, owner Node/{s['metadata']['ownerReferences'][0]['name']}")
     print(f"  {'device':<18} {'pciBusID':<13} {'product':<16} {'iommuGroup':>10} {'ccMode':>7} {'iommuFD':>7} "
           f"{'driver':>8}")
-    for d in s["spec"]["devices"]:
+    for d in s["spec"].get("devices") or []:
         print(f"  {d['name']:<18} {_attr(d, 'resource.kubernetes.io/pciBusID'):<13} {_attr(d, 'productName'):<16} "
               f"{_attr(d, 'iommuGroup'):>10} {_attr(d, 'ccMode'):>7} {_attr(d, 'iommuFD'):>7} "
               f"{_attr(d, 'driver'):>8}")
-    return [d["name"] for d in s["spec"]["devices"]]
+    return [d["name"] for d in s["spec"].get("devices") or []]
 
 
 def _script(demo: _Demo) -> int:
@@ -217,7 +219,7 @@ def _attested_claims(demo: _Demo, good: str, tampered: str) -> list[tuple[str, s
 
     _say("Attested claims (class config `attestation: {required: true}`, strict policy, simulated evidence)")
     (s,) = demo.api.list_resource_slices(DRIVER, NODE)
-    for d in s["spec"]["devices"]:
+    for d in s["spec"].get("devices") or []:
         if d["name"] in (good, tampered):
             print(f"discovery: {d['name']} attested={_attr(d, 'attested')} driverVersion={_attr(d, 'driverVersion')} "
                   f"vbiosVersion={_attr(d, 'vbiosVersion')}")

@@ -398,4 +398,4 @@ class AttestationEngine:
         entries = {(d.pool, d.device): {"driver": self.driver, "pool": d.pool, "device": d.device,
                                         "conditions": [d.condition(now)], "data": d.data()}
                    for d in outcome.devices}
-        update_device_status(self.kube, plan.namespace, plan.name, self.driver, entries)
+        update_device_status(self.kube, plan.namespace, plan.name, self.driver, entries, uid=plan.uid)

@@ -8,7 +8,6 @@ compact verdict for `status.devices[].data` (trimmed under the API's 10 KiB limi
 from __future__ import annotations
 
 import json
-import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -16,10 +15,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from cc_gpu.attest.verdict import Verdict
+from cc_gpu.dra.claimstatus import DeviceStatus, apply_device_status
 from cc_gpu.kube.api import KubeApi
-from cc_gpu.kube.errors import ApiError, ConflictError
-
-log = logging.getLogger("cc_gpu.dra.attestation")
 
 CONDITION = "Attested"
 TOKEN_ENV_PREFIX = "CC_GPU_ATTESTATION_TOKEN_"  # noqa: S105 - a variable name, not a secret
@@ -129,26 +126,20 @@ class ClaimAttestation:
 
 
 def update_device_status(
-    kube: KubeApi, namespace: str, name: str, driver: str, entries: Mapping[tuple[str, str], dict[str, Any]]
+    kube: KubeApi,
+    namespace: str,
+    name: str,
+    driver: str,
+    entries: Mapping[tuple[str, str], dict[str, Any]],
+    *,
+    uid: str | None = None,
 ) -> None:
-    """Replace this driver's `status.devices[]` entries for the given (pool, device) keys; conflicts are retried."""
-    for _ in range(3):
-        try:
-            claim = kube.get_resource_claim(namespace, name)
-            status = dict(claim.get("status") or {})
-            kept = [d for d in status.get("devices") or []
-                    if not (d.get("driver") == driver and (d.get("pool"), d.get("device")) in entries)]
-            status["devices"] = kept + list(entries.values())
-            body = {"apiVersion": claim.get("apiVersion", "resource.k8s.io/v1"), "kind": "ResourceClaim",
-                    "metadata": claim["metadata"], "spec": claim.get("spec", {}), "status": status}
-            kube.update_resource_claim_status(namespace, name, body)
-            return
-        except ConflictError:
-            continue
-        except ApiError as e:
-            log.warning("could not record attestation status", extra={"claim": f"{namespace}/{name}",
-                                                                     "error": str(e)})
-            return
+    """Apply this driver's `status.devices[]` entries for the given (pool, device) keys (see `claimstatus.py`)."""
+    devices = [
+        DeviceStatus(pool, device, tuple(entry.get("conditions") or ()), entry.get("data"))
+        for (pool, device), entry in entries.items()
+    ]
+    apply_device_status(kube, namespace, name, driver, devices, uid=uid)
 
 
 def now_rfc3339() -> str:

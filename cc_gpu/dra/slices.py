@@ -5,6 +5,13 @@ taints). Attributes use the driver's own domain when unqualified and the standar
 PCI bus ID and PCIe root; at most 32 attributes plus capacities per device. Publishing follows the upstream helper:
 owner reference to the Node, `pool.generation` bumped whenever the pool changes, obsolete slices deleted with
 preconditions, changed slices updated, and **no write at all when nothing changed**.
+
+"Nothing changed" is decided against what the server stores, which is not what was sent: it drops empty lists
+(`omitempty`), stamps `timeAdded` on taints and stores quantities in canonical form. The comparison normalises
+both sides for those, and a taint keeps the `timeAdded` the server gave it when its slice is rewritten. Whatever
+the server changes beyond that, the publisher also remembers the resourceVersion the server answered to its own
+last write of each slice with what it asked for then: a slice still at that version already says what was asked.
+So a changed pool costs one write per slice, and steady state none, also against server defaulting.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from cc_gpu.dra.crashpoints import crashpoint
 from cc_gpu.dra.ports import GpuView
 from cc_gpu.kube.api import KubeApi
 from cc_gpu.kube.errors import ConflictError, NotFoundError
+from cc_gpu.kube.quantity import canonical
 
 log = logging.getLogger("cc_gpu.dra.slices")
 
@@ -56,7 +64,7 @@ def device_json(gpu: GpuView) -> dict[str, Any]:
     attrs.update(gpu.attributes)
     capacity: dict[str, Any] = {}
     if gpu.memory_bytes:
-        capacity["memory"] = {"value": str(gpu.memory_bytes)}
+        capacity["memory"] = {"value": canonical(str(gpu.memory_bytes))}
     assert len(attrs) + len(capacity) <= MAX_ATTRS
     out: dict[str, Any] = {"name": gpu.name, "attributes": attrs}
     if capacity:
@@ -108,16 +116,47 @@ def desired_slices(driver: str, node: NodeRef, generation: int, devices: Sequenc
     ]
 
 
+def _normalized(value: Any) -> Any:
+    """A spec as the server stores it, for comparison: no empty lists or maps, canonical quantities, no taint times."""
+    if isinstance(value, dict):
+        out = {}
+        for key, child in value.items():
+            if key == "timeAdded":
+                continue  # stamped by the server; a stored time never differs from "no time asked for"
+            kept = canonical(child) if key == "value" and isinstance(child, str) else _normalized(child)
+            if kept not in ([], {}, None):
+                out[key] = kept
+        return out
+    if isinstance(value, list):
+        return [_normalized(item) for item in value]
+    return value
+
+
+def _comparable(obj: Mapping[str, Any]) -> Any:
+    spec = dict(obj.get("spec") or {})
+    pool = dict(spec.pop("pool", {}) or {})
+    pool.pop("generation", None)
+    owners = (obj.get("metadata") or {}).get("ownerReferences")
+    return _normalized({"spec": spec, "pool": pool, "owners": owners})
+
+
 def _same(current: Mapping[str, Any], want: Mapping[str, Any]) -> bool:
     """Whether a stored slice already says what `want` says (ignoring the generation, compared separately)."""
-    cur_spec = dict(current.get("spec") or {})
-    want_spec = dict(want.get("spec") or {})
-    cur_pool = dict(cur_spec.pop("pool", {}) or {})
-    want_pool = dict(want_spec.pop("pool", {}) or {})
-    cur_pool.pop("generation", None)
-    want_pool.pop("generation", None)
-    owners = (current.get("metadata") or {}).get("ownerReferences")
-    return cur_spec == want_spec and cur_pool == want_pool and owners == want["metadata"]["ownerReferences"]
+    return bool(_comparable(current) == _comparable(want))
+
+
+def _keep_taint_times(body: dict[str, Any], current: Mapping[str, Any]) -> None:
+    """Carry the server's `timeAdded` of each taint still present, so a rewrite does not restart its clock."""
+    stored = {
+        (d.get("name"), t.get("key"), t.get("value"), t.get("effect")): t.get("timeAdded")
+        for d in (current.get("spec") or {}).get("devices") or []
+        for t in d.get("taints") or []
+    }
+    for device in body["spec"].get("devices") or []:
+        for taint in device.get("taints") or []:
+            when = stored.get((device.get("name"), taint.get("key"), taint.get("value"), taint.get("effect")))
+            if when and "timeAdded" not in taint:
+                taint["timeAdded"] = when
 
 
 class SlicePublisher:
@@ -129,6 +168,8 @@ class SlicePublisher:
         self.node = node
         self._lock = threading.Lock()
         self.writes = 0
+        self._written: dict[str, tuple[str, Any]] = {}
+        """Per slice name: the resourceVersion the server answered to our last write, and what that write asked."""
 
     def publish(self, devices: Sequence[GpuView]) -> int:
         """Reconcile; return the number of API writes made."""
@@ -140,6 +181,14 @@ class SlicePublisher:
                     continue  # someone else changed a slice under us; re-read and converge
             return 0
 
+    def _says(self, current: Mapping[str, Any], want: Mapping[str, Any]) -> bool:
+        """Whether a stored slice says what `want` says: equal once normalised, or untouched since we wrote it so."""
+        if _same(current, want):
+            return True
+        remembered = self._written.get(str(current["metadata"]["name"]))
+        version = str((current.get("metadata") or {}).get("resourceVersion", ""))
+        return remembered is not None and remembered == (version, _comparable(want))
+
     def _publish_once(self, devices: Sequence[GpuView]) -> int:
         current = {s["metadata"]["name"]: s for s in self.kube.list_resource_slices(self.driver, self.node.name)}
         generations = [int(((s.get("spec") or {}).get("pool") or {}).get("generation", 0)) for s in current.values()]
@@ -148,7 +197,7 @@ class SlicePublisher:
         want_names = {s["metadata"]["name"] for s in want}
         unchanged = (
             set(current) == want_names
-            and all(_same(current[s["metadata"]["name"]], s) for s in want)
+            and all(self._says(current[s["metadata"]["name"]], s) for s in want)
             and len(set(generations)) == 1
         )
         if unchanged:
@@ -161,15 +210,18 @@ class SlicePublisher:
             if name in current:
                 body = dict(s)
                 body["metadata"] = {**s["metadata"], "resourceVersion": current[name]["metadata"]["resourceVersion"]}
-                self.kube.update_resource_slice(body)
+                _keep_taint_times(body, current[name])
+                stored = self.kube.update_resource_slice(body)
             else:
-                self.kube.create_resource_slice(s)
+                stored = self.kube.create_resource_slice(s)
+            self._written[name] = (str((stored.get("metadata") or {}).get("resourceVersion", "")), _comparable(s))
             writes += 1
             crashpoint("publish-after-write")
         for name, cur in current.items():
             if name not in want_names:
                 meta = cur["metadata"]
                 self.kube.delete_resource_slice(name, uid=meta["uid"], resource_version=meta["resourceVersion"])
+                self._written.pop(name, None)
                 writes += 1
                 crashpoint("publish-after-write")
         self.writes += writes

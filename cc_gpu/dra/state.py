@@ -29,6 +29,7 @@ from cc_gpu.dra.checkpoint import (
     PreparedDevice,
 )
 from cc_gpu.dra.claims import ClaimPlan, parse_claim
+from cc_gpu.dra.claimstatus import DeviceStatus, apply_device_status
 from cc_gpu.dra.crashpoints import crashpoint
 from cc_gpu.dra.errors import ClaimError, GateRefusedError
 from cc_gpu.dra.gate import GateDecision, GatePolicy, PodView, decide
@@ -38,7 +39,7 @@ from cc_gpu.dra.ports import GpuView, HostPort
 from cc_gpu.errors import CcGpuError
 from cc_gpu.files import remove_stale_temps
 from cc_gpu.kube.api import KubeApi
-from cc_gpu.kube.errors import ApiError, ConflictError, NotFoundError
+from cc_gpu.kube.errors import ApiError, NotFoundError
 
 if TYPE_CHECKING:
     from cc_gpu.dra.attestation import AttestationEngine
@@ -123,7 +124,7 @@ class DeviceState:
             entry = self._step_bind(entry, modes, decision.confidential)
             entry = self._step_cdi(entry, attested)
             self._step_completed(entry)
-        self._record_ready(ref, entry, attested)
+        self._record_ready(ref, entry, attested, claim)
         return self._answer(entry)
 
     def _get_claim(self, ref: ClaimRef) -> Mapping[str, Any]:
@@ -403,43 +404,30 @@ class DeviceState:
 
     # ---- claim status and events ---------------------------------------------------------------------------------
 
-    def _record_ready(self, ref: ClaimRef, entry: ClaimEntry, attested: ClaimAttestation | None = None) -> None:
-        """Record a `Ready` condition per device in the claim's status.devices; failure is logged, not fatal."""
-        for _ in range(3):
-            try:
-                claim = self.kube.get_resource_claim(ref.namespace, ref.name)
-                status = dict(claim.get("status") or {})
-                ours = {(d.pool, d.device) for d in entry.devices}
-                kept = [
-                    d for d in status.get("devices") or []
-                    if not (d.get("driver") == self.driver and (d.get("pool"), d.get("device")) in ours)
-                ]
-                now = _now()
-                for d in entry.devices:
-                    verdict = attested.for_device(d.pool, d.device) if attested is not None else None
-                    kept.append({
-                        "driver": self.driver,
-                        "pool": d.pool,
-                        "device": d.device,
-                        "conditions": [{
-                            "type": "Ready",
-                            "status": "True",
-                            "reason": "BoundToVfio",
-                            "message": f"IOMMU group {d.iommu_group} bound to vfio-pci",
-                            "lastTransitionTime": now,
-                        }] + ([verdict.condition(now)] if verdict is not None else []),
-                        **({"data": verdict.data()} if verdict is not None else {}),
-                    })
-                status["devices"] = kept
-                body = {"apiVersion": claim.get("apiVersion", "resource.k8s.io/v1"), "kind": "ResourceClaim",
-                        "metadata": claim["metadata"], "spec": claim.get("spec", {}), "status": status}
-                self.kube.update_resource_claim_status(ref.namespace, ref.name, body)
-                return
-            except ConflictError:
-                continue
-            except ApiError as e:
-                log.warning("could not record device status", extra={"claim_uid": ref.uid, "error": str(e)})
-                return
+    def _record_ready(
+        self, ref: ClaimRef, entry: ClaimEntry, attested: ClaimAttestation | None = None,
+        claim: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Apply `Ready` (and `Attested` with its data) to this driver's status.devices entries; failure is logged.
+
+        Server-side apply of only these entries (`claimstatus.py`): the allocation and other writers' entries and
+        conditions are never sent, so nothing another writer set is lost and the allocation is never re-serialised.
+        """
+        now = _now()
+        devices = []
+        for d in entry.devices:
+            verdict = attested.for_device(d.pool, d.device) if attested is not None else None
+            ready = {
+                "type": "Ready",
+                "status": "True",
+                "reason": "BoundToVfio",
+                "message": f"IOMMU group {d.iommu_group} bound to vfio-pci",
+                "lastTransitionTime": now,
+            }
+            conditions = (ready, verdict.condition(now)) if verdict is not None else (ready,)
+            devices.append(DeviceStatus(d.pool, d.device, conditions, verdict.data() if verdict is not None else None))
+        uid = str(((claim or {}).get("metadata") or {}).get("uid") or ref.uid)
+        apply_device_status(self.kube, ref.namespace, ref.name, self.driver, devices, uid=uid, current=claim)
 
     def _event(self, claim: Mapping[str, Any], reason: str, message: str) -> None:
         meta = claim.get("metadata") or {}

@@ -23,10 +23,11 @@ RESOURCE_API_VERSION = "resource.k8s.io/v1"
 
 MERGE_PATCH = "application/merge-patch+json"
 """`patch_resource_claim_status` sends an RFC 7386 JSON merge patch: maps merge, lists are replaced whole."""
-
 JSON_PATCH = "application/json-patch+json"
-"""`patch_pod` sends an RFC 6902 JSON patch: a list of operations, `test` ones making it conditional."""
-
+"""`patch_pod` and `json_patch_resource_claim_status` send RFC 6902 operations (a list; `test` ones make it
+conditional)."""
+APPLY_PATCH = "application/apply-patch+yaml"
+"""`apply_resource_claim_status` sends a server-side apply configuration (JSON, which is YAML)."""
 
 class KubeApi(Protocol):
     """Everything the driver may ask of the API server."""
@@ -60,12 +61,22 @@ class KubeApi(Protocol):
         ...
 
     # ResourceClaim status: the per-device conditions the driver records.
-    def update_resource_claim_status(self, namespace: str, name: str, body: JsonObject) -> JsonObject:
-        """PUT the `status` subresource; the body carries metadata.resourceVersion for optimistic concurrency."""
+    def apply_resource_claim_status(
+        self, namespace: str, name: str, body: JsonObject, *, field_manager: str
+    ) -> JsonObject:
+        """Server-side apply to the `status` subresource as `field_manager`, forcing ownership of what it sets.
+
+        `status.devices` is a list map keyed by (driver, device, pool, shareID) and each entry's `conditions` a
+        list map keyed by type, so the server merges the applied entries and conditions into the stored ones and
+        removes only what this manager set before and no longer sets: other drivers' entries, other managers'
+        conditions on the same device and `status.allocation` are never written. No read-modify-write, no
+        resourceVersion: the claim is never re-serialised by this client.
+        """
         ...
 
-    def patch_resource_claim_status(self, namespace: str, name: str, patch: JsonObject) -> JsonObject:
-        """PATCH the `status` subresource with an RFC 7386 merge patch (see `MERGE_PATCH`)."""
+    def json_patch_resource_claim_status(self, namespace: str, name: str, operations: list[JsonObject]) -> JsonObject:
+        """PATCH the `status` subresource with RFC 6902 operations (a `test` of the resourceVersion makes it
+        conditional). The server patches the stored JSON in place, keeping the key order of untouched values."""
         ...
 
     # Events and ConfigMaps.

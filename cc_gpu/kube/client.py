@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote
 
-from cc_gpu.kube.api import JSON_PATCH, MERGE_PATCH, JsonObject
+from cc_gpu.kube.api import APPLY_PATCH, JSON_PATCH, MERGE_PATCH, JsonObject
 from cc_gpu.kube.errors import (
     AlreadyExistsError,
     ApiError,
@@ -132,6 +132,31 @@ class KubernetesApi:
         return self._json(
             lambda: self._resource.replace_namespaced_resource_claim_status(
                 name, namespace, self._model("ResourceV1ResourceClaim", body), field_validation=STRICT, **self._opts()
+            )
+        )
+
+    def apply_resource_claim_status(
+        self, namespace: str, name: str, body: JsonObject, *, field_manager: str
+    ) -> JsonObject:
+        _require(namespace, name)
+        return self._json(
+            lambda: self._resource.patch_namespaced_resource_claim_status(
+                name,
+                namespace,
+                body,
+                field_manager=field_manager,
+                force=True,
+                field_validation=STRICT,
+                _content_type=APPLY_PATCH,
+                **self._opts(),
+            )
+        )
+
+    def json_patch_resource_claim_status(self, namespace: str, name: str, operations: list[JsonObject]) -> JsonObject:
+        _require(namespace, name)
+        return self._json(
+            lambda: self._resource.patch_namespaced_resource_claim_status(
+                name, namespace, operations, field_validation=STRICT, _content_type=JSON_PATCH, **self._opts()
             )
         )
 

@@ -163,7 +163,9 @@ class Node:
                 {"resource": "pods", "name": p["metadata"]["name"], "uid": p["metadata"]["uid"]} for p in pods
             ],
         }
-        self.api.update_resource_claim_status(namespace, name, claim)
+        # Written as kube-scheduler writes it (its bytes are Go's canonical JSON), not through this client.
+        rt = self.server.store_type("resourceclaims")
+        self.server.store.replace(rt, namespace, name, claim, subresource="status")
         return namespace, name, claim["metadata"]["uid"]
 
     def vm_pod_claim(self, devices: list[str], **kw: Any) -> tuple[str, str, str]:

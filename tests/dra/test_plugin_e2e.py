@@ -185,3 +185,27 @@ def test_pod_spec_holds_every_claim_prepared_in_one_request(node: Node) -> None:
     assert all(not r.error for r in results.values())
     spec = json.loads((node.cdi_root / f"cc-gpu.io-vfio_pod-{vm['metadata']['uid']}.json").read_text())
     assert len(spec["devices"][0]["containerEdits"]["deviceNodes"]) == 4
+
+
+def test_prepare_applies_its_own_conditions_and_keeps_everyone_elses(node: Node) -> None:
+    """Ready is applied to this driver's device entry; a condition another writer put there stays, the allocation
+    is never sent back, and the claim is never PUT."""
+    node.start_plugin()
+    devices = node.devices()
+    claim = node.vm_pod_claim([devices[0]])
+    other = {"type": "Bound", "status": "True", "reason": "BindingReady", "message": "",
+             "lastTransitionTime": "2026-01-01T00:00:00Z"}
+    body = {"apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaim",
+            "metadata": {"name": claim[1], "namespace": claim[0]},
+            "status": {"devices": [{"driver": DRIVER, "pool": NODE, "device": devices[0], "conditions": [other]}]}}
+    node.api.apply_resource_claim_status(claim[0], claim[1], body, field_manager=f"{DRIVER}/binding")
+    allocation = node.api.get_resource_claim(claim[0], claim[1])["status"]["allocation"]
+    node.server.reset_audit()
+    assert node.kubelet.prepare(DRIVER, [claim])[claim[2]].error == ""
+    stored = node.api.get_resource_claim(claim[0], claim[1])["status"]
+    (entry,) = stored["devices"]
+    assert sorted(c["type"] for c in entry["conditions"]) == ["Bound", "Ready"]
+    assert stored["allocation"] == allocation
+    writes = [(e.verb, e.resource, e.subresource) for e in node.server.audit if e.resource == "resourceclaims"
+              and e.verb != "get"]
+    assert writes == [("patch", "resourceclaims", "status")]

@@ -201,7 +201,7 @@ def test_device_selection(node: Node, name: str, flags: list[str], label: str | 
         urllib.request.urlopen(req).close()
     node.start_plugin(*flags)
     (s,) = node.api.list_resource_slices(DRIVER, NODE)
-    assert len(s["spec"]["devices"]) == count, name
+    assert len(s["spec"].get("devices") or []) == count, name  # an empty list is not stored (omitempty)
 
 
 def test_rolling_update_two_instances_share_state(node: Node) -> None:

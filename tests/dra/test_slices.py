@@ -94,3 +94,61 @@ def test_growing_and_shrinking_pool(cluster: tuple[ApiServerDouble, KubernetesAp
     (only,) = api.list_resource_slices(DRIVER, "node-a")
     assert len(only["spec"]["devices"]) == 4
     assert only["spec"]["pool"]["generation"] == 2
+
+
+@pytest.mark.parametrize(
+    "devices",
+    [
+        pytest.param([gpu(i) for i in range(8)], id="healthy"),
+        pytest.param([gpu(0, healthy=False)] + [gpu(i) for i in range(1, 8)], id="unhealthy-gpu"),
+        pytest.param([], id="no-gpu"),
+        pytest.param([gpu(i, memory_bytes=80 * 10**9) for i in range(2)], id="decimal-memory"),
+    ],
+)
+def test_steady_state_despite_server_defaulting(
+    cluster: tuple[ApiServerDouble, KubernetesApi, NodeRef], devices: list[GpuView]
+) -> None:
+    """The server drops empty lists, stamps taint times, canonicalises quantities: none of it is a change to write."""
+    server, api, node = cluster
+    assert SlicePublisher(api, DRIVER, node).publish(devices) == 1
+    generation = api.list_resource_slices(DRIVER, "node-a")[0]["spec"]["pool"]["generation"]
+    server.reset_audit()
+    publisher = SlicePublisher(api, DRIVER, node)  # a restarted plugin: nothing remembered
+    for _ in range(3):
+        assert publisher.publish(devices) == 0
+    assert server.writes() == 0
+    assert api.list_resource_slices(DRIVER, "node-a")[0]["spec"]["pool"]["generation"] == generation
+
+
+def test_a_taint_keeps_its_time_when_the_pool_changes(cluster: tuple[ApiServerDouble, KubernetesApi, NodeRef]) -> None:
+    _, api, node = cluster
+    publisher = SlicePublisher(api, DRIVER, node)
+    publisher.publish([gpu(0, healthy=False), gpu(1)])
+    before = api.list_resource_slices(DRIVER, "node-a")[0]["spec"]["devices"][0]["taints"][0]["timeAdded"]
+    assert publisher.publish([gpu(0, healthy=False), gpu(1), gpu(2)]) == 1
+    after = api.list_resource_slices(DRIVER, "node-a")[0]["spec"]["devices"][0]["taints"][0]["timeAdded"]
+    assert after == before
+
+
+def test_an_unforeseen_server_change_costs_one_write_not_a_loop(
+    cluster: tuple[ApiServerDouble, KubernetesApi, NodeRef], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever else a server version changes on write, the slice it answered with is recognised as ours."""
+    import cc_gpu.kube.apiserver.defaults as defaults  # noqa: PLC0415
+
+    server, api, node = cluster
+    original = defaults.prepare_for_write
+
+    def stamping(rt: object, old: object, new: dict[str, object], now: str) -> dict[str, object]:
+        out = original(rt, old, new, now)  # type: ignore[arg-type]
+        if out.get("kind") == "ResourceSlice":
+            for device in out["spec"].get("devices") or []:  # type: ignore[union-attr]
+                device["allowMultipleAllocations"] = False  # a field a future server might default
+        return out
+
+    monkeypatch.setattr("cc_gpu.kube.apiserver.store.prepare_for_write", stamping)
+    publisher = SlicePublisher(api, DRIVER, node)
+    assert publisher.publish([gpu(0)]) == 1
+    server.reset_audit()
+    assert publisher.publish([gpu(0)]) == 0
+    assert server.writes() == 0

@@ -348,7 +348,10 @@ def _claim_with(mutate: Mutate) -> dict[str, Any]:
             id="allocation-mode",
         ),
         pytest.param(
-            _set("spec.devices.requests.0.exactly.count", 0), "spec.devices.requests[0].exactly.count", id="count-zero"
+            # 0 is not refused: the server defaults a zero count to 1 before validating (SetDefaults_ExactDeviceRequest)
+            _set("spec.devices.requests.0.exactly.count", -1),
+            "spec.devices.requests[0].exactly.count",
+            id="count-negative",
         ),
         pytest.param(
             _set("spec.devices.config.0.requests", ["missing"]),

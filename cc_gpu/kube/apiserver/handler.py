@@ -16,11 +16,14 @@ from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from cc_gpu.kube.apiserver import rawbytes
+from cc_gpu.kube.apiserver.apply import apply_claim_status, check_options, is_apply, not_modelled
 from cc_gpu.kube.apiserver.patches import apply_patch, check_patch_type
 from cc_gpu.kube.apiserver.resources import RESOURCE_TYPES, ResourceType, lookup
 from cc_gpu.kube.apiserver.selectors import Predicate, parse_field_selector, parse_label_selector
 from cc_gpu.kube.apiserver.status import (
     ApiStatus,
+    Cause,
     bad_request,
     method_not_allowed,
     path_not_found,
@@ -205,14 +208,25 @@ class Handler(BaseHTTPRequestHandler):
             return 201, store.create(rt, ns, _decode_object(raw), dry_run=dry_run)
         if verb == "update":
             self._require_json()
+            body = _decode_object(raw)
+            encoding = rawbytes.sent_allocation_parameters(raw, body) if route.subresource == "status" else None
             return 200, store.replace(
-                rt, ns, route.name, _decode_object(raw), subresource=route.subresource, dry_run=dry_run
+                rt, ns, route.name, body, subresource=route.subresource, dry_run=dry_run, encoding=encoding
             )
         if verb == "patch":
             content_type = self.headers.get("Content-Type", "")
+            subresource = route.subresource
+            if is_apply(content_type):
+                return 200, self._apply(route, query, raw, dry_run)
+            if "force" in query:
+                why = "Forbidden: may not be specified for non-apply patch"
+                details = {"group": "meta.k8s.io", "kind": "PatchOptions"}
+                cause = Cause("force", "FieldValueForbidden", why)
+                raise ApiStatus(
+                    422, "Invalid", f'PatchOptions.meta.k8s.io "" is invalid: force: {why}', details, (cause,)
+                )
             check_patch_type(content_type)
             patch = _decode(raw)
-            subresource = route.subresource
 
             def build(current: JsonObject) -> JsonObject:
                 patched = apply_patch(content_type, current, patch)
@@ -220,13 +234,23 @@ class Handler(BaseHTTPRequestHandler):
                     patched["metadata"] = {**current["metadata"], **_precondition(patched, current)}
                 return patched
 
-            return 200, store.update(rt, ns, route.name, build, subresource=subresource, dry_run=dry_run)
+            media = content_type.split(";", maxsplit=1)[0].strip().lower()
+            encoding = rawbytes.CANONICAL if media == "application/strategic-merge-patch+json" else rawbytes.COMPACT
+            return 200, store.update(
+                rt, ns, route.name, build, subresource=subresource, dry_run=dry_run, encoding=encoding
+            )
         if verb == "delete":
             options = _decode_object(raw) if raw.strip() else {}
             preconditions = options.get("preconditions") or {}
             if not isinstance(preconditions, dict):
                 raise bad_request("preconditions must be an object")
             gone = store.get(rt, ns, route.name) if dry_run else store.delete(rt, ns, route.name, preconditions)
+            if rt.returns_deleted:
+                return 200, gone
+            if rt.kind == "Namespace":  # the real server answers with the namespace it starts to finalize
+                gone.setdefault("metadata", {})["deletionTimestamp"] = store.now()
+                gone["status"] = {"phase": "Terminating"}
+                return 200, gone
             return 200, success_status(rt, route.name, gone["metadata"]["uid"])
         if verb == "deletecollection":
             label = parse_label_selector(query.get("labelSelector", ""))
@@ -244,6 +268,29 @@ class Handler(BaseHTTPRequestHandler):
                         raise
             return 200, {"kind": f"{rt.kind}List", "apiVersion": rt.api_version, "metadata": {}, "items": deleted}
         raise method_not_allowed(verb, self.path)
+
+    def _apply(self, route: Route, query: dict[str, str], raw: bytes, dry_run: bool) -> JsonObject:
+        """Server-side apply, for the one subresource the double models it for (see `apply.py`)."""
+        if route.rt.plural != "resourceclaims" or route.subresource != "status":
+            raise not_modelled(f"{route.rt.plural}{'/' + route.subresource if route.subresource else ''}")
+        manager, force = query.get("fieldManager", ""), query.get("force", "")
+        check_options(manager, force)
+        config = _decode_apply(raw)
+        store, rt = self.double.store, route.rt
+
+        def build(current: JsonObject) -> JsonObject:
+            return apply_claim_status(rt, current, config, manager, force == "true", store.now())
+
+        return store.update(
+            rt,
+            route.namespace or "",
+            route.name,
+            build,
+            subresource="status",
+            dry_run=dry_run,
+            apply=True,
+            encoding=rawbytes.CANONICAL,
+        )
 
     def _prepare_watch(self, route: Route, query: dict[str, str]) -> tuple[Predicate, float, str]:
         """Everything a watch request can get wrong, checked before the 200 and the stream start."""
@@ -369,6 +416,16 @@ def _decode(raw: bytes) -> Any:
         return json.loads(raw)
     except ValueError as e:
         raise bad_request(f"couldn't get version/kind; json parse error: {e}") from e
+
+
+def _decode_apply(raw: bytes) -> Any:
+    """An apply body is YAML (JSON is YAML); the real server decodes it strictly (duplicate keys are an error)."""
+    import yaml  # noqa: PLC0415 (only apply requests need it)
+
+    try:
+        return yaml.safe_load(raw.decode("utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise bad_request(f"error decoding YAML: {e}") from e
 
 
 def _decode_object(raw: bytes) -> JsonObject:

@@ -27,6 +27,8 @@ class ResourceType:
     field_labels: tuple[str, ...] = ()
     name_format: str = "subdomain"
     """`subdomain` (RFC 1123 DNS subdomain), `label` (RFC 1123 DNS label) or `segment` (any path segment)."""
+    returns_deleted: bool = False
+    """DELETE answers with the deleted object (the registry's `ReturnDeletedObject`), else with a `Status`."""
 
     @property
     def api_version(self) -> str:
@@ -40,7 +42,7 @@ class ResourceType:
     @property
     def has_generation(self) -> bool:
         """Whether `metadata.generation` is maintained (it counts changes to the spec)."""
-        return self.kind not in ("Event", "ConfigMap", "Namespace", "Node")
+        return self.kind not in ("Event", "ConfigMap", "Namespace", "Node", "ResourceClaim", "ResourceClaimTemplate")
 
 
 RESOURCE_TYPES: tuple[ResourceType, ...] = (
@@ -55,6 +57,7 @@ RESOURCE_TYPES: tuple[ResourceType, ...] = (
         "Pod",
         namespaced=True,
         status_subresource=True,
+        returns_deleted=True,
         immutable=("spec.runtimeClassName", "spec.resourceClaims", "spec.nodeName"),
         field_labels=(
             "spec.nodeName",
@@ -98,6 +101,7 @@ RESOURCE_TYPES: tuple[ResourceType, ...] = (
         namespaced=False,
         immutable=("spec.driver", "spec.pool.name", "spec.nodeName"),
         field_labels=("spec.driver", "spec.nodeName"),
+        returns_deleted=True,
     ),
     ResourceType(
         "resource.k8s.io",
@@ -107,11 +111,18 @@ RESOURCE_TYPES: tuple[ResourceType, ...] = (
         namespaced=True,
         status_subresource=True,
         immutable=("spec",),
+        returns_deleted=True,
     ),
     ResourceType(
-        "resource.k8s.io", "v1", "resourceclaimtemplates", "ResourceClaimTemplate", namespaced=True, immutable=("spec",)
+        "resource.k8s.io",
+        "v1",
+        "resourceclaimtemplates",
+        "ResourceClaimTemplate",
+        namespaced=True,
+        immutable=("spec",),
+        returns_deleted=True,
     ),
-    ResourceType("resource.k8s.io", "v1", "deviceclasses", "DeviceClass", namespaced=False),
+    ResourceType("resource.k8s.io", "v1", "deviceclasses", "DeviceClass", namespaced=False, returns_deleted=True),
 )
 
 _BY_PATH = {(rt.group, rt.version, rt.plural): rt for rt in RESOURCE_TYPES}

@@ -237,7 +237,9 @@ def check_claim_status(old: dict[str, Any] | None, new: dict[str, Any]) -> list[
     allocation = status.get("allocation")
     old_allocation = (old or {}).get("status", {}).get("allocation") if old else None
     if old_allocation and allocation and allocation != old_allocation:
-        causes.append(Cause("status.allocation", "FieldValueInvalid", "Invalid value: field is immutable"))
+        causes.append(
+            Cause("status.allocation", "FieldValueInvalid", "Invalid value: null: field cannot be modified once set")
+        )
     results = ((allocation or {}).get("devices") or {}).get("results") or []
     allocated = {(r.get("driver"), r.get("pool"), r.get("device")) for r in results if isinstance(r, dict)}
     seen: set[tuple[Any, ...]] = set()
@@ -262,7 +264,10 @@ def check_claim_status(old: dict[str, Any] | None, new: dict[str, Any]) -> list[
                     f"Too many: must have at most {MAX_DEVICE_CONDITIONS} items",
                 )
             )
-        if entry.get("data") is not None and len(json.dumps(entry["data"])) > MAX_DEVICE_DATA_BYTES:
+        causes += condition_causes(f"{where}.conditions", entry.get("conditions"))
+        if entry.get("data") is not None and not isinstance(entry["data"], dict):
+            causes.append(Cause(f"{where}.data", "FieldValueInvalid", "Invalid value: must be a valid JSON object"))
+        elif entry.get("data") is not None and len(_compact(entry["data"])) > MAX_DEVICE_DATA_BYTES:
             causes.append(
                 Cause(
                     f"{where}.data",
@@ -276,6 +281,104 @@ def check_claim_status(old: dict[str, Any] | None, new: dict[str, Any]) -> list[
             Cause("status.reservedFor", "FieldValueDuplicate", "Duplicate value: a consumer may be listed once")
         )
     return causes
+
+
+CONDITION_REASON_RE = re.compile(r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")
+CONDITION_STATUSES = ("False", "True", "Unknown")
+MAX_CONDITION_REASON = 1024
+MAX_CONDITION_MESSAGE = 32 * 1024
+_LABEL_NAME_RE = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
+
+
+def _label_name_causes(where: str, value: str) -> list[Cause]:
+    """metav1 `ValidateLabelName`: an optional DNS-subdomain prefix and `/`, then a name of at most 63 characters."""
+    prefix, slash, name = value.rpartition("/")
+    bad = (slash and (not prefix or len(prefix) > 253 or not DNS_SUBDOMAIN_RE.match(prefix))) or (
+        not name or len(name) > 63 or not _LABEL_NAME_RE.match(name)
+    )
+    if not bad:
+        return []
+    message = (
+        f"Invalid value: \"{value}\": name part must consist of alphanumeric characters, '-', '_' or '.', "
+        "and must start and end with an alphanumeric character"
+    )
+    return [Cause(where, "FieldValueInvalid", message)]
+
+
+def condition_causes(where: str, conditions: Any) -> list[Cause]:
+    """metav1 `ValidateConditions`, as the real server applies it to `status.devices[].conditions`."""
+    causes: list[Cause] = []
+    seen: set[str] = set()
+    for i, condition in enumerate(conditions or []):
+        at = f"{where}[{i}]"
+        if not isinstance(condition, dict):
+            continue
+        kind = str(condition.get("type") or "")
+        if kind in seen:
+            causes.append(Cause(at, "FieldValueDuplicate", f'Duplicate value: "{kind}"'))
+        seen.add(kind)
+        if not kind:
+            causes.append(Cause(f"{at}.type", "FieldValueRequired", "Required value: is required"))
+        else:
+            causes += _label_name_causes(f"{at}.type", kind)
+        status = str(condition.get("status") or "")
+        if not status:
+            causes.append(Cause(f"{at}.status", "FieldValueRequired", "Required value"))
+        elif status not in CONDITION_STATUSES:
+            supported = ", ".join(f'"{s}"' for s in CONDITION_STATUSES)
+            causes.append(
+                Cause(
+                    f"{at}.status",
+                    "FieldValueNotSupported",
+                    f'Unsupported value: "{status}": supported values: {supported}',
+                )
+            )
+        if int(condition.get("observedGeneration") or 0) < 0:
+            causes.append(
+                Cause(
+                    f"{at}.observedGeneration",
+                    "FieldValueInvalid",
+                    "Invalid value: must be greater than or equal to zero",
+                )
+            )
+        if not condition.get("lastTransitionTime"):
+            causes.append(Cause(f"{at}.lastTransitionTime", "FieldValueRequired", "Required value"))
+        reason = str(condition.get("reason") or "")
+        if not reason:
+            causes.append(Cause(f"{at}.reason", "FieldValueRequired", "Required value"))
+        else:
+            if not CONDITION_REASON_RE.match(reason):
+                causes.append(
+                    Cause(
+                        f"{at}.reason",
+                        "FieldValueInvalid",
+                        f'Invalid value: "{reason}": a condition reason must start with alphabetic '
+                        "character, optionally followed by a string of alphanumeric characters or '_,:', "
+                        "and must end with an alphanumeric character or '_'",
+                    )
+                )
+            if len(reason) > MAX_CONDITION_REASON:
+                causes.append(
+                    Cause(
+                        f"{at}.reason",
+                        "FieldValueTooLong",
+                        f"Too long: may not be more than {MAX_CONDITION_REASON} bytes",
+                    )
+                )
+        if len(str(condition.get("message") or "")) > MAX_CONDITION_MESSAGE:
+            causes.append(
+                Cause(
+                    f"{at}.message",
+                    "FieldValueTooLong",
+                    f"Too long: may not be more than {MAX_CONDITION_MESSAGE} bytes",
+                )
+            )
+    return causes
+
+
+def _compact(value: Any) -> str:
+    """JSON as Go encodes it (no spaces): what the real server counts a RawExtension's length in."""
+    return json.dumps(value, separators=(",", ":"))
 
 
 def check_event(obj: dict[str, Any]) -> list[Cause]:

@@ -11,6 +11,7 @@ changes from which watches are served.
 from __future__ import annotations
 
 import copy
+import json
 import secrets
 import threading
 import uuid
@@ -20,8 +21,19 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from cc_gpu.kube.apiserver import rawbytes
+from cc_gpu.kube.apiserver.defaults import prepare_for_write
 from cc_gpu.kube.apiserver.resources import ResourceType
-from cc_gpu.kube.apiserver.status import STALE, ApiStatus, already_exists, bad_request, conflict, not_found
+from cc_gpu.kube.apiserver.status import (
+    STALE,
+    ApiStatus,
+    Cause,
+    already_exists,
+    bad_request,
+    conflict,
+    invalid,
+    not_found,
+)
 from cc_gpu.kube.apiserver.validation import normalize_times, validate_object
 
 JsonObject = dict[str, Any]
@@ -67,6 +79,15 @@ def _stamp_type(rt: ResourceType, obj: JsonObject) -> None:
         obj[field] = expected
 
 
+def _compacted(text: str) -> str:
+    """Stored bytes after a JSON or merge patch: whitespace gone, member order kept."""
+    return json.dumps(json.loads(text), separators=(",", ":"))
+
+
+def _same_values(old: tuple[str, ...], new: tuple[str, ...]) -> bool:
+    return len(old) == len(new) and all(json.loads(a) == json.loads(b) for a, b in zip(old, new, strict=True))
+
+
 def _uid_conflict(rt: ResourceType, name: str, wanted: str, current: JsonObject) -> ApiStatus:
     have = current["metadata"]["uid"]
     return conflict(rt, name, f"Precondition failed: UID in precondition: {wanted}, UID in object meta: {have}")
@@ -78,6 +99,7 @@ class Store:
     def __init__(self, clock: Clock | None = None, *, history: int = HISTORY) -> None:
         self._clock: Clock = clock or (lambda: datetime.now(UTC))
         self._objects: dict[Key, JsonObject] = {}
+        self._raw: dict[Key, tuple[str, ...]] = {}  # a claim's allocation parameters, as bytes (`rawbytes.py`)
         self._revision = 0
         self._history: deque[WatchEvent] = deque(maxlen=history)
         self._changed = threading.Condition(threading.RLock())
@@ -87,6 +109,10 @@ class Store:
     def revision(self) -> int:
         with self._changed:
             return self._revision
+
+    def now(self) -> str:
+        """The server's clock as an RFC 3339 timestamp (whole seconds)."""
+        return _now(self._clock)
 
     # -- reads ---------------------------------------------------------------------------------------------------
 
@@ -139,6 +165,7 @@ class Store:
             if rt.kind == "Namespace":
                 obj.setdefault("spec", {"finalizers": ["kubernetes"]})
                 obj.setdefault("status", {"phase": "Active"})
+            obj = prepare_for_write(rt, None, obj, _now(self._clock))
             validate_object(rt, None, obj)
             key = (rt.plural, namespace if rt.namespaced else "", str(meta["name"]))
             if key in self._objects:
@@ -156,13 +183,14 @@ class Store:
         *,
         subresource: str = "",
         dry_run: bool = False,
+        encoding: rawbytes.Encoding = rawbytes.CANONICAL,
     ) -> JsonObject:
         """PUT: the body replaces the object (or only its status, for the status subresource)."""
 
         def build(current: JsonObject) -> JsonObject:
             return body
 
-        return self.update(rt, namespace, name, build, subresource=subresource, dry_run=dry_run)
+        return self.update(rt, namespace, name, build, subresource=subresource, dry_run=dry_run, encoding=encoding)
 
     def update(
         self,
@@ -173,8 +201,15 @@ class Store:
         *,
         subresource: str = "",
         dry_run: bool = False,
+        apply: bool = False,
+        encoding: rawbytes.Encoding = rawbytes.CANONICAL,
     ) -> JsonObject:
-        """Read-modify-write under the lock: `build` gets the current object and returns the requested one."""
+        """Read-modify-write under the lock: `build` gets the current object and returns the requested one.
+
+        Only an apply (`apply=True`) changes `metadata.managedFields`; other writes keep the stored ones.
+        `encoding` says how the write serialises opaque parameters (`rawbytes.py`): a claim whose allocation would
+        change bytes is refused, as the real server's byte comparison refuses it.
+        """
         if subresource not in ("", "status") or (subresource == "status" and not rt.status_subresource):
             raise ApiStatus(
                 404, "NotFound", f"the server could not find the requested resource ({rt.plural}/{subresource})"
@@ -203,7 +238,15 @@ class Store:
                 raise conflict(rt, name, STALE)
             if meta.get("uid") and meta["uid"] != current["metadata"]["uid"]:
                 raise _uid_conflict(rt, name, meta["uid"], current)
-            updated = self._merge_for_write(rt, current, requested, subresource)
+            updated = prepare_for_write(
+                rt, current, self._merge_for_write(rt, current, requested, subresource), _now(self._clock)
+            )
+            managed = (requested if apply else current)["metadata"].get("managedFields")
+            if managed:
+                updated["metadata"]["managedFields"] = managed
+            else:
+                updated["metadata"].pop("managedFields", None)
+            raw = self._check_allocation_bytes(rt, key, current, updated, encoding)  # also for a no-op, as upstream
             if _strip_server_fields(updated) == _strip_server_fields(current):
                 return copy.deepcopy(current)  # a no-op write changes nothing, not even the resourceVersion
             if rt.has_generation and updated.get("spec") != current.get("spec"):
@@ -211,6 +254,10 @@ class Store:
             validate_object(rt, current, updated)
             if dry_run:
                 return updated
+            if raw is None:
+                self._raw.pop(key, None)
+            else:
+                self._raw[key] = raw
             return self._commit(rt, key, updated, "MODIFIED")
 
     def delete(
@@ -254,6 +301,28 @@ class Store:
         with self._changed:
             self.closed = True
             self._changed.notify_all()
+
+    def _check_allocation_bytes(
+        self, rt: ResourceType, key: Key, current: JsonObject, updated: JsonObject, encoding: rawbytes.Encoding
+    ) -> tuple[str, ...] | None:
+        """The bytes the write stores for the allocation's parameters; 422 where they change an existing allocation."""
+        if rt.kind != "ResourceClaim":
+            return None
+        old = self._raw.get(key) or rawbytes.allocation_parameters(current, rawbytes.CANONICAL)
+        if encoding is None:
+            return old
+        if isinstance(encoding, tuple):
+            new = encoding if rawbytes.allocation_parameters(updated, rawbytes.COMPACT) is not None else None
+        else:
+            new = rawbytes.allocation_parameters(updated, encoding)
+        if encoding == rawbytes.COMPACT and old is not None and new is not None:
+            new = tuple(_compacted(text) for text in old) if _same_values(old, new) else new
+        if old is not None and new is not None:
+            if new != old:
+                why = "Invalid value: null: field cannot be modified once set"
+                raise invalid(rt, key[2], [Cause("status.allocation", "FieldValueInvalid", why)])
+            return old
+        return new
 
     # -- internals -----------------------------------------------------------------------------------------------
 

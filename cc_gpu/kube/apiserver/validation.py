@@ -65,6 +65,12 @@ def _schema_validator(api_version: str, kind: str) -> Any:
     return jsonschema.Draft202012Validator(schema, registry=registry)
 
 
+def _raw_extension(path: Any) -> bool:
+    """A RawExtension (opaque parameters, device-status data) decodes from any JSON; validation judges it (422)."""
+    parts = list(path)
+    return bool(parts) and parts[-1] in ("parameters", "data") and "devices" in parts
+
+
 def check_schema(rt: ResourceType, obj: dict[str, Any]) -> None:
     """Raise the real server's 400/422 when `obj` (apiVersion and kind filled in) does not fit its schema."""
     import jsonschema  # noqa: PLC0415
@@ -72,7 +78,8 @@ def check_schema(rt: ResourceType, obj: dict[str, Any]) -> None:
     validator = _schema_validator(rt.api_version, rt.kind)
     if validator is None:
         raise bad_request(f"no schema for {rt.kind} in Kubernetes {KUBERNETES_VERSION}")
-    error = jsonschema.exceptions.best_match(validator.iter_errors(obj))
+    errors = [e for e in validator.iter_errors(obj) if not _raw_extension(e.absolute_path)]
+    error = jsonschema.exceptions.best_match(errors)
     if error is None:
         return
     where = _path_text(error.absolute_path)
@@ -83,6 +90,10 @@ def check_schema(rt: ResourceType, obj: dict[str, Any]) -> None:
     if error.validator == "type":
         raise bad_request(f"json: cannot decode {where or 'the object'}: {error.message}")
     name = str(get_path(obj, "metadata.name") or "")
+    if error.validator == "required":  # named as the server names it: the missing field itself
+        missing = re.findall(r"'([^']+)' is a required property", str(error.message))
+        field = f"{where}.{missing[0]}" if where and missing else (missing[0] if missing else where)
+        raise invalid(rt, name, [Cause(field, "FieldValueRequired", "Required value")])
     raise invalid(rt, name, [Cause(where, "FieldValueInvalid", f"Invalid value: {error.message}")])
 
 
