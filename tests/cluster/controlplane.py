@@ -213,6 +213,10 @@ class ControlPlane:
         })
         if reply.code != 409:
             reply.ok()
+        # TaintNodesByCondition admission gives every new Node `node.kubernetes.io/not-ready:NoSchedule`, which only
+        # the (disabled) node-lifecycle controller would lift: lift it, so the scheduler can place pods here.
+        admin("PATCH", f"/api/v1/nodes/{name}", {"spec": {"taints": None}},
+              content_type="application/merge-patch+json").ok()
         now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         resources = {"cpu": "64", "memory": "512Gi", "pods": "110"}
         status = {"status": {
