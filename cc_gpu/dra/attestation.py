@@ -32,13 +32,13 @@ from typing import Any, Protocol
 
 import jwt
 
-from cc_gpu.attest.ocsp import RevocationMode
 from cc_gpu.attest.policy import Policy
 from cc_gpu.attest.token import TokenSigner
 from cc_gpu.attest.verdict import Verdict
 from cc_gpu.attest.verifier import Verifier
 from cc_gpu.dra import attestcfg
 from cc_gpu.dra.attestcfg import AttestationRequest, AttestationSettings
+from cc_gpu.dra.attestpolicy import AppliedPolicy, applied_policy
 from cc_gpu.dra.attestresult import (
     TOKEN_MOUNT_DIR,
     ClaimAttestation,
@@ -52,7 +52,6 @@ from cc_gpu.dra.attestresult import (
 )
 from cc_gpu.dra.cdi import CdiMount
 from cc_gpu.dra.claims import ClaimPlan
-from cc_gpu.dra.errors import ClaimError
 from cc_gpu.dra.evidence import Evidence, EvidenceProvider
 from cc_gpu.dra.keys import NodeKeyStore
 from cc_gpu.dra.keys import publish as publish_keys
@@ -201,37 +200,32 @@ class AttestationEngine:
 
     # ---- prepare -------------------------------------------------------------------------------------------------
 
+    def applied_for(self, req: AttestationRequest) -> AppliedPolicy:
+        """The policy actually applied: class, node minimum and claim combined (`attestpolicy.py`)."""
+        return applied_policy(req, self.settings, self.policies, self.node)
+
     def policy_for(self, req: AttestationRequest) -> Policy:
-        if req.inline is not None:
-            policy = Policy(min_driver=req.inline.min_driver, min_vbios=req.inline.min_vbios,
-                            missing_rim_fails=req.inline.missing_rim == "fail",
-                            allow_certificate_hold=req.inline.allow_certificate_hold)
-        else:
-            name = req.policy or "strict"
-            if name not in self.policies:
-                raise ClaimError(f"attestation policy {name!r} is not configured on node {self.node} "
-                                 f"(known: {', '.join(sorted(self.policies))})")
-            policy = self.policies[name]
-        if req.max_evidence_age_s is not None:
-            policy = replace(policy, max_evidence_age_s=float(req.max_evidence_age_s))
-        if req.revocation is not None:
-            policy = policy.with_revocation(RevocationMode(req.revocation))
-        return policy
+        return self.applied_for(req).policy
+
+    def _wanted(self, plan: ClaimPlan) -> list[tuple[Any, AttestationRequest]]:
+        """The devices to attest: those with an `attestation` section, or all when the node minimum says so."""
+        plain = self.settings.minimum.plain_vfio
+        return [(d, attestcfg.request_of(d.config.extra)) for d in plan.devices
+                if plain or attestcfg.SECTION in d.config.extra]
 
     def attest_claim(self, claim: Mapping[str, Any], plan: ClaimPlan) -> ClaimAttestation | None:
         """Attest every device of `plan` whose config has an attestation section; raise when a required one fails."""
-        wanted = [(d, attestcfg.request_of(d.config.extra)) for d in plan.devices
-                  if attestcfg.SECTION in d.config.extra]
+        wanted = self._wanted(plan)
         if not wanted:
             return None
         pod_uids = [str(plan.pod.get("uid", ""))] if plan.pod.get("uid") else []
         results = []
         for planned, req in wanted:
-            policy = self.policy_for(req)
-            gpus = tuple(self._attest_gpu(bdf, req, policy, plan, planned.device.name, pod_uids)
+            applied = self.applied_for(req)
+            gpus = tuple(self._attest_gpu(bdf, applied, plan, planned.device.name, pod_uids)
                          for bdf in planned.device.gpus)
-            results.append(DeviceResult(planned.pool, planned.device.name, planned.request, req.required,
-                                        req.policy_label, gpus))
+            results.append(DeviceResult(planned.pool, planned.device.name, planned.request, applied.required,
+                                        applied.label, gpus, applied.describe()))
         outcome = ClaimAttestation(tuple(results))
         for dev in outcome.devices:
             for gpu in dev.gpus:
@@ -244,7 +238,7 @@ class AttestationEngine:
             raise AttestationRejectedError(f"GPU attestation rejected: {reasons}")
         return outcome
 
-    def _evidence(self, bdf: str, req: AttestationRequest) -> tuple[Evidence, str]:
+    def _evidence(self, bdf: str, req: AppliedPolicy) -> tuple[Evidence, str]:
         provider = self.provider
         if provider is None:
             raise AttestationRejectedError("no evidence provider is configured on this node")
@@ -256,7 +250,7 @@ class AttestationEngine:
         return provider.collect(bdf, nonce), provider.name
 
     def _evidence_on_vfio(
-        self, bdf: str, driver: str, req: AttestationRequest, provider: EvidenceProvider
+        self, bdf: str, driver: str, req: AppliedPolicy, provider: EvidenceProvider
     ) -> tuple[Evidence, str]:
         mode = req.when_bound_to_vfio
         if mode == "refuse":
@@ -277,11 +271,12 @@ class AttestationEngine:
             raise AttestationRejectedError(f"GPU is bound to {driver} and no evidence was collected at discovery")
         return cached, "discovery"
 
-    def _attest_gpu(  # noqa: PLR0917 - one call site
-        self, bdf: str, req: AttestationRequest, policy: Policy, plan: ClaimPlan, device: str, pod_uids: list[str]
+    def _attest_gpu(
+        self, bdf: str, applied: AppliedPolicy, plan: ClaimPlan, device: str, pod_uids: list[str]
     ) -> GpuResult:
+        policy = applied.policy
         try:
-            evidence, source = self._evidence(bdf, req)
+            evidence, source = self._evidence(bdf, applied)
         except AttestationRejectedError as e:
             return GpuResult(bdf, False, (str(e),), "none")
         except CcGpuError as e:  # a refused rebind, evidence unavailable: the GPU cannot be judged, so it fails
@@ -302,7 +297,8 @@ class AttestationEngine:
             "x-cc-gpu-pci-address": bdf,
             "x-cc-gpu-evidence-source": source,
             "x-cc-gpu-evidence-collected-at": evidence.collected_at.isoformat(),
-            "x-cc-gpu-policy": req.policy_label,
+            "x-cc-gpu-policy": applied.label,
+            "x-cc-gpu-policy-applied": applied.describe(),
         }
         token = signer.sign(verdict, extra)
         jti = str(jwt.decode(token, options={"verify_signature": False}).get("jti", ""))

@@ -84,8 +84,9 @@ class DeviceResult:
     device: str
     request: str
     required: bool
-    policy: str
+    policy: str  # the sources of the policy applied, e.g. "class:strict+claim:inline"
     gpus: tuple[GpuResult, ...]
+    applied: Mapping[str, Any] | None = None  # every knob of the policy actually applied
 
     @property
     def ok(self) -> bool:
@@ -109,6 +110,8 @@ class DeviceResult:
         """The compact verdict for `status.devices[].data`, trimmed to stay under the 10 KiB limit."""
         out: dict[str, Any] = {"attestation": {"ok": self.ok, "required": self.required, "policy": self.policy,
                                                "gpus": [g.compact() for g in self.gpus]}}
+        if self.applied is not None:
+            out["attestation"]["applied"] = dict(self.applied)
         while len(json.dumps(out)) > MAX_DATA_BYTES and any(g.get("failed") for g in out["attestation"]["gpus"]):
             for g in out["attestation"]["gpus"]:
                 if g.get("failed"):

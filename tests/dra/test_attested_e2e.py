@@ -92,7 +92,8 @@ def test_accepted_claim_carries_a_verifiable_token(dgx: Node) -> None:
     assert condition(entry)["status"] == "True"
     assert condition(entry, "Ready")["status"] == "True"
     verdict = entry["data"]["attestation"]
-    assert verdict["ok"] and verdict["policy"] == "strict"
+    assert verdict["ok"] and verdict["policy"] == "class:strict"
+    assert verdict["applied"]["revocation"] == "online" and verdict["applied"]["policies"] == ["class:strict"]
     assert verdict["gpus"][0]["evidenceSource"] == "simulated"
     assert len(json.dumps(entry["data"])) < 10 * 1024
     assert "eyJ" not in json.dumps(entry), "the token itself is not published on the claim"
@@ -243,3 +244,20 @@ def test_advisory_attestation_records_but_never_blocks(dgx: Node) -> None:
     spec = cdi_spec(dgx, claim[2])
     assert spec is not None and "env" not in spec["devices"][0]["containerEdits"], "no token for a failed verdict"
     _release(dgx, claim)
+
+
+@pytest.mark.parametrize(
+    ("name", "claim_section", "knob"),
+    [
+        ("revocation off", {"revocation": "off"}, "attestation.revocation"),
+        ("a week of evidence age", {"maxEvidenceAgeSeconds": 604800}, "attestation.maxEvidenceAgeSeconds"),
+        ("a named policy the node does not allow claims to add", {"policy": "lenient"}, "attestation.policy"),
+    ],
+)
+def test_claim_cannot_weaken_the_class_policy(dgx: Node, name: str, claim_section: dict[str, object],
+                                              knob: str) -> None:
+    config = [attest_config(required=True), attest_config("FromClaim", **claim_section)]
+    claim = dgx.vm_pod_claim([device_of(REVOKED)], config=config)
+    error = dgx.kubelet.prepare(DRIVER, [claim])[claim[2]].error
+    assert knob in error, (name, error)
+    assert dgx.driver_of(REVOKED) == "nvidia" and cdi_spec(dgx, claim[2]) is None

@@ -21,7 +21,7 @@ from cc_gpu.attest.ocsp import RevocationChecker, RevocationMode
 from cc_gpu.attest.policy import Policy
 from cc_gpu.attest.verifier import Verifier
 from cc_gpu.dra.attestation import AttestationEngine, AttestationRejectedError
-from cc_gpu.dra.attestcfg import AttestationRequest, AttestationSettings
+from cc_gpu.dra.attestcfg import AttestationRequest, AttestationSettings, ClaimLayer
 from cc_gpu.dra.errors import ClaimError
 from cc_gpu.dra.evidence import DirectoryProvider, NvmlProvider, SimulatedProvider
 from cc_gpu.dra.keys import NodeKeyStore, configmap_body, publish
@@ -244,7 +244,8 @@ class OnVfio:
 @pytest.mark.parametrize(
     ("name", "allow_rebind", "req", "message"),
     [
-        ("rebind not allowed by the node", False, AttestationRequest(required=True, when_bound_to_vfio="rebind"),
+        ("rebind not allowed by the node", False,
+         AttestationRequest(required=True, claim=ClaimLayer(when_bound_to_vfio="rebind")),
          "not allowed by this node's configuration"),
         ("refuse", True, AttestationRequest(required=True, when_bound_to_vfio="refuse"), "refuses older evidence"),
         ("no discovery evidence", True, AttestationRequest(required=True), "no evidence was collected at discovery"),
@@ -258,7 +259,7 @@ def test_engine_refusals_on_vfio(
                                NodeKeyStore(tmp_path / "k", "node-a", timedelta(days=1)), OnVfio(), kube,
                                "gpu.cc-gpu.io", "node-a", tmp_path / "tokens")
     with pytest.raises(AttestationRejectedError, match=message):
-        engine._evidence(BDF, req)
+        engine._evidence(BDF, engine.applied_for(req))
 
 
 def test_engine_policy_resolution(sim: SimulatedProvider, tmp_path: Path, kube: KubernetesApi) -> None:
@@ -267,6 +268,8 @@ def test_engine_policy_resolution(sim: SimulatedProvider, tmp_path: Path, kube: 
                                "gpu.cc-gpu.io", "node-a", tmp_path / "tokens",
                                policies={"fleet": Policy(min_driver="1")})
     assert engine.policy_for(AttestationRequest(policy="fleet")).min_driver == "1"
+    tightened = AttestationRequest(revocation="cached", claim=ClaimLayer(revocation="online"))
+    assert engine.policy_for(tightened).revocation is RevocationMode.ONLINE
     assert engine.policy_for(AttestationRequest(revocation="off")).revocation is RevocationMode.OFF
     assert engine.policy_for(AttestationRequest(max_evidence_age_s=9)).max_evidence_age_s == 9
     with pytest.raises(ClaimError, match="'nope' is not configured"):
