@@ -57,7 +57,7 @@ from cc_gpu.dra.keys import NodeKeyStore
 from cc_gpu.dra.keys import publish as publish_keys
 from cc_gpu.dra.ports import GpuView
 from cc_gpu.errors import CcGpuError, PermanentError
-from cc_gpu.files import write_atomic
+from cc_gpu.files import UnsafeNameError, safe_child, write_atomic
 from cc_gpu.kube.api import KubeApi
 from cc_gpu.kube.errors import ApiError
 
@@ -153,7 +153,7 @@ class AttestationEngine:
         key = self.keys.current()
         if key.kid != self._published_kid:
             self.publish_keys()
-        return TokenSigner(key.private, key.kid, ttl=timedelta(seconds=self.settings.token_ttl_seconds))
+        return TokenSigner(key.signing_key, key.kid, ttl=timedelta(seconds=self.settings.token_ttl_seconds))
 
     # ---- discovery -----------------------------------------------------------------------------------------------
 
@@ -307,25 +307,41 @@ class AttestationEngine:
     # ---- tokens into the container -------------------------------------------------------------------------------
 
     def write_tokens(self, claim_uid: str, result: DeviceResult | None) -> tuple[tuple[str, ...], tuple[CdiMount, ...]]:
-        """Write the device's tokens to files; return the CDI env entries and read-only mounts that carry them."""
+        """The CDI env entries that carry the device's tokens, and (only where the admin asks) read-only file mounts.
+
+        The environment is the channel: it travels inside the OCI spec through the Kata agent into a confidential
+        guest, where no host file is shared. Token files are off by default (`token_mount`); when on, they are 0400 in
+        a 0700 directory per claim, whose name passed the same check as every per-claim file (`files.safe_child`).
+        """
         if result is None or not result.ok:
             return (), ()
         env: list[str] = []
         mounts: list[CdiMount] = []
-        directory = self.token_dir / claim_uid
         for gpu in result.gpus:
             if gpu.token is None:
                 continue
             env.append(f"{token_env_name(gpu.bdf)}={gpu.token}")
             if self.settings.token_mount:
-                directory.mkdir(parents=True, exist_ok=True, mode=0o755)
+                directory = self._claim_token_dir(claim_uid)
                 path = directory / f"{gpu_token_name(gpu.bdf)}.jwt"
-                write_atomic(path, (gpu.token + "\n").encode("ascii"), mode=0o644)
+                write_atomic(path, (gpu.token + "\n").encode("ascii"), mode=0o400)
                 mounts.append(CdiMount(str(path), f"{TOKEN_MOUNT_DIR}/{gpu_token_name(gpu.bdf)}.jwt"))
         return tuple(env), tuple(mounts)
 
+    def _claim_token_dir(self, claim_uid: str) -> Path:
+        directory = safe_child(self.token_dir, claim_uid)
+        self.token_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(self.token_dir, 0o700)
+        directory.mkdir(exist_ok=True, mode=0o700)
+        os.chmod(directory, 0o700)
+        return directory
+
     def remove_tokens(self, claim_uid: str) -> None:
-        shutil.rmtree(self.token_dir / claim_uid, ignore_errors=True)
+        try:
+            directory = safe_child(self.token_dir, claim_uid)
+        except UnsafeNameError:
+            return  # nothing can have been written under a name that fails the check
+        shutil.rmtree(directory, ignore_errors=True)
 
     def remove_orphan_tokens(self, live_claims: set[str]) -> int:
         if not self.token_dir.is_dir():

@@ -235,7 +235,7 @@ class AttestationSettings:
     discovery: bool = True  # attest at discovery and publish the result as device attributes
     discovery_policy: str = "strict"
     allow_rebind: bool = False  # may a claim ask for a temporary rebind of a vfio-bound GPU to nvidia
-    token_mount: bool = True  # also mount the token file read-only (for runtimes that share host files)
+    token_mount: bool = False  # also mount a token file (0400, 0700 dir) read-only; env alone reaches a CC guest
     token_ttl_seconds: int = 3600
     key_max_age_days: int = 30
     keys_namespace: str = "cc-gpu-token-keys"

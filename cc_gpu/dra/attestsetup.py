@@ -92,7 +92,8 @@ def build_attestation(settings: PluginSettings, host: Host, kube: KubeApi) -> At
     )
     policies: dict[str, Policy] = {name: load_policy(path) for name, path in a.policies.items()}
     keys = NodeKeyStore(settings.plugin_path / "token-keys", settings.node_name,
-                        timedelta(days=a.key_max_age_days), keep=a.keys_published)
+                        timedelta(days=a.key_max_age_days), keep=a.keys_published,
+                        overlap=timedelta(seconds=a.token_ttl_seconds))
     return AttestationEngine(
         settings=a,
         provider=provider,

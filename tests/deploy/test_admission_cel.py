@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from cc_gpu.attest.binding import KEY_VERSION_PATTERN, node_of_key_id
 from cc_gpu.dra.keys import NodeKey, configmap_body, key_id
 from tests.cdi.consumer import Consumer, build, device_paths
 from tests.cdi.shapes import legacy_nodes, write_pod_spec
@@ -190,6 +191,24 @@ KEY_CASES = [
 @pytest.mark.parametrize("review,expected", [c[1:] for c in KEY_CASES], ids=[c[0] for c in KEY_CASES])
 def test_plugin_publishes_only_its_own_nodes_keys(review: Review, expected: list[str]) -> None:
     assert_denied(TOKEN_KEYS, review, expected)
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["node-a.k1", "node-a.k123456789", "node-a.kfoo", "node-a.k01", "node-a.k0", "node-a.k1.k2", "node-a.kfoo.k1",
+     "node-a.k", "node-a.k1x", "node-a.k1234567890", "node-ab.k1", "node-a.k-1"],
+)
+def test_key_id_grammar_is_one_in_the_chart_and_the_code(name: str) -> None:
+    """The admission policy admits exactly the key ids the code accepts for the writing node."""
+    body = keys_of("node-a")
+    body["data"] = {f"{name}.pem": next(iter(body["data"].values()))}
+    admitted = not TOKEN_KEYS.denials(Review("CREATE", body, user=plugin_on("node-a")))
+    assert admitted == (node_of_key_id(name) == "node-a"), name
+
+
+def test_key_version_pattern_is_the_codes() -> None:
+    expression = TOKEN_KEYS.spec["validations"][-1]["expression"]
+    assert f"}}{KEY_VERSION_PATTERN}[.]pem$" in expression
 
 
 def test_key_policy_matches_only_the_key_namespace() -> None:

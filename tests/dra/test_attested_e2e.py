@@ -56,6 +56,14 @@ def _release(node: Node, claim: tuple[str, str, str]) -> None:
     assert node.kubelet.unprepare(DRIVER, [claim]) == {claim[2]: ""}
 
 
+def assert_no_world_readable_file_holds(root: Path, secret: str) -> None:
+    """No file a local user other than root can read (mode o+r, in o+x directories) holds `secret`."""
+    for path in root.rglob("*"):
+        if path.is_file() and not path.is_symlink() and path.stat().st_mode & 0o004:
+            reachable = all(p.stat().st_mode & 0o001 for p in path.parents if p.is_relative_to(root) and p != root)
+            assert not (reachable and secret.encode() in path.read_bytes()), path
+
+
 def _assert_rejected(node: Node, claim: tuple[str, str, str], error: str, bdf: str, *named: str) -> None:
     assert error.startswith("GPU attestation rejected"), error
     for name in named:
@@ -84,10 +92,9 @@ def test_accepted_claim_carries_a_verifiable_token(dgx: Node) -> None:
     (env,) = edits["env"]
     name, _, token = env.partition("=")
     assert name == "CC_GPU_ATTESTATION_TOKEN_0000_18_00_0"
-    (mount,) = edits["mounts"]
-    assert mount["containerPath"] == "/run/cc-gpu/attestation/gpu-0000-18-00-0.jwt"
-    assert "ro" in mount["options"]
-    assert Path(mount["hostPath"]).read_text().strip() == token
+    assert "mounts" not in edits, "no token file by default: env reaches a confidential guest, a host file does not"
+    assert (dgx.cdi_root / f"cc-gpu.io-vfio_{claim[2]}.json").stat().st_mode & 0o777 == 0o600
+    assert_no_world_readable_file_holds(dgx.root, token)
     entry = device_status(dgx, claim, device_of(GOOD))
     assert condition(entry)["status"] == "True"
     assert condition(entry, "Ready")["status"] == "True"
@@ -103,6 +110,9 @@ def test_accepted_claim_carries_a_verifiable_token(dgx: Node) -> None:
     pod_uid = pod_uid_of(dgx, claim)
     ok = check_token(dgx, token, "--claim-uid", claim[2], "--pod-uid", pod_uid, "--node", NODE)
     assert ok.returncode == 0, ok.stderr
+    assert f"bound to claim {claim[2]}, pod {pod_uid}, node {NODE}" in ok.stderr
+    unbound = check_token(dgx, token)
+    assert unbound.returncode == 0 and "NO binding checked" in unbound.stderr
     claims = json.loads(ok.stdout)
     assert claims["x-cc-gpu-claim-uid"] == claim[2] and claims["x-cc-gpu-pod-uids"] == [pod_uid]
     assert claims["x-cc-gpu-pci-address"] == GOOD and claims["x-cc-gpu-node"] == NODE

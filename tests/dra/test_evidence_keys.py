@@ -22,9 +22,11 @@ from cc_gpu.attest.policy import Policy
 from cc_gpu.attest.verifier import Verifier
 from cc_gpu.dra.attestation import AttestationEngine, AttestationRejectedError
 from cc_gpu.dra.attestcfg import AttestationRequest, AttestationSettings, ClaimLayer
+from cc_gpu.dra.attestresult import DeviceResult, GpuResult
 from cc_gpu.dra.errors import ClaimError
 from cc_gpu.dra.evidence import DirectoryProvider, NvmlProvider, SimulatedProvider
 from cc_gpu.dra.keys import NodeKeyStore, configmap_body, publish
+from cc_gpu.files import UnsafeNameError
 from cc_gpu.host.gpuevidence import (
     EvidenceUnavailableError,
     HostDriverSwitch,
@@ -184,12 +186,25 @@ def test_keys_configmap_published_and_verified(tmp_path: Path, kube: KubernetesA
 
 def test_configmap_of_one_node_cannot_carry_another_nodes_key(tmp_path: Path) -> None:
     store = NodeKeyStore(tmp_path / "keys", "node-a", timedelta(days=30))
-    body = configmap_body("node-b", "ns", [store.current()])
-    with pytest.raises(TokenError, match="another node"):
-        keys_from_configmap(body)
+    good = store.current()
+    body = configmap_body("node-b", "ns", [good])
+    warnings: list[str] = []
+    with pytest.raises(TokenError, match="publishes no keys"):
+        keys_from_configmap(body, warn=warnings.append)
+    assert "belongs to another node" in warnings[0]
     body["metadata"]["annotations"] = {}
     with pytest.raises(TokenError, match="annotation"):
         keys_from_configmap(body)
+
+
+def test_one_bad_entry_is_skipped_with_a_warning_not_fatal(tmp_path: Path) -> None:
+    store = NodeKeyStore(tmp_path / "keys", "node-a", timedelta(days=30))
+    body = configmap_body("node-a", "ns", [store.current()])
+    body["data"].update({"node-a.kfoo.pem": body["data"]["node-a.k1.pem"], "node-a.k2.pem": "not a key",
+                         "node-a.k01.pem": body["data"]["node-a.k1.pem"], "README": "x"})
+    warnings: list[str] = []
+    assert list(keys_from_configmap(body, warn=warnings.append)) == ["node-a.k1"]
+    assert len(warnings) == 4 and all("entry skipped" in w for w in warnings)
 
 
 CLAIMS = {"x-cc-gpu-node": "node-a", "x-cc-gpu-claim-uid": "c1", "x-cc-gpu-pod-uids": ["p1"]}
@@ -333,3 +348,68 @@ def test_key_publication_failure_backs_off(sim: SimulatedProvider, tmp_path: Pat
         finally:
             engine.close()
             api.close()
+
+
+def _engine(sim: SimulatedProvider, tmp_path: Path, kube: KubernetesApi, **settings: Any) -> AttestationEngine:
+    return AttestationEngine(AttestationSettings(**settings), sim, _verifier(sim),
+                             NodeKeyStore(tmp_path / "k", "node-a", timedelta(days=1)), OnVfio(), kube,
+                             "gpu.cc-gpu.io", "node-a", tmp_path / "tokens")
+
+
+def _accepted(token: str = "eyJ.token") -> DeviceResult:
+    return DeviceResult("pool", "gpu-0", "gpu", True, "class:strict", (GpuResult(BDF, True, (), "simulated",
+                                                                                 token=token),))
+
+
+def test_tokens_travel_in_env_only_by_default(sim: SimulatedProvider, tmp_path: Path, kube: KubernetesApi) -> None:
+    engine = _engine(sim, tmp_path, kube)
+    env, mounts = engine.write_tokens("claim-1", _accepted())
+    assert env == ("CC_GPU_ATTESTATION_TOKEN_0000_41_00_0=eyJ.token",) and mounts == ()
+    assert not (tmp_path / "tokens").exists(), "no token file unless the admin asks for one"
+    engine.close()
+
+
+def test_token_files_when_asked_are_owner_only(sim: SimulatedProvider, tmp_path: Path, kube: KubernetesApi) -> None:
+    engine = _engine(sim, tmp_path, kube, token_mount=True)
+    _, (mount,) = engine.write_tokens("claim-1", _accepted())
+    path = Path(mount.host_path)
+    assert path.read_text() == "eyJ.token\n"
+    assert path.stat().st_mode & 0o777 == 0o400
+    assert path.parent.stat().st_mode & 0o777 == 0o700 and (tmp_path / "tokens").stat().st_mode & 0o777 == 0o700
+    engine.remove_tokens("claim-1")
+    assert not path.parent.exists()
+    engine.close()
+
+
+@pytest.mark.parametrize("uid", ["../escape", "a/../../escape", "..", "/abs", "a/b", ""])
+def test_a_claim_uid_with_path_characters_writes_and_removes_nothing(
+    sim: SimulatedProvider, tmp_path: Path, kube: KubernetesApi, uid: str
+) -> None:
+    engine = _engine(sim, tmp_path, kube, token_mount=True)
+    victim = tmp_path / "escape"
+    victim.mkdir()
+    with pytest.raises(UnsafeNameError):
+        engine.write_tokens(uid, _accepted())
+    engine.remove_tokens(uid)
+    assert victim.is_dir() and not list(victim.iterdir()) and not (tmp_path / "tokens").exists()
+    engine.close()
+
+
+def test_rotated_out_private_keys_are_deleted_after_the_overlap(tmp_path: Path) -> None:
+    now = [datetime(2026, 1, 1, tzinfo=UTC)]
+    store = NodeKeyStore(tmp_path, "node-a", timedelta(days=30), keep=3, clock=lambda: now[0],
+                         overlap=timedelta(hours=1))
+    first = store.current()
+    now[0] += timedelta(days=1)
+    store.rotate()
+    assert (tmp_path / "1.pem").exists(), "within the overlap window a signer taken before the rotation may finish"
+    now[0] += timedelta(hours=2)
+    assert store.current().kid == "node-a.k2"
+    assert not (tmp_path / "1.pem").exists() and (tmp_path / "2.pem").exists()
+    published = store.published()
+    assert [k.kid for k in published] == ["node-a.k1", "node-a.k2"]
+    assert published[0].private is None and published[0].public_pem() == first.public_pem()
+    assert all(p.stat().st_mode & 0o777 == 0o600 for p in tmp_path.glob("*.pem"))
+    # A fresh store (a restarted plugin) reads the public half only.
+    again = NodeKeyStore(tmp_path, "node-a", timedelta(days=30), clock=lambda: now[0])
+    assert again.published()[0].public_pem() == first.public_pem()

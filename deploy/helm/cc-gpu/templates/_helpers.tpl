@@ -37,3 +37,11 @@ app.kubernetes.io/component: kubelet-plugin
 {{- define "cc-gpu.deviceClassList" -}}
 {{- list .Values.deviceClasses.vfio.name .Values.deviceClasses.attested.name | toJson -}}
 {{- end -}}
+
+{{/*
+The version part of a token key id <node>.k<version>: the same pattern as KEY_VERSION_PATTERN in
+cc_gpu/attest/binding.py (a test renders the chart and compares them).
+*/}}
+{{- define "cc-gpu.keyVersionPattern" -}}
+[1-9][0-9]{0,8}
+{{- end }}
