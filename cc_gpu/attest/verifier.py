@@ -167,8 +167,12 @@ class Verifier:
 
     def _check_age(self, run: _Run, collected_at: datetime | None) -> None:
         limit = run.policy.max_evidence_age_s
-        collected = collected_at or run.at
-        age = (run.at - collected).total_seconds()
+        if collected_at is None:
+            # No collection time: nothing to measure an age against. Freshness then rests on the nonce alone (the
+            # caller chose it); claiming "0 s old" would assert what was not checked.
+            run.set(P.CHECK_EVIDENCE_AGE, NOT_APPLICABLE, "no collection time; freshness rests on the nonce")
+            return
+        age = (run.at - collected_at).total_seconds()
         if age < 0:
             run.set(P.CHECK_EVIDENCE_AGE, FAIL, f"evidence collected {-age:.0f} s after the verification time")
         elif limit is not None and age > limit:

@@ -53,6 +53,7 @@ from cc_gpu.dra.attestresult import (
 from cc_gpu.dra.cdi import CdiMount
 from cc_gpu.dra.claims import ClaimPlan
 from cc_gpu.dra.evidence import Evidence, EvidenceProvider
+from cc_gpu.dra.identity import IdentityMismatchError, IdentityStore
 from cc_gpu.dra.keys import NodeKeyStore
 from cc_gpu.dra.keys import publish as publish_keys
 from cc_gpu.dra.ports import GpuView
@@ -100,6 +101,7 @@ class AttestationEngine:
         token_dir: Path,
         policies: Mapping[str, Policy] | None = None,
         clock: Callable[[], datetime] | None = None,
+        identities: IdentityStore | None = None,
     ) -> None:
         self.settings = settings
         self.provider = provider
@@ -112,6 +114,7 @@ class AttestationEngine:
         self.token_dir = token_dir
         self.policies = {**builtin_policies(), **(policies or {})}
         self.clock = clock or (lambda: datetime.now(UTC))
+        self.identities = identities or IdentityStore()
         self._discovered: dict[str, Evidence] = {}
         self._discovery_verdicts: dict[str, Verdict] = {}
         self._lock = threading.Lock()
@@ -173,6 +176,8 @@ class AttestationEngine:
         assert self.provider is not None
         if self.provider.needs_host_driver and self.host.driver_of(bdf) != "nvidia":
             return  # keep what was collected while it was on the host driver
+        if not self.provider.takes_nonce and not self.settings.allow_foreign_nonce:
+            return  # evidence with a nonce we did not choose is not judged unless the admin allows it
         try:
             evidence = self.provider.collect(bdf, os.urandom(32))
             verdict = self.verifier.verify(evidence.report, evidence.cert_chain, evidence.nonce, policy,
@@ -180,6 +185,8 @@ class AttestationEngine:
         except CcGpuError as e:
             log.info("no discovery evidence", extra={"bdf": bdf, "error": str(e)})
             return
+        if verdict.ok and self.provider.takes_nonce and verdict.identity.ueid:
+            self.identities.learn(bdf, verdict.identity.ueid, f"{self.provider.name} at discovery", self.clock())
         with self._lock:
             self._discovered[bdf] = evidence
             self._discovery_verdicts[bdf] = verdict
@@ -249,6 +256,10 @@ class AttestationEngine:
         nonce = os.urandom(32)
         return provider.collect(bdf, nonce), provider.name
 
+    def _nonce_ours(self, source: str) -> bool:
+        """Did this prepare choose the nonce the evidence answers? Not for discovery or directory evidence."""
+        return self.provider is not None and self.provider.takes_nonce and source != "discovery"
+
     def _evidence_on_vfio(
         self, bdf: str, driver: str, req: AppliedPolicy, provider: EvidenceProvider
     ) -> tuple[Evidence, str]:
@@ -281,11 +292,24 @@ class AttestationEngine:
             return GpuResult(bdf, False, (str(e),), "none")
         except CcGpuError as e:  # a refused rebind, evidence unavailable: the GPU cannot be judged, so it fails
             return GpuResult(bdf, False, (f"no evidence: {e}",), "none")
+        ours = self._nonce_ours(source)
+        if not ours and not self.settings.allow_foreign_nonce:
+            return GpuResult(bdf, False, (
+                f"nonce not ours: {source} evidence answers a nonce this prepare did not choose, so only an "
+                "unauthenticated timestamp speaks for its age; this node does not accept such evidence "
+                "(attestation.allow_foreign_nonce)",), source, nonce_ours=False)
         verdict = self.verifier.verify(evidence.report, evidence.cert_chain, evidence.nonce, policy,
                                        at=self.clock(), collected_at=evidence.collected_at, rims=evidence.rims)
         if not verdict.ok:
             reasons = tuple(f"{c.name} ({c.detail})" if c.detail else c.name for c in verdict.failed)
-            return GpuResult(bdf, False, reasons, source, verdict, evidence.collected_at)
+            return GpuResult(bdf, False, reasons, source, verdict, evidence.collected_at, nonce_ours=ours)
+        try:
+            self.identities.check(bdf, verdict.identity.ueid, must_be_known=not ours)
+        except IdentityMismatchError as e:
+            return GpuResult(bdf, False, (f"x-cc-gpu-device-identity ({e})",), source, verdict,
+                             evidence.collected_at, nonce_ours=ours)
+        if ours and verdict.identity.ueid:
+            self.identities.learn(bdf, verdict.identity.ueid, source, self.clock())
         signer = self._signer()
         extra = {
             "x-cc-gpu-claim-uid": plan.uid,
@@ -297,12 +321,13 @@ class AttestationEngine:
             "x-cc-gpu-pci-address": bdf,
             "x-cc-gpu-evidence-source": source,
             "x-cc-gpu-evidence-collected-at": evidence.collected_at.isoformat(),
+            "x-cc-gpu-nonce": "ours" if ours else "not ours",
             "x-cc-gpu-policy": applied.label,
             "x-cc-gpu-policy-applied": applied.describe(),
         }
         token = signer.sign(verdict, extra)
         jti = str(jwt.decode(token, options={"verify_signature": False}).get("jti", ""))
-        return GpuResult(bdf, True, (), source, verdict, evidence.collected_at, token, signer.kid, jti)
+        return GpuResult(bdf, True, (), source, verdict, evidence.collected_at, token, signer.kid, jti, ours)
 
     # ---- tokens into the container -------------------------------------------------------------------------------
 

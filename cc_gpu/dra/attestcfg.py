@@ -232,6 +232,8 @@ class AttestationSettings:
     rim_url: str = ""
     ocsp_dir: Path | None = None
     ocsp_online: bool = True  # may the plugin reach NVIDIA's OCSP responder (policy mode `online`)
+    ocsp_online_cache_seconds: int = 300  # how long an answer from the responder stands in for asking again
+    allow_foreign_nonce: bool = False  # accept evidence whose nonce this prepare did not choose (directory, discovery)
     discovery: bool = True  # attest at discovery and publish the result as device attributes
     discovery_policy: str = "strict"
     allow_rebind: bool = False  # may a claim ask for a temporary rebind of a vfio-bound GPU to nvidia
@@ -275,7 +277,8 @@ def _decode_minimum(value: object, base: NodeMinimum) -> NodeMinimum:
 _SETTING_PATHS = frozenset({"evidence_dir", "trust_dir", "rim_dir", "ocsp_dir"})
 _SETTING_TYPES: dict[str, type] = {
     "provider": str, "rim_url": str, "ocsp_online": bool, "discovery": bool, "discovery_policy": str,
-    "allow_rebind": bool, "token_mount": bool, "token_ttl_seconds": int, "key_max_age_days": int,
+    "allow_rebind": bool, "token_mount": bool, "ocsp_online_cache_seconds": int, "allow_foreign_nonce": bool,
+    "token_ttl_seconds": int, "key_max_age_days": int,
     "keys_namespace": str, "keys_published": int,
 }
 

@@ -26,6 +26,8 @@ from cc_gpu.dra.evidence import (
     NvmlProvider,
     SimulatedProvider,
 )
+from cc_gpu.dra.identity import FILE as IDENTITY_FILE
+from cc_gpu.dra.identity import IdentityStore
 from cc_gpu.dra.keys import NodeKeyStore
 from cc_gpu.dra.settings import PluginSettings
 from cc_gpu.host.gpuevidence import HostDriverSwitch, NvmlEvidenceReader, current_driver
@@ -88,7 +90,8 @@ def build_attestation(settings: PluginSettings, host: Host, kube: KubeApi) -> At
     verifier = Verifier(
         trust,
         rim_source=ChainedRimSource(sources) if sources else None,
-        revocation=RevocationChecker(store=store, transport=transport),
+        revocation=RevocationChecker(store=store, transport=transport,
+                                     online_cache=timedelta(seconds=a.ocsp_online_cache_seconds)),
     )
     policies: dict[str, Policy] = {name: load_policy(path) for name, path in a.policies.items()}
     keys = NodeKeyStore(settings.plugin_path / "token-keys", settings.node_name,
@@ -105,4 +108,6 @@ def build_attestation(settings: PluginSettings, host: Host, kube: KubeApi) -> At
         node=settings.node_name,
         token_dir=settings.plugin_path / "tokens",
         policies=policies,
+        # Simulated GPUs are minted afresh at every start (a new test CA), so their identities live in memory only.
+        identities=IdentityStore(None if kind == "simulated" else settings.plugin_path / IDENTITY_FILE),
     )

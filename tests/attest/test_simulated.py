@@ -123,6 +123,11 @@ def test_evidence_age_policy(ca: SimulatedCa, verifier: Verifier) -> None:
         rims=[ev.driver_rim, ev.vbios_rim],
     )
     assert [c.name for c in future.failed] == [P.CHECK_EVIDENCE_AGE]
+    # No collection time (the CLI, evidence without a timestamp): the age is not applicable, never "0 s old".
+    undated = verifier.verify(ev.report, ev.cert_chain_pem, NONCE, Policy(), at=SIM_NOW,
+                              rims=[ev.driver_rim, ev.vbios_rim])
+    age = undated.check(P.CHECK_EVIDENCE_AGE)
+    assert (age.status, age.detail) == ("not-applicable", "no collection time; freshness rests on the nonce")
 
 
 def test_version_minimums(ca: SimulatedCa, verifier: Verifier) -> None:

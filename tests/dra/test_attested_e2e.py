@@ -40,7 +40,7 @@ FAULTS = {TAMPERED: {"tamper_measurement": 5}, NO_VBIOS_RIM: {"missing_rim": "vb
 def dgx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
     # A GPU on vfio-pci shows CC mode `unknown` (its BAR is never read), so the gate's CC-mode check is left to
     # attestation on this node; otherwise the already-on-vfio claims would stop at the gate.
-    settings = "allow_rebind = true\n[policy]\nrequire_cc_mode = false\n"
+    settings = "allow_rebind = true\nallow_foreign_nonce = true\n[policy]\nrequire_cc_mode = false\n"
     with attested_node(tmp_path_factory.mktemp("dgx"), faults=FAULTS, settings=settings) as node:
         node.start_plugin()
         yield node
@@ -214,7 +214,8 @@ def test_gpu_already_on_vfio(dgx: Node) -> None:
     claim, error = _prepare(dgx, ON_VFIO, required=True)
     assert error == ""
     verdict = device_status(dgx, claim, device_of(ON_VFIO))["data"]["attestation"]
-    assert verdict["gpus"][0]["evidenceSource"] == "discovery"
+    assert verdict["gpus"][0]["evidenceSource"] == "discovery" and verdict["gpus"][0]["nonce"] == "not ours"
+    assert "nonce not ours" in condition(device_status(dgx, claim, device_of(ON_VFIO)))["message"]
     _release(dgx, claim)
     assert dgx.driver_of(ON_VFIO) == "vfio-pci", "given back to the driver it had"
     time.sleep(1.2)
@@ -236,6 +237,8 @@ def test_temporary_rebind_without_nvswitch(tmp_path: Path) -> None:
     with attested_node(tmp_path, "h100-pcie-audio", settings=settings) as node:
         node.start_plugin()
         move_to_vfio(node, gpu)
+        claim, error = _prepare(node, gpu, required=True)
+        assert "nonce not ours" in error and "allow_foreign_nonce" in error, "discovery evidence is off by default"
         claim, error = _prepare(node, gpu, required=True, whenBoundToVfio="rebind")
         assert error == ""
         verdict = device_status(node, claim, device_of(gpu))["data"]["attestation"]

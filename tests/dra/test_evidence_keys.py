@@ -10,8 +10,10 @@ import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+import jwt
 import pynvml
 import pytest
 
@@ -25,6 +27,7 @@ from cc_gpu.dra.attestcfg import AttestationRequest, AttestationSettings, ClaimL
 from cc_gpu.dra.attestresult import DeviceResult, GpuResult
 from cc_gpu.dra.errors import ClaimError
 from cc_gpu.dra.evidence import DirectoryProvider, NvmlProvider, SimulatedProvider
+from cc_gpu.dra.identity import IdentityMismatchError, IdentityStore, IdentityStoreError
 from cc_gpu.dra.keys import NodeKeyStore, configmap_body, publish
 from cc_gpu.files import UnsafeNameError
 from cc_gpu.host.gpuevidence import (
@@ -413,3 +416,82 @@ def test_rotated_out_private_keys_are_deleted_after_the_overlap(tmp_path: Path) 
     # A fresh store (a restarted plugin) reads the public half only.
     again = NodeKeyStore(tmp_path, "node-a", timedelta(days=30), clock=lambda: now[0])
     assert again.published()[0].public_pem() == first.public_pem()
+
+
+OTHER = "0000:42:00.0"
+
+
+def _place(root: Path, bdf: str, ev: Any, nonce: bytes) -> None:
+    base = root / bdf
+    (base / "rims").mkdir(parents=True)
+    (base / "report.hex").write_text(ev.report.hex())
+    (base / "cert_chain.pem").write_bytes(ev.cert_chain)
+    (base / "nonce.hex").write_text(nonce.hex())
+    for i, rim in enumerate(ev.rims):
+        (base / "rims" / f"{i}.swidtag").write_bytes(rim)
+
+
+def _judge(engine: AttestationEngine, bdf: str) -> GpuResult:
+    plan = SimpleNamespace(uid="c1", namespace="ns", name="claim")
+    return engine._attest_gpu(bdf, engine.applied_for(AttestationRequest(required=True)), plan,  # type: ignore[arg-type]
+                              "gpu-0", ["p1"])
+
+
+@pytest.mark.parametrize(
+    ("name", "allow", "known", "outcome"),
+    [
+        ("foreign nonce off by default", False, {BDF: "x"}, {BDF: "nonce not ours", OTHER: "nonce not ours"}),
+        ("the same report for two devices: only the one it belongs to", True, {BDF: "real"},
+         {BDF: "", OTHER: "belongs to the GPU at 0000:41:00.0"}),
+        ("an identity the node does not know cannot come from foreign-nonce evidence", True, {},
+         {BDF: "no identity is known for 0000:41:00.0", OTHER: "no identity is known"}),
+        ("a different GPU's report for a known device", True, {BDF: "someone-else"},
+         {BDF: "is not the identity someone-else this node knows for 0000:41:00.0"}),
+    ],
+)
+def test_evidence_is_bound_to_the_pci_device(
+    sim: SimulatedProvider, tmp_path: Path, kube: KubernetesApi, name: str, allow: bool, known: dict[str, str],
+    outcome: dict[str, str],
+) -> None:
+    nonce = os.urandom(32)
+    ev = sim.collect(BDF, nonce)
+    real = _verifier(sim).verify(ev.report, ev.cert_chain, nonce, Policy(), rims=ev.rims).identity.ueid
+    assert real
+    root = tmp_path / "evidence"
+    for bdf in (BDF, OTHER):
+        _place(root, bdf, ev, nonce)
+    identities = IdentityStore(tmp_path / "state" / "gpu-identities.json")
+    for bdf, ueid in known.items():
+        identities.learn(bdf, real if ueid == "real" else ueid, "nvml at discovery", NOW)
+    engine = AttestationEngine(AttestationSettings(allow_foreign_nonce=allow), DirectoryProvider(root),
+                               _verifier(sim), NodeKeyStore(tmp_path / "k", "node-a", timedelta(days=1)), OnVfio(),
+                               kube, "gpu.cc-gpu.io", "node-a", tmp_path / "tokens", identities=identities)
+    for bdf, want in outcome.items():
+        result = _judge(engine, bdf)
+        if want:
+            assert not result.ok and want in " ".join(result.reasons), (name, bdf, result.reasons)
+        else:
+            assert result.ok, (name, result.reasons)
+            assert result.nonce_ours is False and result.compact()["nonce"] == "not ours"
+            claims = jwt.decode(result.token or "", options={"verify_signature": False})
+            assert claims["x-cc-gpu-nonce"] == "not ours"
+    if known.get(BDF) == "someone-else":
+        assert real in " ".join(_judge(engine, BDF).reasons), "the rejection names both identities"
+    engine.close()
+
+
+def test_identities_are_learned_from_our_nonce_and_kept(tmp_path: Path) -> None:
+    path = tmp_path / "gpu-identities.json"
+    store = IdentityStore(path)
+    store.learn(BDF, "u1", "nvml at discovery", NOW)
+    store.learn(BDF, "u2", "nvml", NOW)  # first one wins
+    store.learn(OTHER, "u1", "nvml", NOW)  # an identity belongs to one device
+    assert path.stat().st_mode & 0o777 == 0o600
+    again = IdentityStore(path)
+    assert again.get(BDF) is not None and again.get(BDF).ueid == "u1" and again.get(OTHER) is None  # type: ignore[union-attr]
+    again.check(BDF, "u1")
+    with pytest.raises(IdentityMismatchError, match="u2 is not the identity u1"):
+        again.check(BDF, "u2")
+    path.write_text("{")
+    with pytest.raises(IdentityStoreError):
+        IdentityStore(path)
