@@ -176,6 +176,20 @@ class OpaqueData:
         return FEATURE_FLAGS.get(value, f"unknown({value})")
 
     @property
+    def opaque_data_version(self) -> int | None:
+        raw = self.get("OPAQUE_DATA_VERSION")
+        return None if not raw else int.from_bytes(raw[:8], "little")
+
+    @property
+    def gpu_mode(self) -> str | None:
+        """NVIDIA's `x-nvidia-gpu-mode` (spt | mpt | ppcie), as its verifier derives it: only from opaque data of
+        version 1 or later that carries the feature flag; None when the evidence does not say."""
+        version = self.opaque_data_version
+        if version is None or version < 1 or self.feature_flag is None:
+            return None
+        return self.feature_flag.lower()
+
+    @property
     def msrscnt(self) -> tuple[int, ...]:
         raw = self.get("MSRSCNT") or b""
         return tuple(int.from_bytes(raw[i : i + 4], "little") for i in range(0, len(raw) - len(raw) % 4, 4))

@@ -97,6 +97,7 @@ class _Run:
             driver_version=None if report is None else report.opaque.driver_version,
             vbios_version=None if report is None else report.opaque.vbios_version,
             mismatched_indexes=self.mismatches,
+            gpu_mode=None if report is None else report.opaque.gpu_mode,
         )
 
 

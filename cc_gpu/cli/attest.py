@@ -163,7 +163,7 @@ def _verify(args: argparse.Namespace) -> int:
         for check in verdict.checks:
             mark = "ok  " if check.satisfied else ("FAIL" if check.required else "note")
             print(f"{mark} {check.name:<55} {check.status:<15} {check.detail}")
-        print("ACCEPTED" if verdict.ok else "REJECTED: " + ", ".join(c.name for c in verdict.failed))
+        print(verdict.result_text + ("" if verdict.ok else ": " + ", ".join(c.name for c in verdict.failed)))
     if args.token_key:
         from cc_gpu.attest.token import TokenSigner, load_signing_key
 

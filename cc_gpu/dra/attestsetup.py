@@ -30,8 +30,12 @@ from cc_gpu.dra.identity import FILE as IDENTITY_FILE
 from cc_gpu.dra.identity import IdentityStore
 from cc_gpu.dra.keys import NodeKeyStore
 from cc_gpu.dra.settings import PluginSettings
+from cc_gpu.errors import CcGpuError
+from cc_gpu.host import pciids
+from cc_gpu.host.ccmode import read_cc_mode
 from cc_gpu.host.gpuevidence import HostDriverSwitch, NvmlEvidenceReader, current_driver
 from cc_gpu.host.host import Host
+from cc_gpu.host.pci import read_function
 from cc_gpu.kube.api import KubeApi
 
 
@@ -50,6 +54,16 @@ class HostEvidenceOps:
         with self.switch.on_host_driver(bdf):
             yield
 
+    def cc_mode_of(self, bdf: str) -> str:
+        """The GPU's CC mode as the host reads it now (for simulated evidence, which follows the simulated GPU)."""
+        try:
+            fn = read_function(self.host.io, self.host.roots, bdf)
+        except CcGpuError:
+            return "unknown"
+        product = pciids.lookup(fn.vendor_id, fn.device_id)
+        return read_cc_mode(self.host.io, self.host.roots, bdf, architecture=product.architecture, driver=fn.driver,
+                            nvml=None)
+
 
 def provider_kind(settings: PluginSettings) -> str:
     kind = settings.attestation.provider
@@ -63,9 +77,10 @@ def build_attestation(settings: PluginSettings, host: Host, kube: KubeApi) -> At
     kind = provider_kind(settings)
     provider: EvidenceProvider | None = None
     transport: OcspTransport | None = None
+    ops = HostEvidenceOps(host)
     if kind == "simulated":
         sim_root = settings.sim_root or settings.plugin_path / "sim"
-        sim = SimulatedProvider(faults_file=sim_root / SIM_FAULTS_FILE)
+        sim = SimulatedProvider(faults_file=sim_root / SIM_FAULTS_FILE, cc_mode_of=ops.cc_mode_of)
         provider, trust, transport = sim, sim.trust_store(), sim.ocsp_transport()
     else:
         trust = TrustStore.from_directory(a.trust_dir) if a.trust_dir else TrustStore.default()
@@ -102,7 +117,7 @@ def build_attestation(settings: PluginSettings, host: Host, kube: KubeApi) -> At
         provider=provider,
         verifier=verifier,
         keys=keys,
-        host=HostEvidenceOps(host),
+        host=ops,
         kube=kube,
         driver=settings.driver_name,
         node=settings.node_name,

@@ -274,3 +274,14 @@ def test_claim_cannot_weaken_the_class_policy(dgx: Node, name: str, claim_sectio
     error = dgx.kubelet.prepare(DRIVER, [claim])[claim[2]].error
     assert knob in error, (name, error)
     assert dgx.driver_of(REVOKED) == "nvidia" and cdi_spec(dgx, claim[2]) is None
+
+
+def test_a_gpu_in_debug_mode_is_not_attested_as_production(dgx: Node) -> None:
+    """With the gate's CC-mode check off (this node), a GPU in CC devtools mode still fails a strict attested claim:
+    its firmware measures the debug configuration, so its measurements do not match the reference values."""
+    dgx.kernel.set_cc_mode(SPARE, "devtools")
+    try:
+        claim, error = _prepare(dgx, SPARE, required=True)
+        _assert_rejected(dgx, claim, error, SPARE, "measres", "mismatching indexes: [1]")
+    finally:
+        dgx.kernel.set_cc_mode(SPARE, "off")
