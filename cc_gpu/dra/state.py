@@ -102,12 +102,16 @@ class DeviceState:
 
     def prepare(self, ref: ClaimRef) -> list[ResultDevice]:
         """Prepare one claim; raise a `CcGpuError` subclass naming the reason when it cannot be."""
-        done = self.checkpoint.get(ref.uid)
-        if done is not None and done.state == PREPARE_COMPLETED and done.boot_id == self.boot_id:
-            return self._answer(done)
         claim = self._get_claim(ref)
         plan = parse_claim(claim, ref.uid, self.driver, self.pool, self.inventory())
-        decision_pod = self._gate(claim, plan)
+        done = self.checkpoint.get(ref.uid)
+        completed = done is not None and done.state == PREPARE_COMPLETED and done.boot_id == self.boot_id
+        # The gate runs on every prepare, also of a claim prepared before (it only reads): the claim's consumers may
+        # have changed since, and a repeated prepare must not hand out what a first one would refuse. The CC modes
+        # were checked before the bind; a bound GPU's BAR is never read again.
+        decision_pod = self._gate(claim, plan, check_cc=not completed)
+        if done is not None and completed:
+            return self._answer(done)
         groups = sorted({d.device.iommu_group for d in plan.devices})
         with self.locks.hold(groups):
             existing = self.checkpoint.get(ref.uid)
@@ -140,11 +144,11 @@ class DeviceState:
             modes[d.device.name] = fresh[d.device.name].cc_mode
         return modes
 
-    def _gate(self, claim: Mapping[str, Any], plan: ClaimPlan) -> PodView:
+    def _gate(self, claim: Mapping[str, Any], plan: ClaimPlan, check_cc: bool = True) -> PodView:
         pod = self._pod_view(plan.namespace, plan.pod)
-        cc_modes = self._fresh_cc_modes(plan)
+        cc_modes = self._fresh_cc_modes(plan) if check_cc else {}
         try:
-            decide(pod, self.policy, self.host.tee_enabled(), cc_modes)
+            decide(pod, self.policy, self.host.tee_kinds(), cc_modes)
         except GateRefusedError as e:
             self._event(claim, "PrepareRefused", str(e))
             raise
@@ -179,6 +183,7 @@ class DeviceState:
 
     def _step_started(self, plan: ClaimPlan, pod: PodView) -> ClaimEntry:
         pod_device = cdi.pod_device_from_annotation(pod.annotations.get(cdi.POD_ANNOTATION)) or ""
+        self._check_pod_device_owner(pod_device, str(plan.pod.get("uid", "")))
         devices = tuple(
             PreparedDevice(
                 request=d.request,
@@ -203,6 +208,18 @@ class DeviceState:
         self.checkpoint.put(entry)
         crashpoint("prepare-after-started")
         return entry
+
+    def _check_pod_device_owner(self, pod_device: str, pod_uid: str) -> None:
+        """A per-pod CDI device belongs to the first pod (by the UID verified against `reservedFor`) that used it: a
+        second pod whose annotation reuses that value would otherwise overwrite the first pod's spec."""
+        if not pod_device:
+            return
+        for other in self.checkpoint.read().values():
+            if other.pod_cdi_device == pod_device and other.pod_uid != pod_uid:
+                raise GateRefusedError(
+                    f"the pod's annotation {cdi.POD_ANNOTATION} names {cdi.qualified(pod_device)}, which belongs to "
+                    f"pod uid {other.pod_uid} (claim {other.namespace}/{other.name}); a pod may only name its own"
+                )
 
     def _step_bind(self, plan: ClaimPlan, entry: ClaimEntry) -> ClaimEntry:
         modes = {d.device.name: d.config.iommu_mode for d in plan.devices}

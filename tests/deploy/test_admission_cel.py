@@ -263,3 +263,36 @@ def test_the_annotation_set_at_admission_resolves_to_the_pods_gpus(tmp_path: Pat
     consumer = Consumer(build(), tmp_path)
     sandbox = consumer.inject(cdi_root, annotations=mutated["metadata"]["annotations"], nodes=legacy_nodes(12))
     assert sorted(device_paths(sandbox)) == ["/dev/vfio/12", "/dev/vfio/vfio"]
+
+
+CLAIM_BY_NAME = Policy(one(OBJECTS, "ValidatingAdmissionPolicy", "claim-by-name")["spec"])
+
+
+def by_name(runtime_class: str | None, *claims: dict[str, str]) -> dict[str, Any]:
+    body = pod(runtime_class, claims=False)
+    body["spec"]["resourceClaims"] = list(claims)
+    return body
+
+
+CLAIM_BY_NAME_CASES = [
+    ("shared claim, confidential pod", by_name("kata-qemu-nvidia-gpu-snp", {"name": "g", "resourceClaimName": "gpu"}),
+     []),
+    ("shared claim, tdx pod", by_name("kata-qemu-nvidia-gpu-tdx", {"name": "g", "resourceClaimName": "gpu"}), []),
+    ("shared claim, runc pod", by_name(None, {"name": "g", "resourceClaimName": "gpu"}),
+     ["reference a ResourceClaim by name (gpu) only with a confidential RuntimeClass"]),
+    ("shared claim, plain Kata pod", by_name("kata-qemu-nvidia-gpu", {"name": "g", "resourceClaimName": "gpu"}),
+     ["only with a confidential RuntimeClass"]),
+    ("claim from a template, any pod", by_name(None, {"name": "g", "resourceClaimTemplateName": "t"}), []),
+    ("no claims", pod(None, claims=False), []),
+]
+
+
+@pytest.mark.parametrize("body,expected", [c[1:] for c in CLAIM_BY_NAME_CASES], ids=[c[0] for c in CLAIM_BY_NAME_CASES])
+def test_pods_reference_claims_by_name_only_when_confidential(body: dict[str, Any], expected: list[str]) -> None:
+    assert_denied(CLAIM_BY_NAME, Review("CREATE", body), expected)
+
+
+def test_claim_by_name_policy_binds_to_tenant_namespaces() -> None:
+    binding = one(OBJECTS, "ValidatingAdmissionPolicyBinding", "claim-by-name")["spec"]
+    assert binding["matchResources"]["namespaceSelector"] == {"matchLabels": {"cc-gpu.io/gpu-tenant": "true"}}
+    assert binding["validationActions"] == ["Deny"]

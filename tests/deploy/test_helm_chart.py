@@ -32,7 +32,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
                       "image": {"digest": "sha256:" + "a" * 64}},
     "admission off": {"admission": {k: {"enabled": False} for k in
                                     ("cdiAnnotation", "cdiAnnotationGuard", "sliceNodeRestriction",
-                                     "tenantNamespaces", "tokenKeysOwnNode")}},
+                                     "tenantNamespaces", "tokenKeysOwnNode", "claimByName")}},
     "attestation off": {"attestation": {"provider": "none"}},
     "directory evidence, existing key namespace": {
         "attestation": {"provider": "directory", "evidenceDir": "/var/lib/cc-gpu/evidence",
@@ -73,7 +73,7 @@ def test_expected_objects_per_variant(variant: tuple[str, list[dict[str, Any]]])
     base = ["ClusterRole", "ClusterRoleBinding", "ConfigMap", "DaemonSet", "DeviceClass", "DeviceClass",
             "ServiceAccount"]
     admission = ["MutatingAdmissionPolicy", "MutatingAdmissionPolicyBinding"] + [
-        "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"] * 3
+        "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"] * 4
     keys = ["Namespace", "Role", "RoleBinding", "Role", "RoleBinding"]
     keys_admission = ["ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"]
     expected = {
