@@ -154,7 +154,8 @@ class Verifier:
         self._check_age(run, collected_at)
         chain = self._check_chain(run, parsed, cert_chain)
         self._check_versions(run, parsed)
-        driver, vbios = self._check_rims(run, parsed, rims)
+        chip = None if chain is None or len(chain.path) < 2 else common_name(chain.path[1]).split(" ")[0]
+        driver, vbios = self._check_rims(run, parsed, rims, chip)
         self._check_measurements(run, parsed, driver, vbios)
         return run.verdict(nonce, parsed, chain, driver)
 
@@ -308,12 +309,12 @@ class Verifier:
         return routed
 
     def _check_rims(
-        self, run: _Run, report: AttestationReport, rims: Sequence[bytes]
+        self, run: _Run, report: AttestationReport, rims: Sequence[bytes], chip: str | None = None
     ) -> tuple[VerifiedRim | None, VerifiedRim | None]:
         explicit = self._route_explicit(rims, run.at) if rims else {}
         found: dict[str, VerifiedRim | None] = {}
         for kind, rim_id, version in (
-            ("driver", driver_rim_id(report), report.opaque.driver_version),
+            ("driver", driver_rim_id(report, chip), report.opaque.driver_version),
             ("vbios", vbios_rim_id(report), report.opaque.vbios_version),
         ):
             found[kind] = self._check_rim(run, kind, rim_id, version, explicit.get(kind), bool(rims))
