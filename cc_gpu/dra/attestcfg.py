@@ -322,4 +322,6 @@ def decode_settings(value: object, base: AttestationSettings) -> AttestationSett
     for key in ("token_ttl_seconds", "key_max_age_days", "keys_published"):
         if getattr(out, key) < 1:
             raise ConfigError(f"config key attestation.{key}: must be at least 1")
+    if out.ocsp_online_cache_seconds < 0:
+        raise ConfigError("config key attestation.ocsp_online_cache_seconds: must not be negative")
     return out

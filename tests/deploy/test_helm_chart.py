@@ -184,7 +184,11 @@ def test_default_config_file_decodes_to_the_plugins_defaults(tmp_path: Path) -> 
 def test_attestation_values_reach_the_plugin(tmp_path: Path) -> None:
     values = {"attestation": {"provider": "directory", "evidenceDir": "/srv/evidence", "ocspOnline": False,
                               "discovery": False, "discoveryPolicy": "lenient", "allowRebind": True,
-                              "tokenMount": False, "tokenTtlSeconds": 600,
+                              "tokenMount": False, "tokenTtlSeconds": 600, "allowForeignNonce": True,
+                              "ocspOnlineCacheSeconds": 60, "claimPolicies": ["inline"],
+                              "minimum": {"required": True, "policy": "strict", "revocation": "cached",
+                                          "maxEvidenceAgeSeconds": 120, "whenBoundToVfio": "refuse",
+                                          "plainVfio": True},
                               "keys": {"namespace": "gpu-keys", "maxAgeDays": 7, "published": 2}},
               "deviceClasses": {"attested": {"selectAttested": False}}}
     objects = render(values)
@@ -192,7 +196,10 @@ def test_attestation_values_reach_the_plugin(tmp_path: Path) -> None:
     assert settings == attestcfg.AttestationSettings(
         provider="directory", evidence_dir=Path("/host/evidence"), ocsp_online=False, discovery=False,
         discovery_policy="lenient", allow_rebind=True, token_mount=False, token_ttl_seconds=600,
-        key_max_age_days=7, keys_published=2, keys_namespace="gpu-keys")
+        key_max_age_days=7, keys_published=2, keys_namespace="gpu-keys", allow_foreign_nonce=True,
+        ocsp_online_cache_seconds=60, claim_policies=("inline",),
+        minimum=attestcfg.NodeMinimum(required=True, policy="strict", revocation="cached", max_evidence_age_s=120,
+                                      when_bound_to_vfio="refuse", plain_vfio=True))
     pod = one(objects, "DaemonSet")["spec"]["template"]["spec"]
     evidence = next(v for v in pod["volumes"] if v["name"] == "evidence")
     assert evidence["hostPath"] == {"path": "/srv/evidence", "type": "Directory"}

@@ -120,6 +120,7 @@ def test_node_settings_table(tmp_path: Path) -> None:
         ("minimum age", {"minimum": {"max_evidence_age_seconds": 0}}, "max_evidence_age_seconds"),
         ("minimum unknown policy", {"minimum": {"policy": "fleet"}}, "'fleet' is not a configured policy"),
         ("claim policy kinds", {"claim_policies": ["any"]}, "attestation.claim_policies"),
+        ("negative OCSP bound", {"ocsp_online_cache_seconds": -1}, "must not be negative"),
     ],
 )
 def test_node_settings_errors(name: str, table: dict[str, Any], message: str) -> None:
