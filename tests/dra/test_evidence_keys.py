@@ -495,3 +495,19 @@ def test_identities_are_learned_from_our_nonce_and_kept(tmp_path: Path) -> None:
     path.write_text("{")
     with pytest.raises(IdentityStoreError):
         IdentityStore(path)
+
+
+@pytest.mark.parametrize(("plain_vfio", "attested"), [(False, 1), (True, 2)])
+def test_node_minimum_can_cover_the_plain_vfio_class(
+    sim: SimulatedProvider, tmp_path: Path, kube: KubernetesApi, plain_vfio: bool, attested: int
+) -> None:
+    from cc_gpu.dra.attestcfg import NodeMinimum  # noqa: PLC0415
+    from cc_gpu.dra.opaque import VfioDeviceConfig  # noqa: PLC0415
+
+    engine = _engine(sim, tmp_path, kube, minimum=NodeMinimum(required=True, plain_vfio=plain_vfio))
+    plain = SimpleNamespace(config=VfioDeviceConfig())
+    section = SimpleNamespace(config=VfioDeviceConfig(extra={"attestation": AttestationRequest()}))
+    wanted = engine._wanted(SimpleNamespace(devices=[plain, section]))  # type: ignore[arg-type]
+    assert len(wanted) == attested
+    assert all(engine.applied_for(req).required for _, req in wanted), "the floor makes them required"
+    engine.close()
