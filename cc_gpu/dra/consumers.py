@@ -77,6 +77,8 @@ class ConsumerWatch:
         except GateRefusedError as e:
             self._report(claim, entry, str(e))
             return str(e)
+        except ApiError as e:  # a pod or RuntimeClass unreadable now: judged again at the next rescan
+            log.info("cannot read a prepared claim's consumers", extra={"claim_uid": entry.uid, "error": str(e)})
         return None
 
     def _report(self, claim: Mapping[str, Any], entry: ClaimEntry, reason: str) -> None:

@@ -116,7 +116,10 @@ class CrashNode:
         name = f"{self.run}-{self._n}"
         pod_device = f"pod-{name}" if pod_spec else ""
         annotations = {cdi.POD_ANNOTATION: f"{cdi.KIND}={pod_device}"} if pod_spec else None
-        pod = self.node.pod(f"vm-{name}", annotations=annotations)
+        topo = topology(self.node.topology)
+        # The gate wants the TEE the handler names: a TDX-only node runs the TDX class.
+        runtime_class = "kata-qemu-nvidia-gpu-tdx" if topo.tdx and not topo.sev_snp else "kata-qemu-nvidia-gpu-snp"
+        pod = self.node.pod(f"vm-{name}", runtime_class, annotations=annotations)
         ns, cname, uid = self.node.claim(f"claim-{name}", devices, [pod], config=config)
         return ClaimRef(ns, cname, uid, pod_device)
 
