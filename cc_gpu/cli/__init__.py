@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "vfio": ("cc_gpu.cli.vfio", "inspect, bind and restore a GPU's IOMMU group (admin tool)"),
     "attest": ("cc_gpu.cli.attest", "verify GPU attestation evidence and verdict tokens"),
     "plugin": ("cc_gpu.cli.plugin", "run the DRA kubelet plugin (the node daemon)"),
+    "pod-gate": ("cc_gpu.cli.podgate", "give held Kata GPU pods their CDI device annotation, then release them"),
     "keys": ("cc_gpu.cli.keys", "list or rotate the node's verdict-token signing keys"),
     "demo": ("cc_gpu.cli.demo", "run a simulated node end to end and narrate it"),
     "sim": ("cc_gpu.cli.sim", "run the simulated API server and other test doubles"),

@@ -183,7 +183,11 @@ class DeviceState:
 
     def _step_started(self, plan: ClaimPlan, pod: PodView) -> ClaimEntry:
         pod_device = cdi.pod_device_from_annotation(pod.annotations.get(cdi.POD_ANNOTATION)) or ""
-        self._check_pod_device_owner(pod_device, str(plan.pod.get("uid", "")))
+        pod_uid = str(plan.pod.get("uid", ""))
+        if pod_device and pod_device != cdi.POD_DEVICE_PREFIX + pod_uid:
+            # The guard policy admits only the pod's own device; anything else here means it was bypassed.
+            raise ClaimError(f"pod {pod.ref} names CDI device {pod_device!r} in {cdi.POD_ANNOTATION}, not its own "
+                             f"({cdi.POD_DEVICE_PREFIX}{pod_uid}); refusing to define it")
         devices = tuple(
             PreparedDevice(
                 request=d.request,
@@ -202,24 +206,12 @@ class DeviceState:
             state=PREPARE_STARTED,
             boot_id=self.boot_id,
             devices=devices,
-            pod_uid=str(plan.pod.get("uid", "")),
+            pod_uid=pod_uid,
             pod_cdi_device=pod_device,
         )
         self.checkpoint.put(entry)
         crashpoint("prepare-after-started")
         return entry
-
-    def _check_pod_device_owner(self, pod_device: str, pod_uid: str) -> None:
-        """A per-pod CDI device belongs to the first pod (by the UID verified against `reservedFor`) that used it: a
-        second pod whose annotation reuses that value would otherwise overwrite the first pod's spec."""
-        if not pod_device:
-            return
-        for other in self.checkpoint.read().values():
-            if other.pod_cdi_device == pod_device and other.pod_uid != pod_uid:
-                raise GateRefusedError(
-                    f"the pod's annotation {cdi.POD_ANNOTATION} names {cdi.qualified(pod_device)}, which belongs to "
-                    f"pod uid {other.pod_uid} (claim {other.namespace}/{other.name}); a pod may only name its own"
-                )
 
     def _step_bind(self, plan: ClaimPlan, entry: ClaimEntry) -> ClaimEntry:
         modes = {d.device.name: d.config.iommu_mode for d in plan.devices}

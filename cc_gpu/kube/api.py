@@ -24,6 +24,9 @@ RESOURCE_API_VERSION = "resource.k8s.io/v1"
 MERGE_PATCH = "application/merge-patch+json"
 """`patch_resource_claim_status` sends an RFC 7386 JSON merge patch: maps merge, lists are replaced whole."""
 
+JSON_PATCH = "application/json-patch+json"
+"""`patch_pod` sends an RFC 6902 JSON patch: a list of operations, `test` ones making it conditional."""
+
 
 class KubeApi(Protocol):
     """Everything the driver may ask of the API server."""

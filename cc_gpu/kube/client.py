@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote
 
-from cc_gpu.kube.api import MERGE_PATCH, JsonObject
+from cc_gpu.kube.api import JSON_PATCH, MERGE_PATCH, JsonObject
 from cc_gpu.kube.errors import (
     AlreadyExistsError,
     ApiError,
@@ -162,6 +162,22 @@ class KubernetesApi:
         path = _path("namespaces", namespace, "configmaps", name)
         return self._json(lambda: self._core("PUT", path, model, STRICT))
 
+    # -- Pods (the pod-gate controller) --------------------------------------------------------------------------
+
+    def list_pods(self, label_selector: str) -> list[JsonObject]:
+        """Pods of every namespace that match `label_selector` (server-side)."""
+        reply = self._json(lambda: self._core("GET", _path("pods"), query=[("labelSelector", label_selector)]))
+        items = reply.get("items") or []
+        if not isinstance(items, list):
+            raise InvalidError("the Pod list reply has no item list", code=200)
+        return items
+
+    def patch_pod(self, namespace: str, name: str, operations: list[JsonObject]) -> JsonObject:
+        """An RFC 6902 JSON patch of a pod; `test` operations make it conditional (InvalidError when one fails)."""
+        _require(namespace, name)
+        path = _path("namespaces", namespace, "pods", name)
+        return self._json(lambda: self._core("PATCH", path, operations, STRICT, content_type=JSON_PATCH))
+
     # -- plumbing ------------------------------------------------------------------------------------------------
 
     def _model(self, kind: str, body: JsonObject) -> Any:
@@ -169,7 +185,8 @@ class KubernetesApi:
         with _translated_errors():
             return getattr(self._models, kind).model_validate(body)  # strict: from_dict drops unknown keys
 
-    def _core(self, method: str, path: str, body: Any = None, field_validation: str | None = None) -> Any:
+    def _core(self, method: str, path: str, body: Any = None, field_validation: str | None = None, *,
+              query: list[tuple[str, str]] | None = None, content_type: str = "application/json") -> Any:
         """A core/v1 request through the client's own request machinery (configuration, auth, TLS, retries).
 
         Hand-built paths instead of `CoreV1Api` for a measured reason: that generated module alone costs about
@@ -177,10 +194,10 @@ class KubernetesApi:
         """
         from kubernetes.client.exceptions import ApiException  # noqa: PLC0415 (lazy: see the module docstring)
 
-        query = [("fieldValidation", field_validation)] if field_validation else []
+        query = [*(query or []), *([("fieldValidation", field_validation)] if field_validation else [])]
         headers = {"Accept": "application/json"}
         if body is not None:
-            headers["Content-Type"] = "application/json"
+            headers["Content-Type"] = content_type
         request = self._api_client.param_serialize(
             method=method,
             resource_path=path,

@@ -1,5 +1,6 @@
 """The plugin's own CDI specs, read by the Go CDI consumer: the real plugin process prepares claims on a simulated
-node, and the consumer resolves the CDI ids it returned to the kubelet and the pod annotation set at admission."""
+node, and the consumer resolves the CDI ids it returned to the kubelet and the pod annotation the pod-gate controller
+sets."""
 
 from __future__ import annotations
 
@@ -7,12 +8,8 @@ import json
 from pathlib import Path
 
 from tests.cdi.consumer import Consumer, ConsumerError, device_paths
-from tests.deploy.cel import Review
-from tests.deploy.test_admission_cel import MUTATING, pod
 from tests.dra.conftest import node  # noqa: F401  (the simulated node fixture)
 from tests.dra.harness import DRIVER, Node
-
-ADMISSION_UID = "3f0b7e52-6a1d-4c8e-9f27-0d5b8c1e2a47"
 
 
 def spec_nodes(cdi_root: Path) -> list[str]:
@@ -26,14 +23,15 @@ def spec_nodes(cdi_root: Path) -> list[str]:
 def test_pod_annotation_and_claim_ids_resolve_to_the_prepared_gpus(node: Node, consumer: Consumer) -> None:  # noqa: F811
     node.start_plugin()
     devices = node.devices()
-    annotations = MUTATING.mutate(Review("CREATE", pod(), uid=ADMISSION_UID))["metadata"]["annotations"]
-    vm = node.pod("vm-annotated", annotations=annotations)
+    vm = node.pod("vm-annotated", cdi_device=True)
+    uid = vm["metadata"]["uid"]
+    annotations = vm["metadata"]["annotations"]
     first = node.claim("gpu-a", [devices[0]], [vm])
     second = node.claim("gpu-b", [devices[1]], [vm])
     results = node.kubelet.prepare(DRIVER, [first, second])
     assert {uid: r.error for uid, r in results.items()} == {first[2]: "", second[2]: ""}
     claim_ids = [i for r in results.values() for d in r.devices for i in d[3]]
-    assert (node.cdi_root / f"cc-gpu.io-vfio_pod-{ADMISSION_UID}.json").exists()
+    assert (node.cdi_root / f"cc-gpu.io-vfio_pod-{uid}.json").exists()
     nodes = spec_nodes(node.cdi_root)
 
     sandbox = consumer.inject(node.cdi_root, annotations=annotations, nodes=nodes)

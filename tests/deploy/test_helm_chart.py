@@ -72,8 +72,11 @@ def test_expected_objects_per_variant(variant: tuple[str, list[dict[str, Any]]])
     kinds = sorted(o["kind"] for o in objects)
     base = ["ClusterRole", "ClusterRoleBinding", "ConfigMap", "DaemonSet", "DeviceClass", "DeviceClass",
             "ServiceAccount"]
+    # The pod-gate controller comes with the cdi-annotation policy: its account, role, scope policy and Deployment.
+    pod_gate = ["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "ValidatingAdmissionPolicy",
+                "ValidatingAdmissionPolicyBinding", "Deployment"]
     admission = ["MutatingAdmissionPolicy", "MutatingAdmissionPolicyBinding"] + [
-        "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"] * 4
+        "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"] * 4 + pod_gate
     keys = ["Namespace", "Role", "RoleBinding", "Role", "RoleBinding"]
     keys_admission = ["ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"]
     expected = {
@@ -98,7 +101,8 @@ def test_custom_driver_name_reaches_every_place() -> None:
     args = one(objects, "DaemonSet")["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--driver-name=gpu.example.com" in args
     assert "--plugin-dir=/var/lib/kubelet/plugins/gpu.example.com" in args
-    rule = next(r for r in one(objects, "ClusterRole")["rules"] if r["resources"] == ["resourceclaims/driver"])
+    rules = one(objects, "ClusterRole", "kubelet-plugin")["rules"]
+    rule = next(r for r in rules if r["resources"] == ["resourceclaims/driver"])
     assert rule["resourceNames"] == ["gpu.example.com"]
     for cls in (o for o in objects if o["kind"] == "DeviceClass"):
         assert cls["spec"]["selectors"][0]["cel"]["expression"].startswith('device.driver == "gpu.example.com"')
@@ -260,7 +264,7 @@ def test_a_config_change_restarts_the_plugin_pods() -> None:
 
 
 def test_rbac_is_least_privilege() -> None:
-    rules = one(render(), "ClusterRole")["rules"]
+    rules = one(render(), "ClusterRole", "kubelet-plugin")["rules"]
     granted = {(g, r, v) for rule in rules for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
     assert not any("*" in item for item in granted)
     assert {r for _, r, _ in granted} == {"resourceslices", "resourceclaims", "resourceclaims/status",
@@ -356,3 +360,11 @@ def test_a_bad_values_file_names_every_fault() -> None:
     message = str(caught.value)
     for fault in ("/driverName", "/rollingUpdate/surge", "'replicas' not allowed"):
         assert fault in message
+
+
+def test_key_version_pattern_in_the_chart_is_the_codes() -> None:
+    """One key-id grammar: the chart's policy carries `KEY_VERSION_PATTERN` from cc_gpu/attest/binding.py."""
+    from cc_gpu.attest.binding import KEY_VERSION_PATTERN  # noqa: PLC0415
+
+    policy = one(render(), "ValidatingAdmissionPolicy", "token-keys-own-node")
+    assert f"}}{KEY_VERSION_PATTERN}[.]pem$" in policy["spec"]["validations"][-1]["expression"]

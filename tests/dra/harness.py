@@ -20,7 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cc_gpu.dra.cdi import POD_ANNOTATION
 from cc_gpu.dra.kubelet import KubeletDouble
+from cc_gpu.dra.podgate import device_value
 from cc_gpu.host.sim import SimKernel
 from cc_gpu.kube.apiserver import ApiServerDouble
 from cc_gpu.kube.client import KubernetesApi
@@ -108,14 +110,20 @@ class Node:
         })
 
     def pod(self, name: str, runtime_class: str | None = SNP, annotations: dict[str, str] | None = None,
-            namespace: str = "default") -> dict[str, Any]:
+            namespace: str = "default", *, cdi_device: bool = False) -> dict[str, Any]:
+        """A pod on the node; `cdi_device` gives it its own per-pod CDI device annotation from the UID the server
+        assigned, as the pod-gate controller does on a cluster (cc_gpu/dra/podgate.py)."""
         spec: dict[str, Any] = {"nodeName": NODE, "containers": [{"name": "main", "image": "registry.example/vm:1"}]}
         if runtime_class is not None:
             spec["runtimeClassName"] = runtime_class
         meta: dict[str, Any] = {"name": name, "namespace": namespace}
         if annotations:
             meta["annotations"] = annotations
-        return self.server.create({"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec})
+        created = self.server.create({"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec})
+        if not cdi_device:
+            return created
+        created["metadata"].setdefault("annotations", {})[POD_ANNOTATION] = device_value(created["metadata"]["uid"])
+        return self.server.store.replace(self.server.store_type("pods", ""), namespace, name, created)
 
     def claim(
         self,

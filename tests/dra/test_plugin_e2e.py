@@ -134,17 +134,19 @@ def test_prepare_is_idempotent_and_survives_restart(node: Node) -> None:
 
 
 def test_pod_annotation_spec_for_released_kata(node: Node) -> None:
-    """A pod annotated `cdi.k8s.io/cc-gpu: cc-gpu.io/vfio=pod-<uid>` gets a per-pod spec with all its claims' nodes."""
+    """A pod annotated `cdi.k8s.io/cc-gpu: cc-gpu.io/vfio=pod-<its uid>` gets a per-pod spec with all its claims'
+    nodes."""
     node.start_plugin()
     devs = node.devices()
-    vm = node.pod("vm-annotated", annotations={"cdi.k8s.io/cc-gpu": "cc-gpu.io/vfio=pod-4a7e"})
+    vm = node.pod("vm-annotated", cdi_device=True)
+    uid = vm["metadata"]["uid"]
     a = node.claim("a", [devs[0]], [vm])
     b = node.claim("b", [devs[1]], [vm])
-    pod_spec = node.cdi_root / "cc-gpu.io-vfio_pod-4a7e.json"
+    pod_spec = node.cdi_root / f"cc-gpu.io-vfio_pod-{uid}.json"
     assert node.kubelet.prepare(DRIVER, [a])[a[2]].error == ""
     spec = json.loads(pod_spec.read_text())
     validate_cdi(spec)
-    assert spec["devices"][0]["name"] == "pod-4a7e"
+    assert spec["devices"][0]["name"] == f"pod-{uid}"
     assert len(spec["devices"][0]["containerEdits"]["deviceNodes"]) == 1
     assert node.kubelet.prepare(DRIVER, [b])[b[2]].error == ""
     assert len(json.loads(pod_spec.read_text())["devices"][0]["containerEdits"]["deviceNodes"]) == 2
@@ -177,9 +179,9 @@ def test_two_claims_on_one_group_serialise(node: Node) -> None:
 def test_pod_spec_holds_every_claim_prepared_in_one_request(node: Node) -> None:
     node.start_plugin()
     devs = node.devices()
-    vm = node.pod("vm-two", annotations={"cdi.k8s.io/cc-gpu": "cc-gpu.io/vfio=pod-77"})
+    vm = node.pod("vm-two", cdi_device=True)
     claims = [node.claim(f"two-{i}", [devs[i]], [vm]) for i in range(4)]
     results = node.kubelet.prepare(DRIVER, claims)
     assert all(not r.error for r in results.values())
-    spec = json.loads((node.cdi_root / "cc-gpu.io-vfio_pod-77.json").read_text())
+    spec = json.loads((node.cdi_root / f"cc-gpu.io-vfio_pod-{vm['metadata']['uid']}.json").read_text())
     assert len(spec["devices"][0]["containerEdits"]["deviceNodes"]) == 4

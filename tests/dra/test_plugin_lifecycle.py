@@ -317,14 +317,18 @@ def test_a_refused_consumer_added_after_prepare_is_reported(node: Node) -> None:
 
 
 def test_a_second_pod_cannot_take_over_another_pods_cdi_device(node: Node) -> None:
+    """Per-pod CDI devices are keyed by the pod UID the plugin verified: a pod whose annotation reuses another pod's
+    value is refused and the first pod's spec stays as it was."""
     node.start_plugin()
     devs = node.devices()
-    value = {"cdi.k8s.io/cc-gpu": "cc-gpu.io/vfio=pod-owned"}
-    first = node.claim("first", [devs[0]], [node.pod("vm-first", annotations=value)])
+    owner = node.pod("vm-first", cdi_device=True)
+    value = owner["metadata"]["annotations"]["cdi.k8s.io/cc-gpu"]
+    first = node.claim("first", [devs[0]], [owner])
     assert node.kubelet.prepare(DRIVER, [first])[first[2]].error == ""
-    spec = (node.cdi_root / "cc-gpu.io-vfio_pod-owned.json").read_text()
-    thief = node.claim("thief", [devs[1]], [node.pod("vm-thief", annotations=value)])
+    path = node.cdi_root / f"cc-gpu.io-vfio_pod-{owner['metadata']['uid']}.json"
+    spec = path.read_text()
+    thief = node.claim("thief", [devs[1]], [node.pod("vm-thief", annotations={"cdi.k8s.io/cc-gpu": value})])
     error = node.kubelet.prepare(DRIVER, [thief])[thief[2]].error
-    assert "belongs to pod uid" in error
-    assert (node.cdi_root / "cc-gpu.io-vfio_pod-owned.json").read_text() == spec, "the first pod's spec is untouched"
+    assert "not its own" in error
+    assert path.read_text() == spec, "the first pod's spec is untouched"
     assert node.driver_of(_bdf(devs[1])) == "nvidia"

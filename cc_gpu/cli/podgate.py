@@ -1,0 +1,53 @@
+"""`cc-gpu pod-gate`: run the pod-gate controller (cc_gpu/dra/podgate.py) until SIGTERM or SIGINT.
+
+The chart runs it as a small Deployment with the in-cluster configuration; `--kubeconfig` points it elsewhere.
+`--once` releases the pods held now and exits (0), for scripts and troubleshooting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--kubeconfig", type=Path, help="kubeconfig file (default: in-cluster config)")
+    parser.add_argument("--interval", type=float, default=1.0,
+                        help="seconds between passes over the held pods (default: %(default)s)")
+    parser.add_argument("--once", action="store_true", help="release the pods held now, then exit")
+
+
+def run(args: argparse.Namespace) -> int:
+    import logging  # noqa: PLC0415
+
+    from cc_gpu.dra import podgate  # noqa: PLC0415 (lazy: see cc_gpu.cli)
+    from cc_gpu.kube.client import KubernetesApi  # noqa: PLC0415
+    from cc_gpu.kube.errors import ApiError  # noqa: PLC0415
+
+    if not args.interval > 0:
+        print("cc-gpu pod-gate: --interval must be a positive number of seconds", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        api = KubernetesApi(args.kubeconfig)
+    except ApiError as e:
+        print(f"cc-gpu pod-gate: cannot configure the Kubernetes client: {e}", file=sys.stderr)
+        return 2
+    try:
+        if args.once:
+            counts = podgate.release_all(api)
+            print(f"released {counts['released']} pod(s), {counts['retry']} to retry")
+            return 0 if counts["retry"] == 0 else 1
+        stop = threading.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: stop.set())
+        podgate.run(api, stop, interval_s=args.interval)
+        return 0
+    except ApiError as e:
+        print(f"cc-gpu pod-gate: {e}", file=sys.stderr)
+        return 1
+    finally:
+        api.close()
