@@ -114,12 +114,12 @@ class CrashNode:
                   config: list[dict[str, Any]] | None = None) -> ClaimRef:
         self._n += 1
         name = f"{self.run}-{self._n}"
-        pod_device = f"pod-{name}" if pod_spec else ""
-        annotations = {cdi.POD_ANNOTATION: f"{cdi.KIND}={pod_device}"} if pod_spec else None
         topo = topology(self.node.topology)
         # The gate wants the TEE the handler names: a TDX-only node runs the TDX class.
         runtime_class = "kata-qemu-nvidia-gpu-tdx" if topo.tdx and not topo.sev_snp else "kata-qemu-nvidia-gpu-snp"
-        pod = self.node.pod(f"vm-{name}", runtime_class, annotations=annotations)
+        # The per-pod device is the pod's own (`pod-<its uid>`), as the pod-gate controller sets it on a cluster.
+        pod = self.node.pod(f"vm-{name}", runtime_class, cdi_device=pod_spec)
+        pod_device = f"{cdi.POD_DEVICE_PREFIX}{pod['metadata']['uid']}" if pod_spec else ""
         ns, cname, uid = self.node.claim(f"claim-{name}", devices, [pod], config=config)
         return ClaimRef(ns, cname, uid, pod_device)
 
