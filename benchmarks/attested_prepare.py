@@ -4,7 +4,8 @@ Runs the plugin's real prepare/unprepare engine in process (simulated host, the 
 against the API-server double in its own process (`cc-gpu sim apiserver`, as a real API server would be), and
 prepares one claim again and again: once without an `attestation` section and once with `required: true` under the
 strict policy (fresh nonce, simulated evidence, full verification with OCSP from the simulated responder's cache,
-ES384 token, token file and CDI env). Prints the medians and the difference, plus the attestation step alone.
+ES384 token into the CDI env; token files are off by default). Prints the medians and the difference, plus the
+attestation step alone.
 Target: under 20 ms added per GPU. Run: `python benchmarks/attested_prepare.py`.
 """
 

@@ -10,10 +10,34 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import threading
 from pathlib import Path
 
 from cc_gpu.crashpoints import crashpoint
+from cc_gpu.errors import PermanentError
+
+# A name that may become one path component of a file the plugin writes per claim or pod (a claim UID, a CDI device
+# name): no separator, no `..`, nothing a CDI name forbids. One check for every such file (CDI specs, token files).
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_.:-]*[A-Za-z0-9])?$")
+
+
+class UnsafeNameError(PermanentError):
+    """A name from the API (a claim UID, a pod device) cannot name a file: it could escape its directory."""
+
+    reason = "claim"
+
+
+def safe_name(value: str) -> str:
+    """`value` if it can be one path component of a per-claim file; otherwise `UnsafeNameError`."""
+    if not _SAFE_NAME.match(value) or ".." in value:
+        raise UnsafeNameError(f"{value[:80]!r} cannot name a file")
+    return value
+
+
+def safe_child(directory: Path, name: str) -> Path:
+    """`directory/name` after `safe_name`, so a hostile name never writes or removes outside `directory`."""
+    return directory / safe_name(name)
 
 
 def write_atomic(path: Path, content: bytes, mode: int = 0o600) -> None:

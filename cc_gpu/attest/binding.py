@@ -9,7 +9,8 @@ ConfigMap arrives as the JSON or YAML a client fetched, never through an API cli
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import re
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -23,14 +24,37 @@ POD_UIDS = "x-cc-gpu-pod-uids"
 NODE = "x-cc-gpu-node"
 
 
+# The key-id grammar, in one place: `<node>.k<version>`, the node a Kubernetes node name (a DNS subdomain), the version
+# a decimal number without leading zeros. The chart's admission policy for published keys checks the same grammar
+# with this very version pattern (tests/deploy/test_helm_chart.py reads it back from the rendered policy).
+KEY_VERSION_PATTERN = "[1-9][0-9]{0,8}"
+NODE_NAME_PATTERN = "[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
+KEY_ID_RE = re.compile(f"(?P<node>{NODE_NAME_PATTERN})[.]k(?P<version>{KEY_VERSION_PATTERN})")
+
+
+def key_id(node: str, version: int) -> str:
+    """The key id of `version` of `node`'s signing key; refuses what the grammar does not allow."""
+    kid = f"{node}.k{version}"
+    if node_of_key_id(kid) != node:
+        raise TokenError(f"{kid!r} is not a key id <node>.k<version>")
+    return kid
+
+
 def node_of_key_id(kid: str) -> str | None:
-    """`node-a.k3` -> `node-a`; None when the key id is not a node key id."""
-    node, sep, version = kid.rpartition(".k")
-    return node if sep and node and version.isdigit() else None
+    """`node-a.k3` -> `node-a`; None when the key id does not follow the grammar."""
+    m = KEY_ID_RE.fullmatch(kid)
+    return m.group("node") if m and len(m.group("node")) <= 253 else None
 
 
-def keys_from_configmap(doc: Mapping[str, Any]) -> dict[str, ec.EllipticCurvePublicKey]:
-    """The P-384 public keys a node published; entries of another node's key ids are refused, not skipped."""
+def keys_from_configmap(
+    doc: Mapping[str, Any], warn: Callable[[str], None] | None = None
+) -> dict[str, ec.EllipticCurvePublicKey]:
+    """The P-384 public keys a node published.
+
+    A ConfigMap without a node is refused as a whole. An entry that is not a well-formed key of that node (another
+    node's key id, a malformed id, not P-384 PEM) is skipped and reported through `warn`, never trusted: one bad
+    entry must not stop relying parties from checking every other token.
+    """
     if doc.get("kind") not in (None, "ConfigMap"):
         raise TokenError(f"expected a ConfigMap, got {doc.get('kind')!r}")
     meta = doc.get("metadata") or {}
@@ -39,19 +63,36 @@ def keys_from_configmap(doc: Mapping[str, Any]) -> dict[str, ec.EllipticCurvePub
         raise TokenError(f"ConfigMap {meta.get('name')!r} has no {NODE_ANNOTATION} annotation")
     keys: dict[str, ec.EllipticCurvePublicKey] = {}
     for name, pem in (doc.get("data") or {}).items():
-        kid = str(name).removesuffix(".pem")
-        if node_of_key_id(kid) != node:
-            raise TokenError(f"ConfigMap of node {node!r} publishes key {kid!r} of another node")
         try:
-            key = load_pem_public_key(str(pem).encode())
-        except ValueError as e:
-            raise TokenError(f"key {kid!r} is not a PEM public key") from e
-        if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP384R1):
-            raise TokenError(f"key {kid!r} is not EC P-384")
-        keys[kid] = key
+            keys[_entry_kid(str(name), node)] = _entry_key(str(name), pem)
+        except TokenError as e:
+            if warn is not None:
+                warn(f"ConfigMap of node {node!r}: entry skipped: {e}")
     if not keys:
         raise TokenError(f"ConfigMap of node {node!r} publishes no keys")
     return keys
+
+
+def _entry_kid(name: str, node: str) -> str:
+    if not name.endswith(".pem"):
+        raise TokenError(f"{name[:80]!r} is not <key id>.pem")
+    kid = name.removesuffix(".pem")
+    owner = node_of_key_id(kid)
+    if owner is None:
+        raise TokenError(f"{kid[:80]!r} is not a key id <node>.k<version>")
+    if owner != node:
+        raise TokenError(f"key {kid!r} belongs to another node")
+    return kid
+
+
+def _entry_key(name: str, pem: object) -> ec.EllipticCurvePublicKey:
+    try:
+        key = load_pem_public_key(str(pem).encode())
+    except ValueError as e:
+        raise TokenError(f"{name!r} is not a PEM public key") from e
+    if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP384R1):
+        raise TokenError(f"{name!r} is not EC P-384")
+    return key
 
 
 def merge_keys(groups: Iterable[Mapping[str, ec.EllipticCurvePublicKey]]) -> dict[str, ec.EllipticCurvePublicKey]:

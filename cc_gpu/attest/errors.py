@@ -21,6 +21,10 @@ class EvidenceParseError(AttestationError):
         self.reason = reason
 
 
+class UnsupportedOpaqueFormatError(EvidenceParseError):
+    """The opaque data is in a format this verifier does not know (an NVDAOD profile or major version beyond it)."""
+
+
 class CertificateParseError(AttestationError):
     """A certificate or certificate chain could not be decoded."""
 

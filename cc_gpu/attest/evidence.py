@@ -9,7 +9,17 @@ struct.error. Layout (all lengths little-endian):
               record (L1 bytes: blocks of index u8, spec u8, size u16, then DMTF type u8, value size u16, value)
               responder nonce (32)  opaque length L2 (u16)  opaque data (L2 bytes of TLVs)  signature (96, r||s)
 
-Opaque-data TLVs of a type this parser does not know are kept (they are covered by the signature) and reported by
+Opaque data comes in two formats, told apart by the first bytes, as NVIDIA's verifier (NVAT) does:
+
+    legacy  entries [u16 type][u16 length][value], from the first byte (drivers before CUDA 13.5)
+    NVDAOD  header "NVDAOD" [u16 profile][u8 major][u8 minor][u16 reserved], 12 bytes, then entries
+            [u16 type][u16 value type][u16 length][value]
+
+Only profile 0 is defined; a header major beyond `MAX_OPAQUE_MAJOR` is refused (`UnsupportedOpaqueFormatError`)
+rather than read with rules it may have changed. In the NVDAOD format the header's major is the opaque-data
+version (NVAT ignores a legacy OPAQUE_DATA_VERSION entry beside it); in the legacy format that entry is.
+
+Opaque-data entries of a type this parser does not know are kept (they are covered by the signature) and reported by
 number; a duplicated type is an error because a relying party could otherwise be shown two different values.
 """
 
@@ -21,7 +31,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from cc_gpu.attest.errors import EvidenceParseError
+from cc_gpu.attest.errors import EvidenceParseError, UnsupportedOpaqueFormatError
 
 SPDM_VERSION_1_1 = 0x11
 REQUEST_CODE_GET_MEASUREMENTS = 0xE0
@@ -31,6 +41,7 @@ NONCE_LENGTH = 32
 SIGNATURE_LENGTH = 96
 DIGEST_LENGTH = 48
 DMTF_SPEC = 0x01
+RAW_BIT_STREAM = 0x80
 
 # Opaque-data TLV types (NVIDIA's numbering).
 OPAQUE_TYPES: Mapping[int, str] = MappingProxyType(
@@ -113,11 +124,29 @@ class MeasurementBlock:
     digest: bytes
 
 
+NVDAOD_MAGIC = b"NVDAOD"
+NVDAOD_HEADER_LENGTH = 12
+NVDAOD_PROFILE = 0
+MAX_OPAQUE_MAJOR = 2
+
+
+@dataclass(frozen=True)
+class OpaqueFormat:
+    """Which opaque-data format the report used: legacy TLVs, or an NVDAOD header (profile, major, minor)."""
+
+    nvdaod: bool = False
+    profile: int = 0
+    major: int = 0
+    minor: int = 0
+
+
 @dataclass(frozen=True)
 class OpaqueData:
     """The opaque-data TLVs of the response, by type number, plus decoded views of the ones policy needs."""
 
     fields: Mapping[int, bytes]
+    format: OpaqueFormat = OpaqueFormat()
+    value_types: Mapping[int, int] = field(default_factory=dict)  # NVDAOD only: each entry's value type
 
     def get(self, name: str) -> bytes | None:
         return self.fields.get(_TYPE_BY_NAME[name])
@@ -176,6 +205,23 @@ class OpaqueData:
         return FEATURE_FLAGS.get(value, f"unknown({value})")
 
     @property
+    def opaque_data_version(self) -> int | None:
+        """The NVDAOD header's major, else the legacy OPAQUE_DATA_VERSION entry (None when neither is present)."""
+        if self.format.nvdaod:
+            return self.format.major
+        raw = self.get("OPAQUE_DATA_VERSION")
+        return None if not raw else int.from_bytes(raw[:8], "little")
+
+    @property
+    def gpu_mode(self) -> str | None:
+        """NVIDIA's `x-nvidia-gpu-mode` (spt | mpt | ppcie), as its verifier derives it: only from opaque data of
+        version 1 or later that carries the feature flag; None when the evidence does not say."""
+        version = self.opaque_data_version
+        if version is None or version < 1 or self.feature_flag is None:
+            return None
+        return self.feature_flag.lower()
+
+    @property
     def msrscnt(self) -> tuple[int, ...]:
         raw = self.get("MSRSCNT") or b""
         return tuple(int.from_bytes(raw[i : i + 4], "little") for i in range(0, len(raw) - len(raw) % 4, 4))
@@ -194,6 +240,8 @@ class OpaqueData:
                 self.nvdec0_status, f"unknown(0x{self.nvdec0_status or 0:02x})"
             ),
             "feature_flag": self.feature_flag,
+            "format": (f"NVDAOD profile {self.format.profile} version {self.format.major}.{self.format.minor}"
+                       if self.format.nvdaod else "legacy"),
         }
         out["tlvs"] = {OPAQUE_TYPES.get(t, f"UNKNOWN_{t}"): v.hex() for t, v in sorted(self.fields.items())}
         return out
@@ -332,7 +380,9 @@ def _parse_record_checked(record: bytes, count: int, base: int) -> tuple[Measure
         body = _Cursor(cur.take(size, f"measurement[{n}].Measurement"), at + 4)
         value_type = body.u8(f"measurement[{n}].DMTFSpecMeasurementValueType")
         value_size = body.u16(f"measurement[{n}].DMTFSpecMeasurementValueSize")
-        if value_size != DIGEST_LENGTH:
+        # DMTF value type bit 7: a raw bit stream (newer GPUs report configuration values and a manifest this way,
+        # of any size); otherwise a digest, which must be SHA-384.
+        if not value_type & RAW_BIT_STREAM and value_size != DIGEST_LENGTH:
             raise EvidenceParseError(
                 f"measurement[{n}].DMTFSpecMeasurementValueSize", at + 5, f"{value_size}, expected 48 (SHA-384)"
             )
@@ -347,16 +397,40 @@ def _parse_record_checked(record: bytes, count: int, base: int) -> tuple[Measure
 
 def _parse_opaque(data: bytes, base: int) -> OpaqueData:
     cur = _Cursor(data, base)
+    fmt = OpaqueFormat()
+    if data.startswith(NVDAOD_MAGIC):
+        fmt = _parse_nvdaod_header(cur)
     fields: dict[int, bytes] = {}
+    value_types: dict[int, int] = {}
     while cur.pos < len(data):
         at = cur.offset
         kind = cur.u16("opaque.Type")
-        length = cur.u16(f"opaque[{OPAQUE_TYPES.get(kind, kind)}].Length")
-        value = cur.take(length, f"opaque[{OPAQUE_TYPES.get(kind, kind)}].Value")
+        name = OPAQUE_TYPES.get(kind, kind)
+        if fmt.nvdaod:
+            value_types[kind] = cur.u16(f"opaque[{name}].ValueType")
+        length = cur.u16(f"opaque[{name}].Length")
+        value = cur.take(length, f"opaque[{name}].Value")
         if kind in fields:
-            raise EvidenceParseError(f"opaque[{OPAQUE_TYPES.get(kind, kind)}]", at, "type appears twice")
+            raise EvidenceParseError(f"opaque[{name}]", at, "type appears twice")
         fields[kind] = value
     fwid = fields.get(_TYPE_BY_NAME["FWID"])
     if fwid is not None and len(fwid) != DIGEST_LENGTH:
         raise EvidenceParseError("opaque[FWID]", base, f"{len(fwid)} bytes, expected 48")
-    return OpaqueData(fields=MappingProxyType(fields))
+    return OpaqueData(fields=MappingProxyType(fields), format=fmt, value_types=MappingProxyType(value_types))
+
+
+def _parse_nvdaod_header(cur: _Cursor) -> OpaqueFormat:
+    at = cur.offset
+    cur.take(len(NVDAOD_MAGIC), "opaque.Header.Magic")
+    profile = cur.u16("opaque.Header.Profile")
+    major = cur.u8("opaque.Header.Major")
+    minor = cur.u8("opaque.Header.Minor")
+    cur.u16("opaque.Header.Reserved")
+    if profile != NVDAOD_PROFILE:
+        raise UnsupportedOpaqueFormatError("opaque.Header.Profile", at + 6, f"NVDAOD profile {profile} is not 0")
+    if major > MAX_OPAQUE_MAJOR:
+        raise UnsupportedOpaqueFormatError(
+            "opaque.Header.Major", at + 8, f"NVDAOD version {major}.{minor} is newer than this verifier knows "
+            f"(up to {MAX_OPAQUE_MAJOR})"
+        )
+    return OpaqueFormat(True, profile, major, minor)

@@ -1,5 +1,10 @@
 """Certificate revocation through OCSP, with an explicit mode: `online`, `cached` (air-gapped) or `off`.
 
+What each mode trusts: `online` asks NVIDIA's responder (a fresh nonce per request) and trusts only that answer, or
+one it got itself within the admin's short `online_cache` bound, so a revocation is seen within that bound; `cached`
+trusts a stored response (fetched earlier or imported) for as long as the response itself says (thisUpdate..
+nextUpdate, often days), so a revocation may go unseen for that long; `off` trusts the certificates without asking.
+
 Requests use a SHA-384 CertID and a fresh nonce; a response counts only if it is signed by the issuer (or by a
 responder certificate the issuer delegated with the OCSP-signing EKU), answers for exactly the certificate asked
 about, and the verification time lies in [thisUpdate, nextUpdate]. Responses are cached by CertID for that window,
@@ -9,11 +14,12 @@ air-gapped cluster from responses fetched elsewhere. The network is reached only
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
@@ -201,25 +207,33 @@ class RevocationChecker:
         transport: OcspTransport | None = None,
         url: str = NVIDIA_OCSP_URL,
         nonce_source: Callable[[int], bytes] = os.urandom,
+        online_cache: timedelta = timedelta(0),
     ) -> None:
+        """`online_cache` bounds how long an answer this checker got from the responder stands in for asking again in
+        `online` mode (the admin's setting; 0: ask every time). Responses only read from the store never count as an
+        online answer: `cached` mode trusts them within their own thisUpdate..nextUpdate window, `online` does not."""
         self.store = store if store is not None else MemoryOcspStore()
         self.transport = transport
         self.url = url
         self._nonce = nonce_source
+        self.online_cache = online_cache
+        self._asked: dict[str, tuple[datetime, bytes]] = {}
+        self._lock = threading.Lock()
 
     def check(self, cert: x509.Certificate, issuer: x509.Certificate, at: datetime, mode: RevocationMode) -> OcspStatus:
         if mode is RevocationMode.OFF:
             raise ValueError("revocation is off; nothing to check")
         key = cert_id_key(cert, issuer)
-        cached = self.store.get(key)
-        cache_error: OcspError | None = None
-        if cached is not None:
-            try:
-                return evaluate_response(cached, cert, issuer, at, None, "cache")
-            except OcspError as e:
-                cache_error = e
         if mode is RevocationMode.CACHED:
-            raise cache_error or OcspError(f"no cached OCSP response for serial {cert.serial_number:x}")
+            cached = self.store.get(key)
+            if cached is None:
+                raise OcspError(f"no cached OCSP response for serial {cert.serial_number:x}")
+            return evaluate_response(cached, cert, issuer, at, None, "cache")
+        with self._lock:
+            recent = self._asked.get(key)
+        if recent is not None and timedelta(0) <= at - recent[0] <= self.online_cache:
+            with contextlib.suppress(OcspError):
+                return evaluate_response(recent[1], cert, issuer, at, None, "online-recent")
         if self.transport is None:
             raise OcspUnavailableError("online revocation checking needs an OCSP transport")
         nonce = self._nonce(32)
@@ -232,4 +246,6 @@ class RevocationChecker:
         der = self.transport.post(self.url, request.public_bytes(Encoding.DER), OCSP_TIMEOUT_S)
         status = evaluate_response(der, cert, issuer, at, nonce, "online")
         self.store.put(key, der)
+        with self._lock:
+            self._asked[key] = (at, der)
         return status

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from cc_gpu.attest import strictness
 from cc_gpu.attest.errors import PolicyError
 from cc_gpu.attest.ocsp import RevocationMode
 
@@ -102,6 +103,42 @@ class Policy:
 
     def with_revocation(self, mode: RevocationMode) -> Policy:
         return replace(self, revocation=mode)
+
+    def combine(self, other: Policy) -> Policy:
+        """The policy that passes exactly when both pass: every field at the stricter value (`strictness`)."""
+        s = strictness
+        return Policy(
+            required_checks=s.combine_checks(self.required_checks, other.required_checks),
+            min_driver=_opt_str(s.MIN_DRIVER.stricter(self.min_driver, other.min_driver)),
+            min_vbios=_opt_str(s.MIN_VBIOS.stricter(self.min_vbios, other.min_vbios)),
+            max_evidence_age_s=_opt_float(s.MAX_EVIDENCE_AGE.stricter(self.max_evidence_age_s,
+                                                                       other.max_evidence_age_s)),
+            revocation=RevocationMode(str(s.REVOCATION.stricter(self.revocation.value, other.revocation.value))),
+            allow_certificate_hold=bool(s.ALLOW_CERTIFICATE_HOLD.stricter(self.allow_certificate_hold,
+                                                                          other.allow_certificate_hold)),
+            missing_rim_fails=s.MISSING_RIM.stricter(_rim(self), _rim(other)) == "fail",
+        )
+
+    def describe(self) -> dict[str, Any]:
+        """The knobs as the claim's config names them (for the claim status and the token)."""
+        return {
+            "minDriverVersion": self.min_driver, "minVbiosVersion": self.min_vbios,
+            "maxEvidenceAgeSeconds": self.max_evidence_age_s, "revocation": self.revocation.value,
+            "allowCertificateHold": self.allow_certificate_hold, "missingRim": _rim(self),
+            "requiredChecks": "all" if self.required_checks == frozenset(ALL_CHECKS) else sorted(self.required_checks),
+        }
+
+
+def _rim(policy: Policy) -> str:
+    return "fail" if policy.missing_rim_fails else "report"
+
+
+def _opt_str(value: object) -> str | None:
+    return None if value is None else str(value)
+
+
+def _opt_float(value: object) -> float | None:
+    return None if value is None else float(value)  # type: ignore[arg-type]
 
 
 _SCHEMA: Mapping[str, frozenset[str]] = {

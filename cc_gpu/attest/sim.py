@@ -35,6 +35,9 @@ FAR_FUTURE = datetime(9999, 12, 31, 23, 59, 59)
 DRIVER_ACTIVE = (7, *range(21, 41))
 VBIOS_ACTIVE = (*range(7), *range(8, 13))
 BLOCKS = 64
+# The measurement the firmware takes of its security configuration: differs in CC devtools (debug) mode, so such a
+# GPU never matches production reference values (as on real GPUs, where that is what `dbgstat` rests on).
+DEVTOOLS_INDEX = 1
 
 
 def _key() -> ec.EllipticCurvePrivateKey:
@@ -113,6 +116,8 @@ class Faults:
     index_conflict: bool = False  # an index active in both RIMs
     tamper_rim: bool = False  # a golden value changed after signing
     nvdec0_enabled: bool = False  # NVDEC0 disabled (index 35 not comparable) is what real H100s report
+    devtools: bool = False  # CC devtools (debug) mode: the firmware measures its debug configuration
+    feature_flag: int | None = None  # emit OPAQUE_DATA_VERSION 1 and this FEATURE_FLAG (0 SPT, 1 MPT, 2 PPCIE)
 
 
 @dataclass(frozen=True)
@@ -258,6 +263,8 @@ class SimulatedGpu:
             (18, self.project_sku.encode() + b"\0"),
             (20, fwid),
         ]
+        if faults.feature_flag is not None:
+            tlvs += [(34, (1).to_bytes(4, "little")), (36, faults.feature_flag.to_bytes(4, "little"))]
         return b"".join(t.to_bytes(2, "little") + len(v).to_bytes(2, "little") + v for t, v in tlvs)
 
     def _report(self, nonce: bytes, faults: Faults) -> bytes:
@@ -270,6 +277,8 @@ class SimulatedGpu:
             value = self.golden(index) if active else bytes(48)
             if index == faults.tamper_measurement or (index == 35 and not faults.nvdec0_enabled):
                 value = hashlib.sha384(b"tampered" + value).digest()
+            elif faults.devtools and index == DEVTOOLS_INDEX:
+                value = hashlib.sha384(b"debug configuration" + value).digest()
             record += bytes([spdm_index, 0x01]) + (51).to_bytes(2, "little") + b"\x01" + (48).to_bytes(2, "little")
             record += value
         opaque = self._opaque(faults)

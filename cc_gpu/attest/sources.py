@@ -26,11 +26,14 @@ _SAFE_ID = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 RIM_SUFFIXES = ("", ".swidtag", ".xml")
 
 
-def driver_rim_id(report: AttestationReport) -> str | None:
+def driver_rim_id(report: AttestationReport, device_chip: str | None = None) -> str | None:
+    """The driver RIM's id. Hopper: `NV_GPU_DRIVER_GH100_<version>`; later GPUs: `NV_GPU_CC_DRIVER_<chip>_<version>`,
+    the chip from the report's CHIP_INFO or, for reports without it (early Blackwell drivers), from the verified
+    device certificate's model (`GB100 A01 GSP BROM` -> GB100), as NVIDIA's verifier takes it from the architecture."""
     version = report.opaque.driver_version
     if not version:
         return None
-    chip = report.opaque.chip_info
+    chip = report.opaque.chip_info or (device_chip if device_chip and device_chip != "GH100" else None)
     return f"NV_GPU_CC_DRIVER_{chip}_{version}" if chip else f"NV_GPU_DRIVER_GH100_{version}"
 
 

@@ -53,6 +53,19 @@ class Verdict:
     vbios_version: str | None = None
     mismatched_indexes: tuple[int, ...] = ()
     revocation: Mapping[str, str] = field(default_factory=dict)
+    gpu_mode: str | None = None  # spt | mpt | ppcie, only when the evidence carries it
+
+    @property
+    def measurements_verified(self) -> bool:
+        """Were the runtime measurements compared with signed reference values and found equal?"""
+        return any(c.name == "measres" and c.status == PASS for c in self.checks)
+
+    @property
+    def result_text(self) -> str:
+        """`ACCEPTED`, `ACCEPTED (measurements not verified)` or `REJECTED`: never more than was checked."""
+        if not self.ok:
+            return "REJECTED"
+        return "ACCEPTED" if self.measurements_verified else "ACCEPTED (measurements not verified)"
 
     @property
     def ok(self) -> bool:
@@ -78,9 +91,14 @@ class Verdict:
                 out[c.name] = (self.driver_version if "driver" in c.name else self.vbios_version) or ""
             else:
                 out[c.name] = c.status == PASS
+        # As NVIDIA's verifier (NVAT `generate_set_measurement_claims`): secure boot and debug status are asserted only
+        # when every reference measurement matched, since that is what shows the firmware booted in its production
+        # (non-debug) configuration; otherwise the claims are left out, never set to a guess.
         if out.get("measres") == "success":
             out["secboot"] = True
             out["dbgstat"] = "disabled"
+        if self.gpu_mode is not None:
+            out["x-nvidia-gpu-mode"] = self.gpu_mode
         out.update(
             {
                 "x-nvidia-ver": CLAIMS_VERSION,
@@ -100,6 +118,9 @@ class Verdict:
     def to_json(self) -> dict[str, Any]:
         return {
             "ok": self.ok,
+            "result": self.result_text,
+            "measurements_verified": self.measurements_verified,
+            "gpu_mode": self.gpu_mode,
             "nonce": self.nonce,
             "verified_at": self.verified_at.isoformat(),
             "revocation_mode": self.revocation_mode,

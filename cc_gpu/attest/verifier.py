@@ -97,6 +97,7 @@ class _Run:
             driver_version=None if report is None else report.opaque.driver_version,
             vbios_version=None if report is None else report.opaque.vbios_version,
             mismatched_indexes=self.mismatches,
+            gpu_mode=None if report is None else report.opaque.gpu_mode,
         )
 
 
@@ -153,7 +154,8 @@ class Verifier:
         self._check_age(run, collected_at)
         chain = self._check_chain(run, parsed, cert_chain)
         self._check_versions(run, parsed)
-        driver, vbios = self._check_rims(run, parsed, rims)
+        chip = None if chain is None or len(chain.path) < 2 else common_name(chain.path[1]).split(" ")[0]
+        driver, vbios = self._check_rims(run, parsed, rims, chip)
         self._check_measurements(run, parsed, driver, vbios)
         return run.verdict(nonce, parsed, chain, driver)
 
@@ -167,8 +169,12 @@ class Verifier:
 
     def _check_age(self, run: _Run, collected_at: datetime | None) -> None:
         limit = run.policy.max_evidence_age_s
-        collected = collected_at or run.at
-        age = (run.at - collected).total_seconds()
+        if collected_at is None:
+            # No collection time: nothing to measure an age against. Freshness then rests on the nonce alone (the
+            # caller chose it); claiming "0 s old" would assert what was not checked.
+            run.set(P.CHECK_EVIDENCE_AGE, NOT_APPLICABLE, "no collection time; freshness rests on the nonce")
+            return
+        age = (run.at - collected_at).total_seconds()
         if age < 0:
             run.set(P.CHECK_EVIDENCE_AGE, FAIL, f"evidence collected {-age:.0f} s after the verification time")
         elif limit is not None and age > limit:
@@ -303,12 +309,12 @@ class Verifier:
         return routed
 
     def _check_rims(
-        self, run: _Run, report: AttestationReport, rims: Sequence[bytes]
+        self, run: _Run, report: AttestationReport, rims: Sequence[bytes], chip: str | None = None
     ) -> tuple[VerifiedRim | None, VerifiedRim | None]:
         explicit = self._route_explicit(rims, run.at) if rims else {}
         found: dict[str, VerifiedRim | None] = {}
         for kind, rim_id, version in (
-            ("driver", driver_rim_id(report), report.opaque.driver_version),
+            ("driver", driver_rim_id(report, chip), report.opaque.driver_version),
             ("vbios", vbios_rim_id(report), report.opaque.vbios_version),
         ):
             found[kind] = self._check_rim(run, kind, rim_id, version, explicit.get(kind), bool(rims))

@@ -163,7 +163,7 @@ def _verify(args: argparse.Namespace) -> int:
         for check in verdict.checks:
             mark = "ok  " if check.satisfied else ("FAIL" if check.required else "note")
             print(f"{mark} {check.name:<55} {check.status:<15} {check.detail}")
-        print("ACCEPTED" if verdict.ok else "REJECTED: " + ", ".join(c.name for c in verdict.failed))
+        print(verdict.result_text + ("" if verdict.ok else ": " + ", ".join(c.name for c in verdict.failed)))
     if args.token_key:
         from cc_gpu.attest.token import TokenSigner, load_signing_key
 
@@ -229,7 +229,8 @@ def _check_token(args: argparse.Namespace) -> int:
         items = doc.get("items") if isinstance(doc, dict) and doc.get("kind") == "List" else [doc]
         if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
             raise _Usage(f"{path} does not hold a ConfigMap or a List of them")
-        groups += [keys_from_configmap(item) for item in items]
+        groups += [keys_from_configmap(item, warn=lambda m: print(f"warning: {m}", file=sys.stderr))
+                   for item in items]
     keys = merge_keys(groups)
     token = _read(args.token).decode("ascii", "replace").strip()
     try:
@@ -239,6 +240,13 @@ def _check_token(args: argparse.Namespace) -> int:
     except TokenError as e:
         print(f"token rejected: {e}", file=sys.stderr)
         return EXIT_REJECTED
+    checked = [f"{what} {value}" for what, value in (("claim", args.claim_uid), ("pod", args.pod_uid),
+                                                      ("node", args.node)) if value]
+    if checked:
+        print(f"token valid and bound to {', '.join(checked)}", file=sys.stderr)
+    else:
+        print("token valid (signature, expiry, signing node); NO binding checked: give --claim-uid and --pod-uid "
+              "to check that it was issued for this workload", file=sys.stderr)
     print(json.dumps(claims, indent=2, sort_keys=True))
     return EXIT_OK
 

@@ -32,13 +32,13 @@ from typing import Any, Protocol
 
 import jwt
 
-from cc_gpu.attest.ocsp import RevocationMode
 from cc_gpu.attest.policy import Policy
 from cc_gpu.attest.token import TokenSigner
 from cc_gpu.attest.verdict import Verdict
 from cc_gpu.attest.verifier import Verifier
 from cc_gpu.dra import attestcfg
 from cc_gpu.dra.attestcfg import AttestationRequest, AttestationSettings
+from cc_gpu.dra.attestpolicy import AppliedPolicy, applied_policy
 from cc_gpu.dra.attestresult import (
     TOKEN_MOUNT_DIR,
     ClaimAttestation,
@@ -52,13 +52,13 @@ from cc_gpu.dra.attestresult import (
 )
 from cc_gpu.dra.cdi import CdiMount
 from cc_gpu.dra.claims import ClaimPlan
-from cc_gpu.dra.errors import ClaimError
 from cc_gpu.dra.evidence import Evidence, EvidenceProvider
+from cc_gpu.dra.identity import IdentityMismatchError, IdentityStore
 from cc_gpu.dra.keys import NodeKeyStore
 from cc_gpu.dra.keys import publish as publish_keys
 from cc_gpu.dra.ports import GpuView
 from cc_gpu.errors import CcGpuError, PermanentError
-from cc_gpu.files import write_atomic
+from cc_gpu.files import UnsafeNameError, safe_child, write_atomic
 from cc_gpu.kube.api import KubeApi
 from cc_gpu.kube.errors import ApiError
 
@@ -101,6 +101,7 @@ class AttestationEngine:
         token_dir: Path,
         policies: Mapping[str, Policy] | None = None,
         clock: Callable[[], datetime] | None = None,
+        identities: IdentityStore | None = None,
     ) -> None:
         self.settings = settings
         self.provider = provider
@@ -113,6 +114,7 @@ class AttestationEngine:
         self.token_dir = token_dir
         self.policies = {**builtin_policies(), **(policies or {})}
         self.clock = clock or (lambda: datetime.now(UTC))
+        self.identities = identities or IdentityStore()
         self._discovered: dict[str, Evidence] = {}
         self._discovery_verdicts: dict[str, Verdict] = {}
         self._lock = threading.Lock()
@@ -154,7 +156,7 @@ class AttestationEngine:
         key = self.keys.current()
         if key.kid != self._published_kid:
             self.publish_keys()
-        return TokenSigner(key.private, key.kid, ttl=timedelta(seconds=self.settings.token_ttl_seconds))
+        return TokenSigner(key.signing_key, key.kid, ttl=timedelta(seconds=self.settings.token_ttl_seconds))
 
     # ---- discovery -----------------------------------------------------------------------------------------------
 
@@ -174,6 +176,8 @@ class AttestationEngine:
         assert self.provider is not None
         if self.provider.needs_host_driver and self.host.driver_of(bdf) != "nvidia":
             return  # keep what was collected while it was on the host driver
+        if not self.provider.takes_nonce and not self.settings.allow_foreign_nonce:
+            return  # evidence with a nonce we did not choose is not judged unless the admin allows it
         try:
             evidence = self.provider.collect(bdf, os.urandom(32))
             verdict = self.verifier.verify(evidence.report, evidence.cert_chain, evidence.nonce, policy,
@@ -181,6 +185,8 @@ class AttestationEngine:
         except CcGpuError as e:
             log.info("no discovery evidence", extra={"bdf": bdf, "error": str(e)})
             return
+        if verdict.ok and self.provider.takes_nonce and verdict.identity.ueid:
+            self.identities.learn(bdf, verdict.identity.ueid, f"{self.provider.name} at discovery", self.clock())
         with self._lock:
             self._discovered[bdf] = evidence
             self._discovery_verdicts[bdf] = verdict
@@ -201,37 +207,32 @@ class AttestationEngine:
 
     # ---- prepare -------------------------------------------------------------------------------------------------
 
+    def applied_for(self, req: AttestationRequest) -> AppliedPolicy:
+        """The policy actually applied: class, node minimum and claim combined (`attestpolicy.py`)."""
+        return applied_policy(req, self.settings, self.policies, self.node)
+
     def policy_for(self, req: AttestationRequest) -> Policy:
-        if req.inline is not None:
-            policy = Policy(min_driver=req.inline.min_driver, min_vbios=req.inline.min_vbios,
-                            missing_rim_fails=req.inline.missing_rim == "fail",
-                            allow_certificate_hold=req.inline.allow_certificate_hold)
-        else:
-            name = req.policy or "strict"
-            if name not in self.policies:
-                raise ClaimError(f"attestation policy {name!r} is not configured on node {self.node} "
-                                 f"(known: {', '.join(sorted(self.policies))})")
-            policy = self.policies[name]
-        if req.max_evidence_age_s is not None:
-            policy = replace(policy, max_evidence_age_s=float(req.max_evidence_age_s))
-        if req.revocation is not None:
-            policy = policy.with_revocation(RevocationMode(req.revocation))
-        return policy
+        return self.applied_for(req).policy
+
+    def _wanted(self, plan: ClaimPlan) -> list[tuple[Any, AttestationRequest]]:
+        """The devices to attest: those with an `attestation` section, or all when the node minimum says so."""
+        plain = self.settings.minimum.plain_vfio
+        return [(d, attestcfg.request_of(d.config.extra)) for d in plan.devices
+                if plain or attestcfg.SECTION in d.config.extra]
 
     def attest_claim(self, claim: Mapping[str, Any], plan: ClaimPlan) -> ClaimAttestation | None:
         """Attest every device of `plan` whose config has an attestation section; raise when a required one fails."""
-        wanted = [(d, attestcfg.request_of(d.config.extra)) for d in plan.devices
-                  if attestcfg.SECTION in d.config.extra]
+        wanted = self._wanted(plan)
         if not wanted:
             return None
         pod_uids = [str(plan.pod.get("uid", ""))] if plan.pod.get("uid") else []
         results = []
         for planned, req in wanted:
-            policy = self.policy_for(req)
-            gpus = tuple(self._attest_gpu(bdf, req, policy, plan, planned.device.name, pod_uids)
+            applied = self.applied_for(req)
+            gpus = tuple(self._attest_gpu(bdf, applied, plan, planned.device.name, pod_uids)
                          for bdf in planned.device.gpus)
-            results.append(DeviceResult(planned.pool, planned.device.name, planned.request, req.required,
-                                        req.policy_label, gpus))
+            results.append(DeviceResult(planned.pool, planned.device.name, planned.request, applied.required,
+                                        applied.label, gpus, applied.describe()))
         outcome = ClaimAttestation(tuple(results))
         for dev in outcome.devices:
             for gpu in dev.gpus:
@@ -244,7 +245,7 @@ class AttestationEngine:
             raise AttestationRejectedError(f"GPU attestation rejected: {reasons}")
         return outcome
 
-    def _evidence(self, bdf: str, req: AttestationRequest) -> tuple[Evidence, str]:
+    def _evidence(self, bdf: str, req: AppliedPolicy) -> tuple[Evidence, str]:
         provider = self.provider
         if provider is None:
             raise AttestationRejectedError("no evidence provider is configured on this node")
@@ -255,8 +256,12 @@ class AttestationEngine:
         nonce = os.urandom(32)
         return provider.collect(bdf, nonce), provider.name
 
+    def _nonce_ours(self, source: str) -> bool:
+        """Did this prepare choose the nonce the evidence answers? Not for discovery or directory evidence."""
+        return self.provider is not None and self.provider.takes_nonce and source != "discovery"
+
     def _evidence_on_vfio(
-        self, bdf: str, driver: str, req: AttestationRequest, provider: EvidenceProvider
+        self, bdf: str, driver: str, req: AppliedPolicy, provider: EvidenceProvider
     ) -> tuple[Evidence, str]:
         mode = req.when_bound_to_vfio
         if mode == "refuse":
@@ -277,20 +282,34 @@ class AttestationEngine:
             raise AttestationRejectedError(f"GPU is bound to {driver} and no evidence was collected at discovery")
         return cached, "discovery"
 
-    def _attest_gpu(  # noqa: PLR0917 - one call site
-        self, bdf: str, req: AttestationRequest, policy: Policy, plan: ClaimPlan, device: str, pod_uids: list[str]
+    def _attest_gpu(
+        self, bdf: str, applied: AppliedPolicy, plan: ClaimPlan, device: str, pod_uids: list[str]
     ) -> GpuResult:
+        policy = applied.policy
         try:
-            evidence, source = self._evidence(bdf, req)
+            evidence, source = self._evidence(bdf, applied)
         except AttestationRejectedError as e:
             return GpuResult(bdf, False, (str(e),), "none")
         except CcGpuError as e:  # a refused rebind, evidence unavailable: the GPU cannot be judged, so it fails
             return GpuResult(bdf, False, (f"no evidence: {e}",), "none")
+        ours = self._nonce_ours(source)
+        if not ours and not self.settings.allow_foreign_nonce:
+            return GpuResult(bdf, False, (
+                f"nonce not ours: {source} evidence answers a nonce this prepare did not choose, so only an "
+                "unauthenticated timestamp speaks for its age; this node does not accept such evidence "
+                "(attestation.allow_foreign_nonce)",), source, nonce_ours=False)
         verdict = self.verifier.verify(evidence.report, evidence.cert_chain, evidence.nonce, policy,
                                        at=self.clock(), collected_at=evidence.collected_at, rims=evidence.rims)
         if not verdict.ok:
             reasons = tuple(f"{c.name} ({c.detail})" if c.detail else c.name for c in verdict.failed)
-            return GpuResult(bdf, False, reasons, source, verdict, evidence.collected_at)
+            return GpuResult(bdf, False, reasons, source, verdict, evidence.collected_at, nonce_ours=ours)
+        try:
+            self.identities.check(bdf, verdict.identity.ueid, must_be_known=not ours)
+        except IdentityMismatchError as e:
+            return GpuResult(bdf, False, (f"x-cc-gpu-device-identity ({e})",), source, verdict,
+                             evidence.collected_at, nonce_ours=ours)
+        if ours and verdict.identity.ueid:
+            self.identities.learn(bdf, verdict.identity.ueid, source, self.clock())
         signer = self._signer()
         extra = {
             "x-cc-gpu-claim-uid": plan.uid,
@@ -302,34 +321,52 @@ class AttestationEngine:
             "x-cc-gpu-pci-address": bdf,
             "x-cc-gpu-evidence-source": source,
             "x-cc-gpu-evidence-collected-at": evidence.collected_at.isoformat(),
-            "x-cc-gpu-policy": req.policy_label,
+            "x-cc-gpu-nonce": "ours" if ours else "not ours",
+            "x-cc-gpu-policy": applied.label,
+            "x-cc-gpu-policy-applied": applied.describe(),
         }
         token = signer.sign(verdict, extra)
         jti = str(jwt.decode(token, options={"verify_signature": False}).get("jti", ""))
-        return GpuResult(bdf, True, (), source, verdict, evidence.collected_at, token, signer.kid, jti)
+        return GpuResult(bdf, True, (), source, verdict, evidence.collected_at, token, signer.kid, jti, ours)
 
     # ---- tokens into the container -------------------------------------------------------------------------------
 
     def write_tokens(self, claim_uid: str, result: DeviceResult | None) -> tuple[tuple[str, ...], tuple[CdiMount, ...]]:
-        """Write the device's tokens to files; return the CDI env entries and read-only mounts that carry them."""
+        """The CDI env entries that carry the device's tokens, and (only where the admin asks) read-only file mounts.
+
+        The environment is the channel: it travels inside the OCI spec through the Kata agent into a confidential
+        guest, where no host file is shared. Token files are off by default (`token_mount`); when on, they are 0400 in
+        a 0700 directory per claim, whose name passed the same check as every per-claim file (`files.safe_child`).
+        """
         if result is None or not result.ok:
             return (), ()
         env: list[str] = []
         mounts: list[CdiMount] = []
-        directory = self.token_dir / claim_uid
         for gpu in result.gpus:
             if gpu.token is None:
                 continue
             env.append(f"{token_env_name(gpu.bdf)}={gpu.token}")
             if self.settings.token_mount:
-                directory.mkdir(parents=True, exist_ok=True, mode=0o755)
+                directory = self._claim_token_dir(claim_uid)
                 path = directory / f"{gpu_token_name(gpu.bdf)}.jwt"
-                write_atomic(path, (gpu.token + "\n").encode("ascii"), mode=0o644)
+                write_atomic(path, (gpu.token + "\n").encode("ascii"), mode=0o400)
                 mounts.append(CdiMount(str(path), f"{TOKEN_MOUNT_DIR}/{gpu_token_name(gpu.bdf)}.jwt"))
         return tuple(env), tuple(mounts)
 
+    def _claim_token_dir(self, claim_uid: str) -> Path:
+        directory = safe_child(self.token_dir, claim_uid)
+        self.token_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(self.token_dir, 0o700)
+        directory.mkdir(exist_ok=True, mode=0o700)
+        os.chmod(directory, 0o700)
+        return directory
+
     def remove_tokens(self, claim_uid: str) -> None:
-        shutil.rmtree(self.token_dir / claim_uid, ignore_errors=True)
+        try:
+            directory = safe_child(self.token_dir, claim_uid)
+        except UnsafeNameError:
+            return  # nothing can have been written under a name that fails the check
+        shutil.rmtree(directory, ignore_errors=True)
 
     def remove_orphan_tokens(self, live_claims: set[str]) -> int:
         if not self.token_dir.is_dir():

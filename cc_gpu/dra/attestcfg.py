@@ -28,6 +28,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from cc_gpu.attest.policy import Policy
 from cc_gpu.dra.errors import OpaqueConfigError
 from cc_gpu.errors import ConfigError
 
@@ -42,28 +43,53 @@ MAX_AGE_LIMIT_S = 7 * 24 * 3600
 
 @dataclass(frozen=True)
 class InlinePolicy:
-    """The policy knobs a claim may set inline; everything else stays at the strict default."""
+    """The policy knobs a config may set inline; a knob left out (None) stays at the strict default."""
 
     min_driver: str | None = None
     min_vbios: str | None = None
-    missing_rim: str = "fail"
-    allow_certificate_hold: bool = False
+    missing_rim: str | None = None
+    allow_certificate_hold: bool | None = None
+
+    def to_policy(self) -> Policy:
+        return Policy(min_driver=self.min_driver, min_vbios=self.min_vbios,
+                      missing_rim_fails=(self.missing_rim or "fail") == "fail",
+                      allow_certificate_hold=bool(self.allow_certificate_hold))
+
+    def given(self) -> dict[str, object]:
+        """The knobs this inline policy sets, by their config names (`strictness.KNOBS` keys)."""
+        values = {"minDriverVersion": self.min_driver, "minVbiosVersion": self.min_vbios,
+                  "missingRim": self.missing_rim, "allowCertificateHold": self.allow_certificate_hold}
+        return {k: v for k, v in values.items() if v is not None}
+
+
+@dataclass(frozen=True)
+class ClaimLayer:
+    """What the claim's own config entries asked for; combined with the admin's layers by `dra/attestpolicy.py`."""
+
+    policy: str | None = None
+    inline: InlinePolicy | None = None
+    max_evidence_age_s: int | None = None
+    revocation: str | None = None
+    when_bound_to_vfio: str | None = None
 
 
 @dataclass(frozen=True)
 class AttestationRequest:
-    """The effective `attestation` section of one request."""
+    """The decoded `attestation` sections of one request: the class's (admin's) layer and the claim's layer.
+
+    The top-level fields are the DeviceClass config's values (entries of the class, later wins); `claim` holds what
+    the claim's entries asked for. They are never merged here by "later wins": the claim layer may only tighten,
+    and that is decided with the node's policies at hand (`dra/attestpolicy.py`). `required` is the exception: it
+    only ever goes up, so it is merged here.
+    """
 
     required: bool = False
     policy: str | None = None  # a named policy; None with no inline policy means "strict"
     inline: InlinePolicy | None = None
     max_evidence_age_s: int | None = None  # None: the policy's own
     revocation: str | None = None  # None: the policy's own
-    when_bound_to_vfio: str = "useDiscoveryEvidence"
-
-    @property
-    def policy_label(self) -> str:
-        return "inline" if self.inline is not None else (self.policy or "strict")
+    when_bound_to_vfio: str | None = None  # None: useDiscoveryEvidence (if the node allows such evidence at all)
+    claim: ClaimLayer = field(default_factory=ClaimLayer)
 
 
 def _field_errors(where: str, raw: Mapping[str, Any], allowed: frozenset[str]) -> None:
@@ -117,8 +143,40 @@ def _inline(where: str, raw: object) -> InlinePolicy:
     return out
 
 
-def decode_section(previous: AttestationRequest | None, raw: object, where: str) -> AttestationRequest:
-    """Decode one `attestation` object over the value earlier entries produced (the `opaque.SECTIONS` contract)."""
+def _layer_values(raw: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """The knobs one entry sets (besides `required`), decoded, by dataclass field name."""
+    out: dict[str, Any] = {}
+    if "policy" in raw and "inlinePolicy" in raw:
+        raise OpaqueConfigError(f"{where}.inlinePolicy: give either policy or inlinePolicy, not both")
+    if "policy" in raw:
+        name = raw["policy"]
+        if not isinstance(name, str) or not name or len(name) > 63:
+            raise OpaqueConfigError(f"{where}.policy: must be a policy name of 1-63 characters (got {name!r})")
+        out.update(policy=name, inline=None)
+    if "inlinePolicy" in raw:
+        out.update(inline=_inline(f"{where}.inlinePolicy", raw["inlinePolicy"]), policy=None)
+    if "maxEvidenceAgeSeconds" in raw:
+        age = raw["maxEvidenceAgeSeconds"]
+        if not isinstance(age, int) or isinstance(age, bool) or not 1 <= age <= MAX_AGE_LIMIT_S:
+            raise OpaqueConfigError(
+                f"{where}.maxEvidenceAgeSeconds: must be an integer from 1 to {MAX_AGE_LIMIT_S} (got {age!r})"
+            )
+        out["max_evidence_age_s"] = age
+    if "revocation" in raw:
+        out["revocation"] = _choice(f"{where}.revocation", raw["revocation"], REVOCATION_MODES)
+    if "whenBoundToVfio" in raw:
+        out["when_bound_to_vfio"] = _choice(f"{where}.whenBoundToVfio", raw["whenBoundToVfio"], WHEN_ON_VFIO)
+    return out
+
+
+def decode_section(
+    previous: AttestationRequest | None, raw: object, where: str, source: str = "FromClass"
+) -> AttestationRequest:
+    """Decode one `attestation` object over the value earlier entries produced (the `opaque.SECTIONS` contract).
+
+    Class entries fill the admin's layer (later class entries override earlier ones); claim entries fill the claim's
+    layer, which is only ever combined with the admin's by taking the stricter value.
+    """
     if not isinstance(raw, Mapping):
         raise OpaqueConfigError(f"{where}: must be an object (got {type(raw).__name__})")
     _field_errors(where, raw, _FIELDS)
@@ -131,27 +189,10 @@ def decode_section(previous: AttestationRequest | None, raw: object, where: str)
                 f"{where}.required: an earlier configuration requires attestation; it cannot be lowered"
             )
         out = replace(out, required=required)
-    if "policy" in raw and "inlinePolicy" in raw:
-        raise OpaqueConfigError(f"{where}.inlinePolicy: give either policy or inlinePolicy, not both")
-    if "policy" in raw:
-        name = raw["policy"]
-        if not isinstance(name, str) or not name or len(name) > 63:
-            raise OpaqueConfigError(f"{where}.policy: must be a policy name of 1-63 characters (got {name!r})")
-        out = replace(out, policy=name, inline=None)
-    if "inlinePolicy" in raw:
-        out = replace(out, inline=_inline(f"{where}.inlinePolicy", raw["inlinePolicy"]), policy=None)
-    if "maxEvidenceAgeSeconds" in raw:
-        age = raw["maxEvidenceAgeSeconds"]
-        if not isinstance(age, int) or isinstance(age, bool) or not 1 <= age <= MAX_AGE_LIMIT_S:
-            raise OpaqueConfigError(
-                f"{where}.maxEvidenceAgeSeconds: must be an integer from 1 to {MAX_AGE_LIMIT_S} (got {age!r})"
-            )
-        out = replace(out, max_evidence_age_s=age)
-    if "revocation" in raw:
-        out = replace(out, revocation=_choice(f"{where}.revocation", raw["revocation"], REVOCATION_MODES))
-    if "whenBoundToVfio" in raw:
-        out = replace(out, when_bound_to_vfio=_choice(f"{where}.whenBoundToVfio", raw["whenBoundToVfio"], WHEN_ON_VFIO))
-    return out
+    values = _layer_values(raw, where)
+    if source == "FromClaim":
+        return replace(out, claim=replace(out.claim, **values))
+    return replace(out, **values)
 
 
 def request_of(extra: Mapping[str, Any]) -> AttestationRequest:
@@ -164,6 +205,25 @@ def request_of(extra: Mapping[str, Any]) -> AttestationRequest:
 
 
 @dataclass(frozen=True)
+class NodeMinimum:
+    """The node admin's floor (`[attestation.minimum]`): every attested request is at least this strict.
+
+    `policy` names a policy that is applied in addition to the class's and the claim's; `plain_vfio` makes every
+    request of this driver attested at this floor, including those of the plain VFIO class (no `attestation` section).
+    """
+
+    required: bool = False
+    policy: str | None = None
+    revocation: str | None = None
+    max_evidence_age_s: int | None = None
+    when_bound_to_vfio: str | None = None
+    plain_vfio: bool = False
+
+
+CLAIM_POLICY_KINDS = ("named", "inline")
+
+
+@dataclass(frozen=True)
 class AttestationSettings:
     provider: str = "auto"  # auto: simulated on a simulated node, else nvml
     evidence_dir: Path | None = None  # the directory provider's root
@@ -172,21 +232,53 @@ class AttestationSettings:
     rim_url: str = ""
     ocsp_dir: Path | None = None
     ocsp_online: bool = True  # may the plugin reach NVIDIA's OCSP responder (policy mode `online`)
+    ocsp_online_cache_seconds: int = 300  # how long an answer from the responder stands in for asking again
+    allow_foreign_nonce: bool = False  # accept evidence whose nonce this prepare did not choose (directory, discovery)
     discovery: bool = True  # attest at discovery and publish the result as device attributes
     discovery_policy: str = "strict"
     allow_rebind: bool = False  # may a claim ask for a temporary rebind of a vfio-bound GPU to nvidia
-    token_mount: bool = True  # also mount the token file read-only (for runtimes that share host files)
+    token_mount: bool = False  # also mount a token file (0400, 0700 dir) read-only; env alone reaches a CC guest
     token_ttl_seconds: int = 3600
     key_max_age_days: int = 30
     keys_namespace: str = "cc-gpu-token-keys"
     keys_published: int = 3
     policies: Mapping[str, Path] = field(default_factory=dict)
+    minimum: NodeMinimum = field(default_factory=NodeMinimum)
+    claim_policies: tuple[str, ...] = ()  # which policies a claim may add to the class's: named, inline
+
+
+_MINIMUM_TYPES: dict[str, tuple[str, type]] = {
+    "required": ("required", bool), "policy": ("policy", str), "revocation": ("revocation", str),
+    "max_evidence_age_seconds": ("max_evidence_age_s", int), "when_bound_to_vfio": ("when_bound_to_vfio", str),
+    "plain_vfio": ("plain_vfio", bool),
+}
+
+
+def _decode_minimum(value: object, base: NodeMinimum) -> NodeMinimum:
+    if not isinstance(value, Mapping):
+        raise ConfigError("config key attestation.minimum: must be a table")
+    changes: dict[str, Any] = {}
+    for key, v in value.items():
+        if key not in _MINIMUM_TYPES:
+            raise ConfigError(f"config key attestation.minimum.{key}: unknown")
+        attr, want = _MINIMUM_TYPES[key]
+        if not isinstance(v, want) or (want is int and isinstance(v, bool)):
+            raise ConfigError(f"config key attestation.minimum.{key}: must be {want.__name__} (got {v!r})")
+        changes[attr] = v
+    out = replace(base, **changes)
+    for attr, allowed in (("revocation", REVOCATION_MODES), ("when_bound_to_vfio", WHEN_ON_VFIO)):
+        if getattr(out, attr) is not None and getattr(out, attr) not in allowed:
+            raise ConfigError(f"config key attestation.minimum.{attr}: must be one of {', '.join(allowed)}")
+    if out.max_evidence_age_s is not None and not 1 <= out.max_evidence_age_s <= MAX_AGE_LIMIT_S:
+        raise ConfigError(f"config key attestation.minimum.max_evidence_age_seconds: must be 1 to {MAX_AGE_LIMIT_S}")
+    return out
 
 
 _SETTING_PATHS = frozenset({"evidence_dir", "trust_dir", "rim_dir", "ocsp_dir"})
 _SETTING_TYPES: dict[str, type] = {
     "provider": str, "rim_url": str, "ocsp_online": bool, "discovery": bool, "discovery_policy": str,
-    "allow_rebind": bool, "token_mount": bool, "token_ttl_seconds": int, "key_max_age_days": int,
+    "allow_rebind": bool, "token_mount": bool, "ocsp_online_cache_seconds": int, "allow_foreign_nonce": bool,
+    "token_ttl_seconds": int, "key_max_age_days": int,
     "keys_namespace": str, "keys_published": int,
 }
 
@@ -207,6 +299,12 @@ def decode_settings(value: object, base: AttestationSettings) -> AttestationSett
             if not isinstance(v, want) or (want is int and isinstance(v, bool)):
                 raise ConfigError(f"config key {name}: must be {want.__name__} (got {v!r})")
             changes[key] = v
+        elif key == "minimum":
+            changes[key] = _decode_minimum(v, base.minimum)
+        elif key == "claim_policies":
+            if not isinstance(v, list) or not all(isinstance(k, str) and k in CLAIM_POLICY_KINDS for k in v):
+                raise ConfigError(f"config key {name}: must be a list of {', '.join(CLAIM_POLICY_KINDS)}")
+            changes[key] = tuple(v)
         elif key == "policies":
             if not isinstance(v, Mapping) or not all(isinstance(p, str) and p for p in v.values()):
                 raise ConfigError(f"config key {name}: must be a table of policy name = TOML file path")
@@ -214,6 +312,9 @@ def decode_settings(value: object, base: AttestationSettings) -> AttestationSett
         else:
             raise ConfigError(f"config key {name}: unknown")
     out = replace(base, **changes)
+    known = set(BUILTIN_POLICIES) | set(out.policies)
+    if out.minimum.policy is not None and out.minimum.policy not in known:
+        raise ConfigError(f"config key attestation.minimum.policy: {out.minimum.policy!r} is not a configured policy")
     if out.provider not in PROVIDERS:
         raise ConfigError(f"config key attestation.provider: must be one of {', '.join(PROVIDERS)}")
     if out.provider == "directory" and out.evidence_dir is None:
@@ -221,4 +322,6 @@ def decode_settings(value: object, base: AttestationSettings) -> AttestationSett
     for key in ("token_ttl_seconds", "key_max_age_days", "keys_published"):
         if getattr(out, key) < 1:
             raise ConfigError(f"config key attestation.{key}: must be at least 1")
+    if out.ocsp_online_cache_seconds < 0:
+        raise ConfigError("config key attestation.ocsp_online_cache_seconds: must not be negative")
     return out

@@ -58,13 +58,15 @@ class GpuResult:
     token: str | None = None
     kid: str | None = None
     jti: str | None = None
+    nonce_ours: bool = True  # False: the evidence answers a nonce this prepare did not choose (directory, discovery)
 
     def compact(self) -> dict[str, Any]:
         v = self.verdict
-        out: dict[str, Any] = {"bdf": self.bdf, "ok": self.ok, "evidenceSource": self.source}
+        out: dict[str, Any] = {"bdf": self.bdf, "ok": self.ok, "evidenceSource": self.source,
+                               "nonce": "ours" if self.nonce_ours else "not ours"}
         if v is not None:
             out.update({"ueid": v.identity.ueid, "hwmodel": v.identity.hwmodel, "driverVersion": v.driver_version,
-                        "vbiosVersion": v.vbios_version, "nonce": v.nonce, "verifiedAt": v.verified_at.isoformat(),
+                        "vbiosVersion": v.vbios_version, "nonceValue": v.nonce, "verifiedAt": v.verified_at.isoformat(),
                         "revocation": v.revocation_mode})
         if self.collected_at is not None:
             out["collectedAt"] = self.collected_at.isoformat()
@@ -81,8 +83,9 @@ class DeviceResult:
     device: str
     request: str
     required: bool
-    policy: str
+    policy: str  # the sources of the policy applied, e.g. "class:strict+claim:inline"
     gpus: tuple[GpuResult, ...]
+    applied: Mapping[str, Any] | None = None  # every knob of the policy actually applied
 
     @property
     def ok(self) -> bool:
@@ -90,7 +93,9 @@ class DeviceResult:
 
     def condition(self, now: str) -> dict[str, Any]:
         if self.ok:
-            message = f"GPU evidence satisfies policy {self.policy!r}; verdict token issued to the pod"
+            foreign = " (nonce not ours: evidence age from an unauthenticated timestamp)" if any(
+                not g.nonce_ours for g in self.gpus) else ""
+            message = f"GPU evidence satisfies policy {self.policy!r}{foreign}; verdict token issued to the pod"
         else:
             reasons = "; ".join(f"{g.bdf}: {', '.join(g.reasons)}" for g in self.gpus if not g.ok)
             message = f"GPU evidence fails policy {self.policy!r}: {reasons}"
@@ -106,6 +111,8 @@ class DeviceResult:
         """The compact verdict for `status.devices[].data`, trimmed to stay under the 10 KiB limit."""
         out: dict[str, Any] = {"attestation": {"ok": self.ok, "required": self.required, "policy": self.policy,
                                                "gpus": [g.compact() for g in self.gpus]}}
+        if self.applied is not None:
+            out["attestation"]["applied"] = dict(self.applied)
         while len(json.dumps(out)) > MAX_DATA_BYTES and any(g.get("failed") for g in out["attestation"]["gpus"]):
             for g in out["attestation"]["gpus"]:
                 if g.get("failed"):

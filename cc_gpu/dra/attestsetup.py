@@ -26,10 +26,16 @@ from cc_gpu.dra.evidence import (
     NvmlProvider,
     SimulatedProvider,
 )
+from cc_gpu.dra.identity import FILE as IDENTITY_FILE
+from cc_gpu.dra.identity import IdentityStore
 from cc_gpu.dra.keys import NodeKeyStore
 from cc_gpu.dra.settings import PluginSettings
+from cc_gpu.errors import CcGpuError
+from cc_gpu.host import pciids
+from cc_gpu.host.ccmode import read_cc_mode
 from cc_gpu.host.gpuevidence import HostDriverSwitch, NvmlEvidenceReader, current_driver
 from cc_gpu.host.host import Host
+from cc_gpu.host.pci import read_function
 from cc_gpu.kube.api import KubeApi
 
 
@@ -48,6 +54,16 @@ class HostEvidenceOps:
         with self.switch.on_host_driver(bdf):
             yield
 
+    def cc_mode_of(self, bdf: str) -> str:
+        """The GPU's CC mode as the host reads it now (for simulated evidence, which follows the simulated GPU)."""
+        try:
+            fn = read_function(self.host.io, self.host.roots, bdf)
+        except CcGpuError:
+            return "unknown"
+        product = pciids.lookup(fn.vendor_id, fn.device_id)
+        return read_cc_mode(self.host.io, self.host.roots, bdf, architecture=product.architecture, driver=fn.driver,
+                            nvml=None)
+
 
 def provider_kind(settings: PluginSettings) -> str:
     kind = settings.attestation.provider
@@ -61,9 +77,10 @@ def build_attestation(settings: PluginSettings, host: Host, kube: KubeApi) -> At
     kind = provider_kind(settings)
     provider: EvidenceProvider | None = None
     transport: OcspTransport | None = None
+    ops = HostEvidenceOps(host)
     if kind == "simulated":
         sim_root = settings.sim_root or settings.plugin_path / "sim"
-        sim = SimulatedProvider(faults_file=sim_root / SIM_FAULTS_FILE)
+        sim = SimulatedProvider(faults_file=sim_root / SIM_FAULTS_FILE, cc_mode_of=ops.cc_mode_of)
         provider, trust, transport = sim, sim.trust_store(), sim.ocsp_transport()
     else:
         trust = TrustStore.from_directory(a.trust_dir) if a.trust_dir else TrustStore.default()
@@ -88,20 +105,24 @@ def build_attestation(settings: PluginSettings, host: Host, kube: KubeApi) -> At
     verifier = Verifier(
         trust,
         rim_source=ChainedRimSource(sources) if sources else None,
-        revocation=RevocationChecker(store=store, transport=transport),
+        revocation=RevocationChecker(store=store, transport=transport,
+                                     online_cache=timedelta(seconds=a.ocsp_online_cache_seconds)),
     )
     policies: dict[str, Policy] = {name: load_policy(path) for name, path in a.policies.items()}
     keys = NodeKeyStore(settings.plugin_path / "token-keys", settings.node_name,
-                        timedelta(days=a.key_max_age_days), keep=a.keys_published)
+                        timedelta(days=a.key_max_age_days), keep=a.keys_published,
+                        overlap=timedelta(seconds=a.token_ttl_seconds))
     return AttestationEngine(
         settings=a,
         provider=provider,
         verifier=verifier,
         keys=keys,
-        host=HostEvidenceOps(host),
+        host=ops,
         kube=kube,
         driver=settings.driver_name,
         node=settings.node_name,
         token_dir=settings.plugin_path / "tokens",
         policies=policies,
+        # Simulated GPUs are minted afresh at every start (a new test CA), so their identities live in memory only.
+        identities=IdentityStore(None if kind == "simulated" else settings.plugin_path / IDENTITY_FILE),
     )

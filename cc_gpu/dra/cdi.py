@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from cc_gpu.dra.errors import CdiError
-from cc_gpu.files import remove_stale_temps, write_atomic
+from cc_gpu.files import UnsafeNameError, remove_stale_temps, safe_name, write_atomic
 
 CDI_VERSION = "0.5.0"
 VENDOR = "cc-gpu.io"
@@ -123,13 +123,15 @@ class CdiWriter:
     def pod_path(self, pod_device: str) -> Path:
         return self.root / f"{VENDOR}-{CLASS}_{_file_id(pod_device)}.json"
 
-    def _write(self, path: Path, spec: dict[str, Any]) -> None:
+    def _write(self, path: Path, spec: dict[str, Any], mode: int = 0o644) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        write_atomic(path, (json.dumps(spec, indent=2) + "\n").encode(), mode=0o644)
+        write_atomic(path, (json.dumps(spec, indent=2) + "\n").encode(), mode=mode)
 
     def write_claim(self, claim_uid: str, devices: Sequence[CdiDevice]) -> Path:
+        """A spec that carries a secret (an attestation token in its env) is 0600: its readers (containerd, the
+        Kata shim) run as root, and the CDI root is world-readable."""
         path = self.claim_path(claim_uid)
-        self._write(path, build_spec(devices))
+        self._write(path, build_spec(devices), 0o600 if any(d.env for d in devices) else 0o644)
         return path
 
     def write_pod(self, pod_device: str, nodes: Sequence[str]) -> Path:
@@ -162,10 +164,11 @@ class CdiWriter:
 
 
 def _file_id(value: str) -> str:
-    """`value` if it can be part of a spec file name: no path separator, no `..` trick, nothing a CDI name forbids."""
-    if not _NAME_RE.match(value):
-        raise CdiError(f"{value[:80]!r} cannot name a CDI spec file")
-    return value
+    """`value` if it can be part of a spec file name (`files.safe_name`, the check for every per-claim file)."""
+    try:
+        return safe_name(value)
+    except UnsafeNameError:
+        raise CdiError(f"{value[:80]!r} cannot name a CDI spec file") from None
 
 
 def pod_device_from_annotation(value: str | None) -> str | None:

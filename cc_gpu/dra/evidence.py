@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -121,8 +121,10 @@ class SimulatedProvider:
     takes_nonce = True
     needs_host_driver = True
 
-    def __init__(self, faults_file: Path | None = None, clock: Clock = _utc_now) -> None:
+    def __init__(self, faults_file: Path | None = None, clock: Clock = _utc_now,
+                 cc_mode_of: Callable[[str], str] | None = None) -> None:
         self.clock = clock
+        self.cc_mode_of = cc_mode_of  # the simulated GPU's CC mode: in devtools mode its evidence says so
         self.ca = SimulatedCa.create(clock())
         self.faults_file = faults_file
         self._gpus: dict[str, SimulatedGpu] = {}
@@ -159,6 +161,8 @@ class SimulatedProvider:
         if knobs.get("revoked"):
             self.ca.revoke(gpu.brom.cert)
         faults = Faults(**{k: v for k, v in knobs.items() if k in _FAULT_FIELDS})
+        if self.cc_mode_of is not None and self.cc_mode_of(bdf) == "devtools":
+            faults = replace(faults, devtools=True)
         # The report answers the fresh nonce every time; RIMs are static per driver/VBIOS version (a RIM service
         # hands out the same bytes), so they are minted once per GPU and fault set, which also keeps the verifier's
         # verified-RIM cache warm as it is on a real node.

@@ -8,7 +8,7 @@ missing or unexpected is a refusal with a reason a human can act on.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +27,23 @@ class GatePolicy:
     confidential_handlers: tuple[str, ...] = DEFAULT_CONFIDENTIAL_HANDLERS
     require_cc_mode: bool = True
     require_tee: bool = True
+    # Which TEE a confidential handler needs (`sev-snp` | `tdx`); a handler not listed needs the TEE its name ends
+    # with (`-snp`, `-tdx`), and one whose name says neither needs either.
+    handler_tees: Mapping[str, str] = field(default_factory=dict)
+
+
+TEE_KINDS = ("sev-snp", "tdx")
+
+
+def tee_of_handler(handler: str, policy: GatePolicy) -> str | None:
+    """The TEE `handler` needs: from the admin's `handler_tees`, else from its name; None: any TEE."""
+    if handler in policy.handler_tees:
+        return policy.handler_tees[handler]
+    if handler.endswith("-snp"):
+        return "sev-snp"
+    if handler.endswith("-tdx"):
+        return "tdx"
+    return None
 
 
 @dataclass(frozen=True)
@@ -68,10 +85,14 @@ def check_reserved_for(reserved_for: Sequence[Mapping[str, Any]]) -> Mapping[str
 def decide(
     pod: PodView,
     policy: GatePolicy,
-    tee_enabled: bool,
+    tee_enabled: bool | Collection[str],
     cc_modes: Mapping[str, str],
 ) -> GateDecision:
-    """Accept or refuse handing the devices in `cc_modes` (device -> CC mode) to `pod`."""
+    """Accept or refuse handing the devices in `cc_modes` (device -> CC mode) to `pod`.
+
+    `tee_enabled` names the node's enabled TEEs (`sev-snp`, `tdx`); a plain bool means "some TEE, kind unknown"
+    and satisfies only handlers that need no particular kind.
+    """
     if not pod.found:
         raise GateRefusedError(f"pod {pod.ref} in reservedFor does not exist")
     if not pod.runtime_class_name:
@@ -88,8 +109,8 @@ def decide(
         )
     confidential = handler in policy.confidential_handlers
     if confidential:
-        if policy.require_tee and not tee_enabled:
-            raise GateRefusedError(f"handler {handler!r} is confidential but this node has no TEE enabled")
+        if policy.require_tee:
+            _check_tee(handler, policy, tee_enabled)
         if policy.require_cc_mode:
             off = sorted(f"{dev} (cc mode {mode!r})" for dev, mode in cc_modes.items() if mode not in CC_MODES_OK)
             if off:
@@ -97,3 +118,15 @@ def decide(
                     f"handler {handler!r} is confidential but GPU CC mode is not on/ppcie for: {', '.join(off)}"
                 )
     return GateDecision(pod=pod, handler=handler, confidential=confidential)
+
+
+def _check_tee(handler: str, policy: GatePolicy, tee_enabled: bool | Collection[str]) -> None:
+    if not tee_enabled:
+        raise GateRefusedError(f"handler {handler!r} is confidential but this node has no TEE enabled")
+    needed = tee_of_handler(handler, policy)
+    kinds = () if isinstance(tee_enabled, bool) else tuple(tee_enabled)
+    if needed is not None and needed not in kinds:
+        have = ", ".join(kinds) or "a TEE of unknown kind"
+        raise GateRefusedError(
+            f"handler {handler!r} needs {needed} but this node has {have}: the VM would not start confidential"
+        )

@@ -130,6 +130,9 @@ class HostAdapter:
     def tee_enabled(self) -> bool:
         return read_host_tee(self.host.io, self.host.roots).any
 
+    def tee_kinds(self) -> tuple[str, ...]:
+        return read_host_tee(self.host.io, self.host.roots).kinds
+
     def boot_id(self) -> str:
         try:
             return self.host.io.read_text(self.host.roots.proc / BOOT_ID).strip()

@@ -7,11 +7,15 @@ policy in the deployment manifests ties the name to the requesting node).
 
 Private keys are created with mode 0600 in a 0700 directory, never leave it and are never logged. A key is rotated
 on command (`cc-gpu keys rotate`) or when older than the configured age; the newest `keep` public keys stay
-published so tokens signed just before a rotation still verify until they expire; older private keys are deleted.
+published so tokens signed just before a rotation still verify until they expire. A private key is needed only
+while it is the current one: once its successor is older than the overlap window (the token lifetime, so a signer
+taken just before the rotation has finished), the old private key is deleted and only its public half
+(`<version>.pub.pem`) is kept for publication.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -28,9 +32,12 @@ from cryptography.hazmat.primitives.serialization import (
     PrivateFormat,
     PublicFormat,
     load_pem_private_key,
+    load_pem_public_key,
 )
 
 from cc_gpu.attest.binding import NODE_ANNOTATION
+from cc_gpu.attest.binding import key_id as _key_id
+from cc_gpu.attest.errors import TokenError
 from cc_gpu.errors import CheckpointError
 from cc_gpu.files import write_atomic
 from cc_gpu.kube.api import JsonObject, KubeApi
@@ -48,7 +55,11 @@ class KeyStoreError(CheckpointError):
 
 
 def key_id(node: str, version: int) -> str:
-    return f"{node}.k{version}"
+    """`<node>.k<version>`, by the one grammar in `attest/binding.py`."""
+    try:
+        return _key_id(node, version)
+    except TokenError as e:
+        raise KeyStoreError(str(e)) from e
 
 
 @dataclass(frozen=True)
@@ -56,21 +67,32 @@ class NodeKey:
     kid: str
     version: int
     created: datetime
-    private: ec.EllipticCurvePrivateKey
+    private: ec.EllipticCurvePrivateKey | None  # None once the key was rotated out and its private half deleted
+    public: ec.EllipticCurvePublicKey | None = None
 
     def public_pem(self) -> str:
-        return self.private.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo).decode()
+        key = self.public or (self.private.public_key() if self.private is not None else None)
+        assert key is not None
+        return key.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo).decode()
+
+    @property
+    def signing_key(self) -> ec.EllipticCurvePrivateKey:
+        if self.private is None:
+            raise KeyStoreError(f"the private half of {self.kid} was deleted after rotation")
+        return self.private
 
 
 class NodeKeyStore:
     """`<dir>/keys.json` (versions and creation times) and `<dir>/<version>.pem` (the private keys, 0600)."""
 
     def __init__(
-        self, path: Path, node: str, max_age: timedelta, keep: int = 3, clock: Callable[[], datetime] | None = None
+        self, path: Path, node: str, max_age: timedelta, keep: int = 3, *,
+        clock: Callable[[], datetime] | None = None, overlap: timedelta = timedelta(hours=1),
     ) -> None:
         self.path = path
         self.node = node
         self.max_age = max_age
+        self.overlap = overlap
         self.keep = max(1, keep)
         self.clock = clock or (lambda: datetime.now(UTC))
         self._lock = threading.Lock()
@@ -93,15 +115,43 @@ class NodeKeyStore:
         hit = self._loaded.get(version)
         if hit is not None:
             return hit
+        private_path, public_path = self.path / f"{version}.pem", self.path / f"{version}.pub.pem"
         try:
-            key = load_pem_private_key((self.path / f"{version}.pem").read_bytes(), password=None)
+            if private_path.exists():
+                key = load_pem_private_key(private_path.read_bytes(), password=None)
+                if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP384R1):
+                    raise KeyStoreError(f"signing key {version} in {self.path} is not EC P-384")
+                node_key = NodeKey(key_id(self.node, version), version, created, key)
+            else:
+                public = load_pem_public_key(public_path.read_bytes())
+                if not isinstance(public, ec.EllipticCurvePublicKey) or not isinstance(public.curve, ec.SECP384R1):
+                    raise KeyStoreError(f"public key {version} in {self.path} is not EC P-384")
+                node_key = NodeKey(key_id(self.node, version), version, created, None, public)
         except (OSError, ValueError, TypeError) as e:
             raise KeyStoreError(f"signing key {version} in {self.path} is unreadable: {e}") from e
-        if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP384R1):
-            raise KeyStoreError(f"signing key {version} in {self.path} is not EC P-384")
-        node_key = NodeKey(key_id(self.node, version), version, created, key)
         self._loaded[version] = node_key
         return node_key
+
+    def _prune(self, index: dict[int, datetime]) -> None:
+        """Delete the private halves of rotated-out keys whose successor is older than the overlap window."""
+        now = self.clock()
+        versions = sorted(index)
+        for old, successor in itertools.pairwise(versions):
+            path = self.path / f"{old}.pem"
+            if now - index[successor] < self.overlap or not path.exists():
+                continue
+            self._ensure_public(old)
+            path.unlink(missing_ok=True)
+            self._loaded.pop(old, None)
+            log.info("rotated-out private key deleted", extra={"kid": key_id(self.node, old)})
+
+    def _ensure_public(self, version: int) -> None:
+        public_path = self.path / f"{version}.pub.pem"
+        if public_path.exists():
+            return
+        key = load_pem_private_key((self.path / f"{version}.pem").read_bytes(), password=None)
+        pem = key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+        write_atomic(public_path, pem, mode=0o600)
 
     def _create(self, index: dict[int, datetime]) -> int:
         self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -120,9 +170,12 @@ class NodeKeyStore:
             os.fsync(fd)
         finally:
             os.close(fd)
+        write_atomic(self.path / f"{version}.pub.pem",
+                     key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo), mode=0o600)
         index[version] = self.clock()
         for old in sorted(index)[: -self.keep]:
             (self.path / f"{old}.pem").unlink(missing_ok=True)
+            (self.path / f"{old}.pub.pem").unlink(missing_ok=True)
             self._loaded.pop(old, None)
             del index[old]
         self._write_index(index)
@@ -135,6 +188,7 @@ class NodeKeyStore:
             index = self._index()
             if not index or self.clock() - index[max(index)] >= self.max_age:
                 self._create(index)
+            self._prune(index)
             version = max(index)
             return self._load(version, index[version])
 
@@ -148,6 +202,7 @@ class NodeKeyStore:
         """The keys whose public halves stay published (newest last)."""
         with self._lock:
             index = self._index()
+            self._prune(index)
             return [self._load(v, index[v]) for v in sorted(index)[-self.keep :]]
 
 

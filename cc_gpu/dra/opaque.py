@@ -54,12 +54,15 @@ def _decode_top(params: Mapping[str, Any], base: VfioDeviceConfig, where: str) -
 
 TOP_FIELDS = frozenset({"apiVersion", "kind", "iommuMode", "resetOnRelease"})
 
-# section name -> decoder(previous decoded value or None, raw value, path) -> decoded value
-SectionDecoder = Callable[[Any, Any, str], Any]
+# section name -> decoder(previous decoded value or None, raw value, path, source) -> decoded value; `source` is
+# FromClass or FromClaim, so a section can keep what the admin said apart from what a claim asks for
+SectionDecoder = Callable[[Any, Any, str, str], Any]
 SECTIONS: dict[str, SectionDecoder] = {attestcfg.SECTION: attestcfg.decode_section}
 
 
-def decode_one(params: object, base: VfioDeviceConfig, where: str = "parameters") -> VfioDeviceConfig:
+def decode_one(
+    params: object, base: VfioDeviceConfig, where: str = "parameters", source: str = "FromClaim"
+) -> VfioDeviceConfig:
     """Decode one opaque parameters object strictly and apply it over `base`."""
     if not isinstance(params, Mapping):
         raise OpaqueConfigError(f"{where}: must be an object (got {type(params).__name__})")
@@ -76,7 +79,7 @@ def decode_one(params: object, base: VfioDeviceConfig, where: str = "parameters"
     extra = dict(cfg.extra)
     for name, decoder in SECTIONS.items():
         if name in params:
-            extra[name] = decoder(extra.get(name), params[name], f"{where}.{name}")
+            extra[name] = decoder(extra.get(name), params[name], f"{where}.{name}", source)
     return replace(cfg, extra=extra)
 
 
@@ -115,5 +118,5 @@ def resolve(entries: Sequence[ConfigEntry], request: str) -> VfioDeviceConfig:
     for index, entry in enumerate(ordered):
         if _applies(entry, request):
             where = f"{'class' if entry.source == 'FromClass' else 'claim'} config[{index}].parameters"
-            cfg = decode_one(entry.parameters, cfg, where)
+            cfg = decode_one(entry.parameters, cfg, where, entry.source)
     return cfg

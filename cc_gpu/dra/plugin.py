@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from cc_gpu.dra.cdi import CdiWriter
 from cc_gpu.dra.checkpoint import PREPARE_COMPLETED, Checkpoint
+from cc_gpu.dra.consumers import ConsumerWatch
 from cc_gpu.dra.iommu import parse_kata_version, version_text
 from cc_gpu.dra.katacheck import ATTRIBUTE as KATA_CHECK_ATTRIBUTE
 from cc_gpu.dra.katacheck import run_kata_check
@@ -66,6 +67,7 @@ class Plugin:
             kata_version=parse_kata_version(s.kata_check.kata_version or read_kata_version(s.kata_root)),
         )
         log.info("kata version", extra={"kata_version": version_text(self.state.kata_version)})
+        self.consumers = ConsumerWatch(self.state)
         self.health = HealthBroadcaster(s.node_name) if s.health_service else None
         self.service = DraService(self.state, self.metrics)
         self.servers = PluginServers(
@@ -86,13 +88,18 @@ class Plugin:
             if c.state == PREPARE_COMPLETED and c.boot_id == self.state.boot_id
             for d in c.devices
         }
+        refused = self.consumers.check()
         out = []
-        for view in self.host.devices():
-            owner = prepared.get(view.name)
-            rebound = bool(owner) and not (view.driver or "").startswith("vfio")
-            out.append(replace(view, healthy=False, health_message=(
-                f"prepared for claim {owner} but the GPU is on driver {view.driver or 'none'}: "
-                "rebound outside the plugin")) if rebound else view)
+        for found in self.host.devices():
+            owner = prepared.get(found.name)
+            view = found
+            if owner and not (found.driver or "").startswith("vfio"):
+                view = replace(found, healthy=False, health_message=(
+                    f"prepared for claim {owner} but the GPU is on driver {found.driver or 'none'}: "
+                    "rebound outside the plugin"))
+            elif found.name in refused:
+                view = replace(found, healthy=False, health_message=f"refused consumer: {refused[found.name]}")
+            out.append(view)
         return out
 
     def refresh(self) -> int:

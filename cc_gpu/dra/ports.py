@@ -58,6 +58,10 @@ class HostPort(Protocol):
         """Whether the node runs with SEV-SNP or TDX enabled."""
         ...
 
+    def tee_kinds(self) -> tuple[str, ...]:
+        """The TEEs enabled on the node: `sev-snp`, `tdx`."""
+        ...
+
     def boot_id(self) -> str: ...
 
     def bind(self, group: int, owner: str, iommu_mode: str) -> BoundNodes:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from cc_gpu.dra.attestcfg import AttestationSettings, decode_settings
-from cc_gpu.dra.gate import GatePolicy
+from cc_gpu.dra.gate import TEE_KINDS, GatePolicy
 from cc_gpu.dra.katacheck import KataCheckSettings
 from cc_gpu.errors import ConfigError
 
@@ -156,6 +156,10 @@ def _policy(value: Any, base: GatePolicy) -> GatePolicy:
             out = replace(out, require_cc_mode=_typed(f"policy.{key}", v, bool))
         elif key == "require_tee":
             out = replace(out, require_tee=_typed(f"policy.{key}", v, bool))
+        elif key == "handler_tees":
+            if not isinstance(v, dict) or not all(isinstance(t, str) and t in TEE_KINDS for t in v.values()):
+                raise ConfigError(f"config key policy.{key}: must be a table of handler = {' | '.join(TEE_KINDS)}")
+            out = replace(out, handler_tees={str(h): str(t) for h, t in v.items()})
         else:
             raise ConfigError(f"config key policy.{key}: unknown")
     return out

@@ -105,12 +105,16 @@ class DeviceState:
 
     def prepare(self, ref: ClaimRef) -> list[ResultDevice]:
         """Prepare one claim; raise a `CcGpuError` subclass naming the reason when it cannot be."""
-        done = self.checkpoint.get(ref.uid)
-        if done is not None and done.state == PREPARE_COMPLETED and done.boot_id == self.boot_id:
-            return self._answer(done)
         claim = self._get_claim(ref)
         plan = parse_claim(claim, ref.uid, self.driver, self.pool, self.inventory())
-        decision = self._gate(claim, plan)
+        done = self.checkpoint.get(ref.uid)
+        completed = done is not None and done.state == PREPARE_COMPLETED and done.boot_id == self.boot_id
+        # The gate runs on every prepare, also of a claim prepared before (it only reads): the claim's consumers may
+        # have changed since, and a repeated prepare must not hand out what a first one would refuse. The CC modes
+        # were checked before the bind; a bound GPU's BAR is never read again.
+        decision = self._gate(claim, plan, check_cc=not completed)
+        if done is not None and completed:
+            return self._answer(done)
         modes = self._iommu_modes(claim, plan, decision)
         groups = sorted({d.device.iommu_group for d in plan.devices})
         with self.locks.hold(groups):
@@ -144,11 +148,11 @@ class DeviceState:
             modes[d.device.name] = fresh[d.device.name].cc_mode
         return modes
 
-    def _gate(self, claim: Mapping[str, Any], plan: ClaimPlan) -> GateDecision:
+    def _gate(self, claim: Mapping[str, Any], plan: ClaimPlan, check_cc: bool = True) -> GateDecision:
         pod = self._pod_view(plan.namespace, plan.pod)
-        cc_modes = self._fresh_cc_modes(plan)
+        cc_modes = self._fresh_cc_modes(plan) if check_cc else {}
         try:
-            return decide(pod, self.policy, self.host.tee_enabled(), cc_modes)
+            return decide(pod, self.policy, self.host.tee_kinds(), cc_modes)
         except GateRefusedError as e:
             self._event(claim, "PrepareRefused", str(e))
             raise

@@ -155,3 +155,21 @@ def test_cli_module_import_is_light() -> None:
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_accepted_without_measurements_says_so(nvidia_211: Sample, tmp_path: Path) -> None:
+    """A policy that lets a missing RIM pass accepts, but the verdict says the measurements were not verified, in the
+    text and the JSON, and the evidence age is not applicable (the CLI has no collection time)."""
+    policy = tmp_path / "lenient.toml"
+    policy.write_text('[rim]\nmissing = "report"\n')
+    args: list[str | Path] = ["verify", "--report", nvidia_211.dir / "attestationReport.txt", "--cert-chain",
+                              nvidia_211.dir / "gpuAkCertChain.txt", "--nonce", nvidia_211.nonce.hex(),
+                              "--at", "2025-01-15T00:00:00Z", "--revocation", "off", "--policy", policy]
+    out = cc_gpu(*args)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.rstrip().endswith("ACCEPTED (measurements not verified)")
+    assert "not-applicable" in next(line for line in out.stdout.splitlines() if "x-cc-gpu-evidence-age" in line)
+    verdict = json.loads(cc_gpu(*args, "--json").stdout)
+    assert verdict["result"] == "ACCEPTED (measurements not verified)" and verdict["measurements_verified"] is False
+    full = json.loads(cc_gpu(*verify_args(nvidia_211, "--json")).stdout)
+    assert full["result"] == "ACCEPTED" and full["measurements_verified"] is True

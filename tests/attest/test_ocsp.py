@@ -235,3 +235,30 @@ def test_delegated_responder(
     else:
         with pytest.raises(OcspError, match="OCSP-signing"):
             evaluate_response(der, ca.identity.cert, ca.device_root.cert, SIM_NOW, None, "t")
+
+
+def test_online_asks_the_responder_again_beyond_its_bound_and_sees_a_revocation(ca: SimulatedCa) -> None:
+    """A good answer cached for days (the response's own validity) must not hide a revocation from `online` mode."""
+    responder = ca.ocsp_responder()
+    store = MemoryOcspStore()
+    checker = RevocationChecker(store=store, transport=responder, online_cache=timedelta(minutes=5))
+    assert _verify(ca, checker, Policy(), gpu="GPU-x").ok
+    asked = responder.requests
+    assert _verify(ca, checker, Policy(), gpu="GPU-x", at=SIM_NOW + timedelta(minutes=4)).ok
+    assert responder.requests == asked, "within the admin's bound the recent answer stands"
+    ca.revoke(ca.gpu("GPU-x").brom.cert, x509.ReasonFlags.key_compromise)
+    later = SIM_NOW + timedelta(minutes=10)
+    verdict = _verify(ca, checker, Policy(), gpu="GPU-x", at=later)
+    assert not verdict.ok and "GH100 A01 GSP BROM" in verdict.check(P.CHECK_CHAIN).detail
+    assert responder.requests > asked
+
+
+def test_online_never_answers_from_an_imported_store(ca: SimulatedCa) -> None:
+    responder = ca.ocsp_responder()
+    warm = RevocationChecker(transport=responder)
+    assert _verify(ca, warm, Policy(), gpu="GPU-y").ok
+    imported = warm.store
+    fresh = RevocationChecker(store=imported, transport=None)
+    verdict = _verify(ca, fresh, Policy(), gpu="GPU-y")
+    assert not verdict.ok, "online mode needs the responder; a store alone is `cached` mode"
+    assert _verify(ca, fresh, Policy(revocation=RevocationMode.CACHED), gpu="GPU-y").ok

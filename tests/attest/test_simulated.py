@@ -123,6 +123,11 @@ def test_evidence_age_policy(ca: SimulatedCa, verifier: Verifier) -> None:
         rims=[ev.driver_rim, ev.vbios_rim],
     )
     assert [c.name for c in future.failed] == [P.CHECK_EVIDENCE_AGE]
+    # No collection time (the CLI, evidence without a timestamp): the age is not applicable, never "0 s old".
+    undated = verifier.verify(ev.report, ev.cert_chain_pem, NONCE, Policy(), at=SIM_NOW,
+                              rims=[ev.driver_rim, ev.vbios_rim])
+    age = undated.check(P.CHECK_EVIDENCE_AGE)
+    assert (age.status, age.detail) == ("not-applicable", "no collection time; freshness rests on the nonce")
 
 
 def test_version_minimums(ca: SimulatedCa, verifier: Verifier) -> None:
@@ -151,3 +156,32 @@ def test_verifier_is_reusable_across_gpus_and_nonces(ca: SimulatedCa, verifier: 
         assert verifier.verify(
             ev.report, ev.cert_chain_pem, nonce, Policy(), at=SIM_NOW, rims=[ev.driver_rim, ev.vbios_rim]
         ).ok
+
+
+def test_debug_mode_gpu_is_never_claimed_non_debug(ca: SimulatedCa, verifier: Verifier) -> None:
+    """secboot/dbgstat are derived as NVIDIA's verifier derives them: asserted only when every reference measurement
+    matched. A GPU in CC devtools mode measures its debug configuration, so it fails strict and, where a missing RIM
+    is tolerated, the token simply carries no secboot/dbgstat."""
+    gpu = ca.gpu("GPU-dbg")
+    debug = gpu.evidence(NONCE, Faults(devtools=True))
+    strict = verifier.verify(debug.report, debug.cert_chain_pem, NONCE, Policy(), at=SIM_NOW,
+                             rims=[debug.driver_rim, debug.vbios_rim])
+    assert [c.name for c in strict.failed] == [P.CHECK_MEASUREMENTS]
+    assert "secboot" not in strict.claims() and "dbgstat" not in strict.claims()
+    no_rims = verifier.verify(debug.report, debug.cert_chain_pem, NONCE, Policy(missing_rim_fails=False), at=SIM_NOW)
+    assert no_rims.ok and no_rims.result_text == "ACCEPTED (measurements not verified)"
+    assert "secboot" not in no_rims.claims() and "dbgstat" not in no_rims.claims()
+    good = gpu.evidence(NONCE)
+    ok = verifier.verify(good.report, good.cert_chain_pem, NONCE, Policy(), at=SIM_NOW,
+                         rims=[good.driver_rim, good.vbios_rim])
+    assert ok.claims()["secboot"] is True and ok.claims()["dbgstat"] == "disabled" and ok.result_text == "ACCEPTED"
+
+
+@pytest.mark.parametrize(("flag", "mode"), [(None, None), (0, "spt"), (1, "mpt"), (2, "ppcie")])
+def test_gpu_mode_claim_only_when_the_evidence_carries_it(ca: SimulatedCa, verifier: Verifier, flag: int | None,
+                                                          mode: str | None) -> None:
+    ev = ca.gpu("GPU-mode").evidence(NONCE, Faults(feature_flag=flag))
+    verdict = verifier.verify(ev.report, ev.cert_chain_pem, NONCE, Policy(), at=SIM_NOW,
+                              rims=[ev.driver_rim, ev.vbios_rim])
+    assert verdict.ok and verdict.claims().get("x-nvidia-gpu-mode") == mode
+    assert ("x-nvidia-gpu-mode" in verdict.claims()) is (mode is not None)

@@ -119,3 +119,20 @@ def test_the_schema_check_refuses_what_the_consumer_refuses(consumer: Consumer, 
     path.write_text(json.dumps(spec))
     with pytest.raises(ConsumerError):
         consumer.inject(cdi_root, devices=ids, nodes=legacy_nodes(7))
+
+
+def test_a_token_spec_is_owner_only_and_its_env_reaches_the_oci_spec(consumer: Consumer, cdi_root: Path) -> None:
+    """The attestation token's channel: the CDI env entry lands in the OCI spec's `process.env`, which the Kata
+    runtime hands to its agent inside the guest (no host file is shared into a confidential guest). The spec that
+    carries it is 0600, readable by the root runtimes only."""
+    from cc_gpu.dra.cdi import CdiDevice, CdiWriter, device_name, qualified  # noqa: PLC0415
+
+    env = "CC_GPU_ATTESTATION_TOKEN_0000_18_00_0=eyJhbGciOiJFUzM4NCJ9.e30.sig"
+    device = CdiDevice(device_name(CLAIM_A, "gpu-0"), tuple(legacy_nodes(7)), (env,))
+    path = CdiWriter(cdi_root).write_claim(CLAIM_A, [device])
+    assert path.stat().st_mode & 0o777 == 0o600
+    plain = write_claim_spec(cdi_root, CLAIM_B, {"gpu-0": legacy_nodes(9)})
+    assert CdiWriter(cdi_root).claim_path(CLAIM_B).stat().st_mode & 0o777 == 0o644, "no secret, no need to hide"
+    spec = consumer.inject(cdi_root, devices=[qualified(device.name), *plain],
+                           nodes=[*legacy_nodes(7), *legacy_nodes(9)])
+    assert env in spec["process"]["env"]

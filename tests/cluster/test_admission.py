@@ -99,11 +99,12 @@ def test_a_token_without_a_node_writes_no_slice(plugin_without_node: Rest) -> No
 
 # -- token keys: only the plugin's own node's ConfigMap --------------------------------------------------------------
 
-def keys(node: str, kid_node: str | None = None) -> dict[str, Any]:
+def keys(node: str, kid_node: str | None = None, kid: str | None = None) -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "ConfigMap",
             "metadata": {"name": f"cc-gpu-token-keys-{node}", "namespace": KEYS_NAMESPACE,
                          "annotations": {"cc-gpu.io/node": node}},
-            "data": {f"{kid_node or node}.k1.pem": "-----BEGIN PUBLIC KEY-----\n-----END PUBLIC KEY-----\n"}}
+            "data": {f"{kid or (kid_node or node) + '.k1'}.pem":
+                     "-----BEGIN PUBLIC KEY-----\n-----END PUBLIC KEY-----\n"}}
 
 
 CONFIGMAPS = f"/api/v1/namespaces/{KEYS_NAMESPACE}/configmaps"
@@ -119,6 +120,18 @@ def test_plugin_publishes_its_own_nodes_keys(plugin: Rest) -> None:
 ])
 def test_plugin_may_not_publish_other_keys(plugin: Rest, case: str, body: dict[str, Any], message: str) -> None:
     denied(plugin("POST", CONFIGMAPS + DRY, body), message)
+
+
+@pytest.mark.parametrize("suffix", [".k1", ".k123456789", ".kfoo", ".k01", ".k0", ".k1.k2", ".kx.k1", ".k", ".k-1"])
+def test_key_id_grammar_is_the_codes(plugin: Rest, suffix: str) -> None:
+    """The server admits exactly the key ids `cc_gpu.attest.binding` accepts for the writing node."""
+    from cc_gpu.attest.binding import node_of_key_id  # noqa: PLC0415
+
+    reply = plugin("POST", CONFIGMAPS + DRY, keys(NODE, kid=NODE + suffix))
+    if node_of_key_id(NODE + suffix) == NODE:
+        admitted(reply)
+    else:
+        denied(reply, "key id must be <node>.k<version> of the writing node")
 
 
 # -- tenant namespaces -----------------------------------------------------------------------------------------------
@@ -158,6 +171,32 @@ def pod(runtime_class: str | None = None) -> dict[str, Any]:
     if runtime_class:
         spec["runtimeClassName"] = runtime_class
     return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "job", "namespace": TENANT}, "spec": spec}
+
+
+# -- claims by name need a confidential RuntimeClass in tenant namespaces ---------------------------------------------
+
+def by_name(runtime_class: str | None, claim_name: str | None = "shared-gpu") -> dict[str, Any]:
+    body = pod(runtime_class)
+    ref = {"name": "gpu", "resourceClaimName": claim_name} if claim_name else {"name": "gpu",
+                                                                               "resourceClaimTemplateName": "t"}
+    body["spec"]["resourceClaims"] = [ref]
+    return body
+
+
+@pytest.mark.parametrize(("case", "body", "message"), [
+    ("shared claim, SNP pod", by_name("kata-qemu-nvidia-gpu-snp"), ""),
+    ("shared claim, TDX pod", by_name("kata-qemu-nvidia-gpu-tdx"), ""),
+    ("claim from a template, runc pod", by_name(None, None), ""),
+    ("shared claim, runc pod", by_name(None), "only with a confidential RuntimeClass"),
+    ("shared claim, plain Kata pod", by_name("kata-qemu-nvidia-gpu"), "only with a confidential RuntimeClass"),
+])
+def test_pods_reference_claims_by_name_only_when_confidential(cluster: ControlPlane, case: str,
+                                                              body: dict[str, Any], message: str) -> None:
+    reply = cluster.admin("POST", f"/api/v1/namespaces/{TENANT}/pods{DRY}", body)
+    if message:
+        denied(reply, message)
+    else:
+        assert reply.code not in (403, 422) or "ResourceClaim by name" not in str(reply.body), (case, reply.body)
 
 
 # -- least privilege -------------------------------------------------------------------------------------------------

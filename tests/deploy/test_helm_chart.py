@@ -32,7 +32,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
                       "image": {"digest": "sha256:" + "a" * 64}},
     "admission off": {"admission": {k: {"enabled": False} for k in
                                     ("cdiAnnotation", "cdiAnnotationGuard", "sliceNodeRestriction",
-                                     "tenantNamespaces", "tokenKeysOwnNode")}},
+                                     "tenantNamespaces", "tokenKeysOwnNode", "claimByName")}},
     "attestation off": {"attestation": {"provider": "none"}},
     "directory evidence, existing key namespace": {
         "attestation": {"provider": "directory", "evidenceDir": "/var/lib/cc-gpu/evidence",
@@ -76,7 +76,7 @@ def test_expected_objects_per_variant(variant: tuple[str, list[dict[str, Any]]])
     pod_gate = ["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "ValidatingAdmissionPolicy",
                 "ValidatingAdmissionPolicyBinding", "Deployment"]
     admission = ["MutatingAdmissionPolicy", "MutatingAdmissionPolicyBinding"] + [
-        "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"] * 3 + pod_gate
+        "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"] * 4 + pod_gate
     keys = ["Namespace", "Role", "RoleBinding", "Role", "RoleBinding"]
     keys_admission = ["ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"]
     expected = {
@@ -188,7 +188,11 @@ def test_default_config_file_decodes_to_the_plugins_defaults(tmp_path: Path) -> 
 def test_attestation_values_reach_the_plugin(tmp_path: Path) -> None:
     values = {"attestation": {"provider": "directory", "evidenceDir": "/srv/evidence", "ocspOnline": False,
                               "discovery": False, "discoveryPolicy": "lenient", "allowRebind": True,
-                              "tokenMount": False, "tokenTtlSeconds": 600,
+                              "tokenMount": False, "tokenTtlSeconds": 600, "allowForeignNonce": True,
+                              "ocspOnlineCacheSeconds": 60, "claimPolicies": ["inline"],
+                              "minimum": {"required": True, "policy": "strict", "revocation": "cached",
+                                          "maxEvidenceAgeSeconds": 120, "whenBoundToVfio": "refuse",
+                                          "plainVfio": True},
                               "keys": {"namespace": "gpu-keys", "maxAgeDays": 7, "published": 2}},
               "deviceClasses": {"attested": {"selectAttested": False}}}
     objects = render(values)
@@ -196,7 +200,10 @@ def test_attestation_values_reach_the_plugin(tmp_path: Path) -> None:
     assert settings == attestcfg.AttestationSettings(
         provider="directory", evidence_dir=Path("/host/evidence"), ocsp_online=False, discovery=False,
         discovery_policy="lenient", allow_rebind=True, token_mount=False, token_ttl_seconds=600,
-        key_max_age_days=7, keys_published=2, keys_namespace="gpu-keys")
+        key_max_age_days=7, keys_published=2, keys_namespace="gpu-keys", allow_foreign_nonce=True,
+        ocsp_online_cache_seconds=60, claim_policies=("inline",),
+        minimum=attestcfg.NodeMinimum(required=True, policy="strict", revocation="cached", max_evidence_age_s=120,
+                                      when_bound_to_vfio="refuse", plain_vfio=True))
     pod = one(objects, "DaemonSet")["spec"]["template"]["spec"]
     evidence = next(v for v in pod["volumes"] if v["name"] == "evidence")
     assert evidence["hostPath"] == {"path": "/srv/evidence", "type": "Directory"}
@@ -373,3 +380,11 @@ def test_confidential_classes_select_iommufd_nodes(require: bool) -> None:
         expression = " ".join(cls["spec"]["selectors"][0]["cel"]["expression"].split())
         assert expression.startswith('device.driver == "gpu.cc-gpu.io"')
         assert (clause in expression) is require, (cls["metadata"]["name"], expression)
+
+
+def test_key_version_pattern_in_the_chart_is_the_codes() -> None:
+    """One key-id grammar: the chart's policy carries `KEY_VERSION_PATTERN` from cc_gpu/attest/binding.py."""
+    from cc_gpu.attest.binding import KEY_VERSION_PATTERN  # noqa: PLC0415
+
+    policy = one(render(), "ValidatingAdmissionPolicy", "token-keys-own-node")
+    assert f"}}{KEY_VERSION_PATTERN}[.]pem$" in policy["spec"]["validations"][-1]["expression"]

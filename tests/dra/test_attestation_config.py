@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from cc_gpu.dra import attestcfg, opaque
-from cc_gpu.dra.attestcfg import AttestationRequest, AttestationSettings, InlinePolicy, decode_settings
+from cc_gpu.dra.attestcfg import AttestationRequest, AttestationSettings, ClaimLayer, InlinePolicy, decode_settings
 from cc_gpu.dra.attestresult import semver_of_driver, token_env_name
 from cc_gpu.dra.errors import OpaqueConfigError
 from cc_gpu.dra.settings import PluginSettings, apply_mapping
@@ -31,21 +31,29 @@ def entry(source: str, parameters: Any) -> opaque.ConfigEntry:
         ("no section: not required", [], AttestationRequest()),
         ("class requires", [entry("FromClass", params(required=True))], AttestationRequest(required=True)),
         (
-            "claim picks a named policy over the class's requirement",
+            "a claim's named policy is kept apart from the class's",
             [entry("FromClass", params(required=True)), entry("FromClaim", params(policy="lenient"))],
-            AttestationRequest(required=True, policy="lenient"),
+            AttestationRequest(required=True, claim=ClaimLayer(policy="lenient")),
         ),
         (
-            "inline policy replaces a named one",
+            "a claim's inline policy does not replace the class's named one",
             [entry("FromClass", params(policy="strict")),
              entry("FromClaim", params(inlinePolicy={"minDriverVersion": "550.90.07", "missingRim": "report"}))],
-            AttestationRequest(inline=InlinePolicy(min_driver="550.90.07", missing_rim="report")),
+            AttestationRequest(policy="strict",
+                               claim=ClaimLayer(inline=InlinePolicy(min_driver="550.90.07", missing_rim="report"))),
         ),
         (
-            "every field",
+            "later class entries override earlier ones (both are the admin's)",
+            [entry("FromClass", params(policy="strict", revocation="online")),
+             entry("FromClass", params(inlinePolicy={"missingRim": "report"}, revocation="cached"))],
+            AttestationRequest(inline=InlinePolicy(missing_rim="report"), revocation="cached"),
+        ),
+        (
+            "every field of a claim",
             [entry("FromClaim", params(required=True, maxEvidenceAgeSeconds=60, revocation="cached",
                                        whenBoundToVfio="refuse"))],
-            AttestationRequest(required=True, max_evidence_age_s=60, revocation="cached", when_bound_to_vfio="refuse"),
+            AttestationRequest(required=True, claim=ClaimLayer(max_evidence_age_s=60, revocation="cached",
+                                                               when_bound_to_vfio="refuse")),
         ),
     ],
 )
@@ -107,6 +115,12 @@ def test_node_settings_table(tmp_path: Path) -> None:
         ("directory without a directory", {"provider": "directory"}, "attestation.evidence_dir"),
         ("zero ttl", {"token_ttl_seconds": 0}, "at least 1"),
         ("policies not paths", {"policies": {"x": 1}}, "attestation.policies"),
+        ("minimum unknown key", {"minimum": {"revoke": "online"}}, "attestation.minimum.revoke: unknown"),
+        ("minimum revocation", {"minimum": {"revocation": "never"}}, "attestation.minimum.revocation"),
+        ("minimum age", {"minimum": {"max_evidence_age_seconds": 0}}, "max_evidence_age_seconds"),
+        ("minimum unknown policy", {"minimum": {"policy": "fleet"}}, "'fleet' is not a configured policy"),
+        ("claim policy kinds", {"claim_policies": ["any"]}, "attestation.claim_policies"),
+        ("negative OCSP bound", {"ocsp_online_cache_seconds": -1}, "must not be negative"),
     ],
 )
 def test_node_settings_errors(name: str, table: dict[str, Any], message: str) -> None:

@@ -40,7 +40,7 @@ FAULTS = {TAMPERED: {"tamper_measurement": 5}, NO_VBIOS_RIM: {"missing_rim": "vb
 def dgx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
     # A GPU on vfio-pci shows CC mode `unknown` (its BAR is never read), so the gate's CC-mode check is left to
     # attestation on this node; otherwise the already-on-vfio claims would stop at the gate.
-    settings = "allow_rebind = true\n[policy]\nrequire_cc_mode = false\n"
+    settings = "allow_rebind = true\nallow_foreign_nonce = true\n[policy]\nrequire_cc_mode = false\n"
     with attested_node(tmp_path_factory.mktemp("dgx"), faults=FAULTS, settings=settings) as node:
         node.start_plugin()
         yield node
@@ -54,6 +54,14 @@ def _prepare(node: Node, bdf: str, **section: object) -> tuple[tuple[str, str, s
 
 def _release(node: Node, claim: tuple[str, str, str]) -> None:
     assert node.kubelet.unprepare(DRIVER, [claim]) == {claim[2]: ""}
+
+
+def assert_no_world_readable_file_holds(root: Path, secret: str) -> None:
+    """No file a local user other than root can read (mode o+r, in o+x directories) holds `secret`."""
+    for path in root.rglob("*"):
+        if path.is_file() and not path.is_symlink() and path.stat().st_mode & 0o004:
+            reachable = all(p.stat().st_mode & 0o001 for p in path.parents if p.is_relative_to(root) and p != root)
+            assert not (reachable and secret.encode() in path.read_bytes()), path
 
 
 def _assert_rejected(node: Node, claim: tuple[str, str, str], error: str, bdf: str, *named: str) -> None:
@@ -84,15 +92,15 @@ def test_accepted_claim_carries_a_verifiable_token(dgx: Node) -> None:
     (env,) = edits["env"]
     name, _, token = env.partition("=")
     assert name == "CC_GPU_ATTESTATION_TOKEN_0000_18_00_0"
-    (mount,) = edits["mounts"]
-    assert mount["containerPath"] == "/run/cc-gpu/attestation/gpu-0000-18-00-0.jwt"
-    assert "ro" in mount["options"]
-    assert Path(mount["hostPath"]).read_text().strip() == token
+    assert "mounts" not in edits, "no token file by default: env reaches a confidential guest, a host file does not"
+    assert (dgx.cdi_root / f"cc-gpu.io-vfio_{claim[2]}.json").stat().st_mode & 0o777 == 0o600
+    assert_no_world_readable_file_holds(dgx.root, token)
     entry = device_status(dgx, claim, device_of(GOOD))
     assert condition(entry)["status"] == "True"
     assert condition(entry, "Ready")["status"] == "True"
     verdict = entry["data"]["attestation"]
-    assert verdict["ok"] and verdict["policy"] == "strict"
+    assert verdict["ok"] and verdict["policy"] == "class:strict"
+    assert verdict["applied"]["revocation"] == "online" and verdict["applied"]["policies"] == ["class:strict"]
     assert verdict["gpus"][0]["evidenceSource"] == "simulated"
     assert len(json.dumps(entry["data"])) < 10 * 1024
     assert "eyJ" not in json.dumps(entry), "the token itself is not published on the claim"
@@ -102,6 +110,9 @@ def test_accepted_claim_carries_a_verifiable_token(dgx: Node) -> None:
     pod_uid = pod_uid_of(dgx, claim)
     ok = check_token(dgx, token, "--claim-uid", claim[2], "--pod-uid", pod_uid, "--node", NODE)
     assert ok.returncode == 0, ok.stderr
+    assert f"bound to claim {claim[2]}, pod {pod_uid}, node {NODE}" in ok.stderr
+    unbound = check_token(dgx, token)
+    assert unbound.returncode == 0 and "NO binding checked" in unbound.stderr
     claims = json.loads(ok.stdout)
     assert claims["x-cc-gpu-claim-uid"] == claim[2] and claims["x-cc-gpu-pod-uids"] == [pod_uid]
     assert claims["x-cc-gpu-pci-address"] == GOOD and claims["x-cc-gpu-node"] == NODE
@@ -203,7 +214,8 @@ def test_gpu_already_on_vfio(dgx: Node) -> None:
     claim, error = _prepare(dgx, ON_VFIO, required=True)
     assert error == ""
     verdict = device_status(dgx, claim, device_of(ON_VFIO))["data"]["attestation"]
-    assert verdict["gpus"][0]["evidenceSource"] == "discovery"
+    assert verdict["gpus"][0]["evidenceSource"] == "discovery" and verdict["gpus"][0]["nonce"] == "not ours"
+    assert "nonce not ours" in condition(device_status(dgx, claim, device_of(ON_VFIO)))["message"]
     _release(dgx, claim)
     assert dgx.driver_of(ON_VFIO) == "vfio-pci", "given back to the driver it had"
     time.sleep(1.2)
@@ -225,6 +237,8 @@ def test_temporary_rebind_without_nvswitch(tmp_path: Path) -> None:
     with attested_node(tmp_path, "h100-pcie-audio", settings=settings) as node:
         node.start_plugin()
         move_to_vfio(node, gpu)
+        claim, error = _prepare(node, gpu, required=True)
+        assert "nonce not ours" in error and "allow_foreign_nonce" in error, "discovery evidence is off by default"
         claim, error = _prepare(node, gpu, required=True, whenBoundToVfio="rebind")
         assert error == ""
         verdict = device_status(node, claim, device_of(gpu))["data"]["attestation"]
@@ -243,3 +257,31 @@ def test_advisory_attestation_records_but_never_blocks(dgx: Node) -> None:
     spec = cdi_spec(dgx, claim[2])
     assert spec is not None and "env" not in spec["devices"][0]["containerEdits"], "no token for a failed verdict"
     _release(dgx, claim)
+
+
+@pytest.mark.parametrize(
+    ("name", "claim_section", "knob"),
+    [
+        ("revocation off", {"revocation": "off"}, "attestation.revocation"),
+        ("a week of evidence age", {"maxEvidenceAgeSeconds": 604800}, "attestation.maxEvidenceAgeSeconds"),
+        ("a named policy the node does not allow claims to add", {"policy": "lenient"}, "attestation.policy"),
+    ],
+)
+def test_claim_cannot_weaken_the_class_policy(dgx: Node, name: str, claim_section: dict[str, object],
+                                              knob: str) -> None:
+    config = [attest_config(required=True), attest_config("FromClaim", **claim_section)]
+    claim = dgx.vm_pod_claim([device_of(REVOKED)], config=config)
+    error = dgx.kubelet.prepare(DRIVER, [claim])[claim[2]].error
+    assert knob in error, (name, error)
+    assert dgx.driver_of(REVOKED) == "nvidia" and cdi_spec(dgx, claim[2]) is None
+
+
+def test_a_gpu_in_debug_mode_is_not_attested_as_production(dgx: Node) -> None:
+    """With the gate's CC-mode check off (this node), a GPU in CC devtools mode still fails a strict attested claim:
+    its firmware measures the debug configuration, so its measurements do not match the reference values."""
+    dgx.kernel.set_cc_mode(SPARE, "devtools")
+    try:
+        claim, error = _prepare(dgx, SPARE, required=True)
+        _assert_rejected(dgx, claim, error, SPARE, "measres", "mismatching indexes: [1]")
+    finally:
+        dgx.kernel.set_cc_mode(SPARE, "off")

@@ -10,8 +10,10 @@ import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+import jwt
 import pynvml
 import pytest
 
@@ -21,10 +23,13 @@ from cc_gpu.attest.ocsp import RevocationChecker, RevocationMode
 from cc_gpu.attest.policy import Policy
 from cc_gpu.attest.verifier import Verifier
 from cc_gpu.dra.attestation import AttestationEngine, AttestationRejectedError
-from cc_gpu.dra.attestcfg import AttestationRequest, AttestationSettings
+from cc_gpu.dra.attestcfg import AttestationRequest, AttestationSettings, ClaimLayer
+from cc_gpu.dra.attestresult import DeviceResult, GpuResult
 from cc_gpu.dra.errors import ClaimError
 from cc_gpu.dra.evidence import DirectoryProvider, NvmlProvider, SimulatedProvider
+from cc_gpu.dra.identity import IdentityMismatchError, IdentityStore, IdentityStoreError
 from cc_gpu.dra.keys import NodeKeyStore, configmap_body, publish
+from cc_gpu.files import UnsafeNameError
 from cc_gpu.host.gpuevidence import (
     EvidenceUnavailableError,
     HostDriverSwitch,
@@ -184,12 +189,25 @@ def test_keys_configmap_published_and_verified(tmp_path: Path, kube: KubernetesA
 
 def test_configmap_of_one_node_cannot_carry_another_nodes_key(tmp_path: Path) -> None:
     store = NodeKeyStore(tmp_path / "keys", "node-a", timedelta(days=30))
-    body = configmap_body("node-b", "ns", [store.current()])
-    with pytest.raises(TokenError, match="another node"):
-        keys_from_configmap(body)
+    good = store.current()
+    body = configmap_body("node-b", "ns", [good])
+    warnings: list[str] = []
+    with pytest.raises(TokenError, match="publishes no keys"):
+        keys_from_configmap(body, warn=warnings.append)
+    assert "belongs to another node" in warnings[0]
     body["metadata"]["annotations"] = {}
     with pytest.raises(TokenError, match="annotation"):
         keys_from_configmap(body)
+
+
+def test_one_bad_entry_is_skipped_with_a_warning_not_fatal(tmp_path: Path) -> None:
+    store = NodeKeyStore(tmp_path / "keys", "node-a", timedelta(days=30))
+    body = configmap_body("node-a", "ns", [store.current()])
+    body["data"].update({"node-a.kfoo.pem": body["data"]["node-a.k1.pem"], "node-a.k2.pem": "not a key",
+                         "node-a.k01.pem": body["data"]["node-a.k1.pem"], "README": "x"})
+    warnings: list[str] = []
+    assert list(keys_from_configmap(body, warn=warnings.append)) == ["node-a.k1"]
+    assert len(warnings) == 4 and all("entry skipped" in w for w in warnings)
 
 
 CLAIMS = {"x-cc-gpu-node": "node-a", "x-cc-gpu-claim-uid": "c1", "x-cc-gpu-pod-uids": ["p1"]}
@@ -244,7 +262,8 @@ class OnVfio:
 @pytest.mark.parametrize(
     ("name", "allow_rebind", "req", "message"),
     [
-        ("rebind not allowed by the node", False, AttestationRequest(required=True, when_bound_to_vfio="rebind"),
+        ("rebind not allowed by the node", False,
+         AttestationRequest(required=True, claim=ClaimLayer(when_bound_to_vfio="rebind")),
          "not allowed by this node's configuration"),
         ("refuse", True, AttestationRequest(required=True, when_bound_to_vfio="refuse"), "refuses older evidence"),
         ("no discovery evidence", True, AttestationRequest(required=True), "no evidence was collected at discovery"),
@@ -258,7 +277,7 @@ def test_engine_refusals_on_vfio(
                                NodeKeyStore(tmp_path / "k", "node-a", timedelta(days=1)), OnVfio(), kube,
                                "gpu.cc-gpu.io", "node-a", tmp_path / "tokens")
     with pytest.raises(AttestationRejectedError, match=message):
-        engine._evidence(BDF, req)
+        engine._evidence(BDF, engine.applied_for(req))
 
 
 def test_engine_policy_resolution(sim: SimulatedProvider, tmp_path: Path, kube: KubernetesApi) -> None:
@@ -267,6 +286,8 @@ def test_engine_policy_resolution(sim: SimulatedProvider, tmp_path: Path, kube: 
                                "gpu.cc-gpu.io", "node-a", tmp_path / "tokens",
                                policies={"fleet": Policy(min_driver="1")})
     assert engine.policy_for(AttestationRequest(policy="fleet")).min_driver == "1"
+    tightened = AttestationRequest(revocation="cached", claim=ClaimLayer(revocation="online"))
+    assert engine.policy_for(tightened).revocation is RevocationMode.ONLINE
     assert engine.policy_for(AttestationRequest(revocation="off")).revocation is RevocationMode.OFF
     assert engine.policy_for(AttestationRequest(max_evidence_age_s=9)).max_evidence_age_s == 9
     with pytest.raises(ClaimError, match="'nope' is not configured"):
@@ -330,3 +351,163 @@ def test_key_publication_failure_backs_off(sim: SimulatedProvider, tmp_path: Pat
         finally:
             engine.close()
             api.close()
+
+
+def _engine(sim: SimulatedProvider, tmp_path: Path, kube: KubernetesApi, **settings: Any) -> AttestationEngine:
+    return AttestationEngine(AttestationSettings(**settings), sim, _verifier(sim),
+                             NodeKeyStore(tmp_path / "k", "node-a", timedelta(days=1)), OnVfio(), kube,
+                             "gpu.cc-gpu.io", "node-a", tmp_path / "tokens")
+
+
+def _accepted(token: str = "eyJ.token") -> DeviceResult:
+    return DeviceResult("pool", "gpu-0", "gpu", True, "class:strict", (GpuResult(BDF, True, (), "simulated",
+                                                                                 token=token),))
+
+
+def test_tokens_travel_in_env_only_by_default(sim: SimulatedProvider, tmp_path: Path, kube: KubernetesApi) -> None:
+    engine = _engine(sim, tmp_path, kube)
+    env, mounts = engine.write_tokens("claim-1", _accepted())
+    assert env == ("CC_GPU_ATTESTATION_TOKEN_0000_41_00_0=eyJ.token",) and mounts == ()
+    assert not (tmp_path / "tokens").exists(), "no token file unless the admin asks for one"
+    engine.close()
+
+
+def test_token_files_when_asked_are_owner_only(sim: SimulatedProvider, tmp_path: Path, kube: KubernetesApi) -> None:
+    engine = _engine(sim, tmp_path, kube, token_mount=True)
+    _, (mount,) = engine.write_tokens("claim-1", _accepted())
+    path = Path(mount.host_path)
+    assert path.read_text() == "eyJ.token\n"
+    assert path.stat().st_mode & 0o777 == 0o400
+    assert path.parent.stat().st_mode & 0o777 == 0o700 and (tmp_path / "tokens").stat().st_mode & 0o777 == 0o700
+    engine.remove_tokens("claim-1")
+    assert not path.parent.exists()
+    engine.close()
+
+
+@pytest.mark.parametrize("uid", ["../escape", "a/../../escape", "..", "/abs", "a/b", ""])
+def test_a_claim_uid_with_path_characters_writes_and_removes_nothing(
+    sim: SimulatedProvider, tmp_path: Path, kube: KubernetesApi, uid: str
+) -> None:
+    engine = _engine(sim, tmp_path, kube, token_mount=True)
+    victim = tmp_path / "escape"
+    victim.mkdir()
+    with pytest.raises(UnsafeNameError):
+        engine.write_tokens(uid, _accepted())
+    engine.remove_tokens(uid)
+    assert victim.is_dir() and not list(victim.iterdir()) and not (tmp_path / "tokens").exists()
+    engine.close()
+
+
+def test_rotated_out_private_keys_are_deleted_after_the_overlap(tmp_path: Path) -> None:
+    now = [datetime(2026, 1, 1, tzinfo=UTC)]
+    store = NodeKeyStore(tmp_path, "node-a", timedelta(days=30), keep=3, clock=lambda: now[0],
+                         overlap=timedelta(hours=1))
+    first = store.current()
+    now[0] += timedelta(days=1)
+    store.rotate()
+    assert (tmp_path / "1.pem").exists(), "within the overlap window a signer taken before the rotation may finish"
+    now[0] += timedelta(hours=2)
+    assert store.current().kid == "node-a.k2"
+    assert not (tmp_path / "1.pem").exists() and (tmp_path / "2.pem").exists()
+    published = store.published()
+    assert [k.kid for k in published] == ["node-a.k1", "node-a.k2"]
+    assert published[0].private is None and published[0].public_pem() == first.public_pem()
+    assert all(p.stat().st_mode & 0o777 == 0o600 for p in tmp_path.glob("*.pem"))
+    # A fresh store (a restarted plugin) reads the public half only.
+    again = NodeKeyStore(tmp_path, "node-a", timedelta(days=30), clock=lambda: now[0])
+    assert again.published()[0].public_pem() == first.public_pem()
+
+
+OTHER = "0000:42:00.0"
+
+
+def _place(root: Path, bdf: str, ev: Any, nonce: bytes) -> None:
+    base = root / bdf
+    (base / "rims").mkdir(parents=True)
+    (base / "report.hex").write_text(ev.report.hex())
+    (base / "cert_chain.pem").write_bytes(ev.cert_chain)
+    (base / "nonce.hex").write_text(nonce.hex())
+    for i, rim in enumerate(ev.rims):
+        (base / "rims" / f"{i}.swidtag").write_bytes(rim)
+
+
+def _judge(engine: AttestationEngine, bdf: str) -> GpuResult:
+    plan = SimpleNamespace(uid="c1", namespace="ns", name="claim")
+    return engine._attest_gpu(bdf, engine.applied_for(AttestationRequest(required=True)), plan,  # type: ignore[arg-type]
+                              "gpu-0", ["p1"])
+
+
+@pytest.mark.parametrize(
+    ("name", "allow", "known", "outcome"),
+    [
+        ("foreign nonce off by default", False, {BDF: "x"}, {BDF: "nonce not ours", OTHER: "nonce not ours"}),
+        ("the same report for two devices: only the one it belongs to", True, {BDF: "real"},
+         {BDF: "", OTHER: "belongs to the GPU at 0000:41:00.0"}),
+        ("an identity the node does not know cannot come from foreign-nonce evidence", True, {},
+         {BDF: "no identity is known for 0000:41:00.0", OTHER: "no identity is known"}),
+        ("a different GPU's report for a known device", True, {BDF: "someone-else"},
+         {BDF: "is not the identity someone-else this node knows for 0000:41:00.0"}),
+    ],
+)
+def test_evidence_is_bound_to_the_pci_device(
+    sim: SimulatedProvider, tmp_path: Path, kube: KubernetesApi, name: str, allow: bool, known: dict[str, str],
+    outcome: dict[str, str],
+) -> None:
+    nonce = os.urandom(32)
+    ev = sim.collect(BDF, nonce)
+    real = _verifier(sim).verify(ev.report, ev.cert_chain, nonce, Policy(), rims=ev.rims).identity.ueid
+    assert real
+    root = tmp_path / "evidence"
+    for bdf in (BDF, OTHER):
+        _place(root, bdf, ev, nonce)
+    identities = IdentityStore(tmp_path / "state" / "gpu-identities.json")
+    for bdf, ueid in known.items():
+        identities.learn(bdf, real if ueid == "real" else ueid, "nvml at discovery", NOW)
+    engine = AttestationEngine(AttestationSettings(allow_foreign_nonce=allow), DirectoryProvider(root),
+                               _verifier(sim), NodeKeyStore(tmp_path / "k", "node-a", timedelta(days=1)), OnVfio(),
+                               kube, "gpu.cc-gpu.io", "node-a", tmp_path / "tokens", identities=identities)
+    for bdf, want in outcome.items():
+        result = _judge(engine, bdf)
+        if want:
+            assert not result.ok and want in " ".join(result.reasons), (name, bdf, result.reasons)
+        else:
+            assert result.ok, (name, result.reasons)
+            assert result.nonce_ours is False and result.compact()["nonce"] == "not ours"
+            claims = jwt.decode(result.token or "", options={"verify_signature": False})
+            assert claims["x-cc-gpu-nonce"] == "not ours"
+    if known.get(BDF) == "someone-else":
+        assert real in " ".join(_judge(engine, BDF).reasons), "the rejection names both identities"
+    engine.close()
+
+
+def test_identities_are_learned_from_our_nonce_and_kept(tmp_path: Path) -> None:
+    path = tmp_path / "gpu-identities.json"
+    store = IdentityStore(path)
+    store.learn(BDF, "u1", "nvml at discovery", NOW)
+    store.learn(BDF, "u2", "nvml", NOW)  # first one wins
+    store.learn(OTHER, "u1", "nvml", NOW)  # an identity belongs to one device
+    assert path.stat().st_mode & 0o777 == 0o600
+    again = IdentityStore(path)
+    assert again.get(BDF) is not None and again.get(BDF).ueid == "u1" and again.get(OTHER) is None  # type: ignore[union-attr]
+    again.check(BDF, "u1")
+    with pytest.raises(IdentityMismatchError, match="u2 is not the identity u1"):
+        again.check(BDF, "u2")
+    path.write_text("{")
+    with pytest.raises(IdentityStoreError):
+        IdentityStore(path)
+
+
+@pytest.mark.parametrize(("plain_vfio", "attested"), [(False, 1), (True, 2)])
+def test_node_minimum_can_cover_the_plain_vfio_class(
+    sim: SimulatedProvider, tmp_path: Path, kube: KubernetesApi, plain_vfio: bool, attested: int
+) -> None:
+    from cc_gpu.dra.attestcfg import NodeMinimum  # noqa: PLC0415
+    from cc_gpu.dra.opaque import VfioDeviceConfig  # noqa: PLC0415
+
+    engine = _engine(sim, tmp_path, kube, minimum=NodeMinimum(required=True, plain_vfio=plain_vfio))
+    plain = SimpleNamespace(config=VfioDeviceConfig())
+    section = SimpleNamespace(config=VfioDeviceConfig(extra={"attestation": AttestationRequest()}))
+    wanted = engine._wanted(SimpleNamespace(devices=[plain, section]))  # type: ignore[arg-type]
+    assert len(wanted) == attested
+    assert all(engine.applied_for(req).required for _, req in wanted), "the floor makes them required"
+    engine.close()

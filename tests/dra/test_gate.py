@@ -12,6 +12,9 @@ from cc_gpu.dra.gate import GatePolicy, PodView, check_reserved_for, decide
 SNP = {"metadata": {"name": "kata-qemu-nvidia-gpu-snp"}, "handler": "kata-qemu-nvidia-gpu-snp"}
 RUNC = {"metadata": {"name": "runc"}, "handler": "runc"}
 PLAIN_KATA = {"metadata": {"name": "kata-qemu-nvidia-gpu"}, "handler": "kata-qemu-nvidia-gpu"}
+TDX = {"metadata": {"name": "tdx"}, "handler": "kata-qemu-nvidia-gpu-tdx"}
+CUSTOM = {"metadata": {"name": "c"}, "handler": "kata-cc"}
+ON_SNP = ("sev-snp",)
 
 
 def pod(
@@ -23,24 +26,32 @@ def pod(
 @pytest.mark.parametrize(
     ("name", "view", "policy", "tee", "modes", "message"),
     [
-        ("missing pod", pod(found=False), GatePolicy(), True, {"d": "on"}, "does not exist"),
-        ("no runtimeClassName", pod(rc_name=None, rc=None), GatePolicy(), True, {"d": "on"}, "no runtimeClassName"),
+        ("missing pod", pod(found=False), GatePolicy(), ON_SNP, {"d": "on"}, "does not exist"),
+        ("no runtimeClassName", pod(rc_name=None, rc=None), GatePolicy(), ON_SNP, {"d": "on"}, "no runtimeClassName"),
         (
             "missing RuntimeClass",
             pod(rc=None),
             GatePolicy(),
-            True,
+            ON_SNP,
             {"d": "on"},
             "RuntimeClass 'kata-qemu-nvidia-gpu-snp' does not exist",
         ),
-        ("runc handler", pod("runc", RUNC), GatePolicy(), True, {"d": "on"}, "handler 'runc', which is not allowed"),
-        ("non-CC kata by default", pod("k", PLAIN_KATA), GatePolicy(), True, {"d": "on"}, "not allowed"),
+        ("runc handler", pod("runc", RUNC), GatePolicy(), ON_SNP, {"d": "on"}, "handler 'runc', which is not allowed"),
+        ("non-CC kata by default", pod("k", PLAIN_KATA), GatePolicy(), ON_SNP, {"d": "on"}, "not allowed"),
         ("no TEE", pod(), GatePolicy(), False, {"d": "on"}, "no TEE enabled"),
-        ("CC mode off", pod(), GatePolicy(), True, {"gpu-a": "on", "gpu-b": "off"}, "gpu-b (cc mode 'off')"),
-        ("handler without object field", pod(rc={"metadata": {}}), GatePolicy(), True, {"d": "on"}, "handler None"),
+        ("CC mode off", pod(), GatePolicy(), ON_SNP, {"gpu-a": "on", "gpu-b": "off"}, "gpu-b (cc mode 'off')"),
+        ("handler without object field", pod(rc={"metadata": {}}), GatePolicy(), ON_SNP, {"d": "on"}, "handler None"),
+        ("TDX handler on an SNP-only node", pod("tdx", TDX), GatePolicy(), ON_SNP, {"d": "on"},
+         "'kata-qemu-nvidia-gpu-tdx' needs tdx but this node has sev-snp"),
+        ("SNP handler on a TDX-only node", pod(), GatePolicy(), ("tdx",), {"d": "on"}, "needs sev-snp"),
+        ("a TEE of unknown kind does not satisfy a TDX handler", pod("tdx", TDX), GatePolicy(), True, {"d": "on"},
+         "a TEE of unknown kind"),
+        ("the admin maps a handler to its TEE", pod("c", CUSTOM), GatePolicy(
+            allowed_handlers=("kata-cc",), confidential_handlers=("kata-cc",), handler_tees={"kata-cc": "tdx"}),
+         ON_SNP, {"d": "on"}, "needs tdx"),
     ],
 )
-def test_refusals(name: str, view: PodView, policy: GatePolicy, tee: bool, modes: dict[str, str], message: str) -> None:
+def test_refusals(name: str, view: PodView, policy: GatePolicy, tee: Any, modes: dict[str, str], message: str) -> None:
     with pytest.raises(GateRefusedError) as exc:
         decide(view, policy, tee, modes)
     assert message in str(exc.value), name
@@ -49,8 +60,8 @@ def test_refusals(name: str, view: PodView, policy: GatePolicy, tee: bool, modes
 @pytest.mark.parametrize(
     ("name", "view", "policy", "tee", "modes", "confidential"),
     [
-        ("snp, CC on", pod(), GatePolicy(), True, {"d": "on"}, True),
-        ("snp, protected PCIe", pod(), GatePolicy(), True, {"d": "ppcie"}, True),
+        ("snp, CC on", pod(), GatePolicy(), ON_SNP, {"d": "on"}, True),
+        ("snp, protected PCIe", pod(), GatePolicy(), ON_SNP, {"d": "ppcie"}, True),
         (
             "admin allows plain kata: no CC requirement for it",
             pod("k", PLAIN_KATA),
@@ -59,11 +70,11 @@ def test_refusals(name: str, view: PodView, policy: GatePolicy, tee: bool, modes
             {"d": "off"},
             False,
         ),
-        ("admin waives CC mode", pod(), GatePolicy(require_cc_mode=False), True, {"d": "off"}, True),
+        ("admin waives CC mode", pod(), GatePolicy(require_cc_mode=False), ON_SNP, {"d": "off"}, True),
     ],
 )
 def test_acceptances(
-    name: str, view: PodView, policy: GatePolicy, tee: bool, modes: dict[str, str], confidential: bool
+    name: str, view: PodView, policy: GatePolicy, tee: Any, modes: dict[str, str], confidential: bool
 ) -> None:
     assert decide(view, policy, tee, modes).confidential is confidential, name
 

@@ -98,7 +98,7 @@ def test_bad_source_is_an_error() -> None:
 
 
 def test_a_new_section_is_one_decoder(monkeypatch: pytest.MonkeyPatch) -> None:
-    def decode_attestation(previous: Any, raw: Any, path: str) -> Any:
+    def decode_attestation(previous: Any, raw: Any, path: str, source: str) -> Any:
         if not isinstance(raw, dict) or set(raw) - {"policy"}:
             raise OpaqueConfigError(f"{path}: bad")
         return {**(previous or {}), **raw}

@@ -278,3 +278,57 @@ def test_bad_config_file_stops_the_plugin(node: Node) -> None:
     proc = node.spawn_plugin("--config", str(config))
     assert proc.wait(timeout=30) == 2
     assert "config key policy.allowed_handler: unknown" in node.log_path.read_text()
+
+
+def _share_with(node: Node, claim: tuple[str, str, str], pod: dict[str, object]) -> None:
+    """What the scheduler does for a shared claim: add another pod to `reservedFor`; the kubelet then hands it the
+    prepared CDI ids without asking the plugin."""
+    current = node.api.get_resource_claim(claim[0], claim[1])
+    meta = pod["metadata"]
+    assert isinstance(meta, dict)
+    current["status"]["reservedFor"].append({"resource": "pods", "name": meta["name"], "uid": meta["uid"]})
+    node.api.update_resource_claim_status(claim[0], claim[1], current)
+
+
+def test_a_refused_consumer_added_after_prepare_is_reported(node: Node) -> None:
+    """A runc pod added to a prepared claim's reservedFor: the device turns unhealthy through dra-health, a Warning
+    Event and an audit line name it, and a repeated prepare now fails the gate."""
+    node.start_plugin("--rescan-seconds", "0.2")
+    devs = node.devices()
+    claim = node.vm_pod_claim([devs[0]])
+    first = node.kubelet.prepare(DRIVER, [claim])[claim[2]]
+    assert first.error == ""
+    with grpc.insecure_channel(f"unix://{node.plugin_dir / 'dra.sock'}") as channel:
+        stream = health_grpc.DRAResourceHealthStub(channel).NodeWatchResources(  # type: ignore[no-untyped-call]
+            health_pb.NodeWatchResourcesRequest(), timeout=15
+        )
+        assert {d.health for d in next(stream).devices} == {health_pb.HEALTHY}
+        _share_with(node, claim, node.pod("runc-sidecar", "runc"))
+        update = next(stream)
+        (sick,) = [d for d in update.devices if d.health == health_pb.UNHEALTHY]
+        assert sick.device.device_name == devs[0] and "refused consumer" in sick.message
+        assert "reserved for 2 pods" in sick.message
+        stream.cancel()
+    node.wait_for(lambda: any(e["reason"] == "RefusedConsumer" for e in node.events_for(claim[1])))
+    assert "refused-consumer" in node.log_path.read_text()
+    again = node.kubelet.prepare(DRIVER, [claim])[claim[2]]
+    assert "reserved for 2 pods" in again.error, "a repeated prepare re-runs the gate"
+    assert node.driver_of(_bdf(devs[0])) == "vfio-pci", "the running VM keeps its GPU; the plugin only reports"
+
+
+def test_a_second_pod_cannot_take_over_another_pods_cdi_device(node: Node) -> None:
+    """Per-pod CDI devices are keyed by the pod UID the plugin verified: a pod whose annotation reuses another pod's
+    value is refused and the first pod's spec stays as it was."""
+    node.start_plugin()
+    devs = node.devices()
+    owner = node.pod("vm-first", cdi_device=True)
+    value = owner["metadata"]["annotations"]["cdi.k8s.io/cc-gpu"]
+    first = node.claim("first", [devs[0]], [owner])
+    assert node.kubelet.prepare(DRIVER, [first])[first[2]].error == ""
+    path = node.cdi_root / f"cc-gpu.io-vfio_pod-{owner['metadata']['uid']}.json"
+    spec = path.read_text()
+    thief = node.claim("thief", [devs[1]], [node.pod("vm-thief", annotations={"cdi.k8s.io/cc-gpu": value})])
+    error = node.kubelet.prepare(DRIVER, [thief])[thief[2]].error
+    assert "not its own" in error
+    assert path.read_text() == spec, "the first pod's spec is untouched"
+    assert node.driver_of(_bdf(devs[1])) == "nvidia"

@@ -114,7 +114,11 @@ class CrashNode:
                   config: list[dict[str, Any]] | None = None) -> ClaimRef:
         self._n += 1
         name = f"{self.run}-{self._n}"
-        pod = self.node.pod(f"vm-{name}", cdi_device=pod_spec)
+        topo = topology(self.node.topology)
+        # The gate wants the TEE the handler names: a TDX-only node runs the TDX class.
+        runtime_class = "kata-qemu-nvidia-gpu-tdx" if topo.tdx and not topo.sev_snp else "kata-qemu-nvidia-gpu-snp"
+        # The per-pod device is the pod's own (`pod-<its uid>`), as the pod-gate controller sets it on a cluster.
+        pod = self.node.pod(f"vm-{name}", runtime_class, cdi_device=pod_spec)
         pod_device = f"{cdi.POD_DEVICE_PREFIX}{pod['metadata']['uid']}" if pod_spec else ""
         ns, cname, uid = self.node.claim(f"claim-{name}", devices, [pod], config=config)
         return ClaimRef(ns, cname, uid, pod_device)

@@ -88,7 +88,8 @@ class Shared:
             self.seeded = True
         if attested:
             config = root / "plugin.toml"
-            config.write_text(f'[attestation]\nkeys_namespace = "{KEYS_NAMESPACE}"\n')
+            # Token files on (they are off by default): crashes must never leave one behind either.
+            config.write_text(f'[attestation]\nkeys_namespace = "{KEYS_NAMESPACE}"\ntoken_mount = true\n')
             node.extra_args = ["--config", str(config)]
         # The kubelet deletes its node's slices when it starts: every run publishes from scratch, deterministically.
         for s in self.api.list_resource_slices(DRIVER, NODE):

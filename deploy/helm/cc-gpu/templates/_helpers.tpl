@@ -43,3 +43,11 @@ app.kubernetes.io/component: kubelet-plugin
 "iommuFD" in device.attributes[{{ .Values.driverName | quote }}] &&
 device.attributes[{{ .Values.driverName | quote }}].iommuFD == true
 {{- end }}
+
+{{/*
+The version part of a token key id <node>.k<version>: the same pattern as KEY_VERSION_PATTERN in
+cc_gpu/attest/binding.py (a test renders the chart and compares them).
+*/}}
+{{- define "cc-gpu.keyVersionPattern" -}}
+[1-9][0-9]{0,8}
+{{- end }}
