@@ -26,11 +26,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cc_gpu.attest.policy import Policy
 from cc_gpu.dra.errors import OpaqueConfigError
 from cc_gpu.errors import ConfigError
+
+if TYPE_CHECKING:
+    from cc_gpu.attest.policy import Policy
 
 SECTION = "attestation"
 REVOCATION_MODES = ("online", "cached", "off")
@@ -51,6 +53,10 @@ class InlinePolicy:
     allow_certificate_hold: bool | None = None
 
     def to_policy(self) -> Policy:
+        # Imported here: the plugin's settings (and the real-kernel guest, which has no `cryptography`) read this
+        # module without verifying anything.
+        from cc_gpu.attest.policy import Policy  # noqa: PLC0415
+
         return Policy(min_driver=self.min_driver, min_vbios=self.min_vbios,
                       missing_rim_fails=(self.missing_rim or "fail") == "fail",
                       allow_certificate_hold=bool(self.allow_certificate_hold))
