@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import atexit
 import base64
+import ctypes
 import http.client
 import json
 import os
@@ -313,7 +314,8 @@ class ControlPlane:
         log = self.logs_dir / f"{name}.log"
         handle = log.open("ab")
         popen = subprocess.Popen(argv, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                 start_new_session=True, cwd=self.workdir)
+                                 start_new_session=True, cwd=self.workdir,
+                                 preexec_fn=_die_with_parent)  # noqa: PLW1509 (one libc call, resolved beforehand)
         handle.close()
         self.processes.append(Process(name, popen, log))
 
@@ -345,6 +347,16 @@ def write_kubeconfig(path: Path, server: str, ca: Path, *, cert: pki_module.Pair
     }
     path.write_text(yaml.safe_dump(config))
     path.chmod(0o600)
+
+
+_PRCTL = ctypes.CDLL(None, use_errno=True).prctl  # resolved in the parent: the child only calls it
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: the kernel kills it when the test process dies, even by SIGKILL, when `stop()` and
+    atexit never run, so no component outlives its test session."""
+    _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _free_port() -> int:

@@ -147,7 +147,7 @@ def test_daemonset_mounts_and_privileges() -> None:
     assert mounts == {"/var/lib/kubelet/plugins/gpu.cc-gpu.io": False, "/var/lib/kubelet/plugins_registry": False,
                       "/var/run/cdi": False, "/sys": False, "/dev": False, "/lib/modules": True, "/host/proc": True,
                       "/etc/cc-gpu": True, "/host/nvidia-lib": True,
-                      "/host/etc/kata-containers": True, "/host/opt/kata/share/defaults/kata-containers": True,
+                      "/host/etc/kata-containers": True, "/host/opt/kata": True,
                       "/host/etc/containerd": True}
     host_paths = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v}
     assert host_paths["host-proc"] == "/proc"
