@@ -141,6 +141,14 @@ def output_file(text: str) -> Path:
     return path
 
 
+def output_path(text: str) -> Path:
+    """A file to write, its missing directories created by the command: only a directory in its place is refused."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"expected a file to write, but {text!r} is a directory")
+    return path
+
+
 def url(text: str) -> str:
     from urllib.parse import urlsplit  # noqa: PLC0415
 

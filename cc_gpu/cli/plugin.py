@@ -16,7 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from cc_gpu.cli._input import CliError, input_file, node_name, port, positive_seconds
+from cc_gpu.cli._input import CliError, node_name, port, positive_seconds
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -73,7 +73,7 @@ ENV_ALIASES = {"node_name": "NODE_NAME", "pod_uid": "POD_UID"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=input_file, help="TOML configuration file (env CC_GPU_CONFIG)")
+    parser.add_argument("--config", type=Path, help="TOML configuration file (env CC_GPU_CONFIG)")
     for flag, (dest, kind) in FLAGS.items():
         parser.add_argument(flag, dest=dest, default=None, help=HELP[flag],
                             type=_TYPES[kind])

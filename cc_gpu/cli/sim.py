@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from cc_gpu.cli._input import CliError, input_file, output_file, port
+from cc_gpu.cli._input import CliError, input_file, output_path, port
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     api.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     api.add_argument("--port", type=port, default=0,
                      help="port to listen on; 0 picks a free one (default: %(default)s)")
-    api.add_argument("--kubeconfig-out", type=output_file,
+    api.add_argument("--kubeconfig-out", type=output_path,
                      help="write a kubeconfig pointing at the server to this file")
     api.add_argument("--seed", type=input_file, action="append", default=[],
                      help="JSON file of objects to create first")
