@@ -10,6 +10,7 @@ import pytest
 
 from cc_gpu import __version__
 from cc_gpu.cli import main
+from cc_gpu.dra.server import HEALTH_VERSION, SUPPORTED_VERSIONS
 
 
 def test_no_arguments_prints_usage_and_fails(capsys: pytest.CaptureFixture[str]) -> None:
@@ -32,8 +33,6 @@ def test_unknown_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) ->
 @pytest.mark.parametrize("flag", ["--version", "-V"])
 def test_python_dash_m_reports_version_and_protocols(flag: str) -> None:
     """The version first, then the DRA gRPC services the plugin registers with the kubelet (from the server itself)."""
-    from cc_gpu.dra.server import HEALTH_VERSION, SUPPORTED_VERSIONS
-
     out = subprocess.run([sys.executable, "-m", "cc_gpu", flag], capture_output=True, text=True, check=True)
     lines = out.stdout.splitlines()
     assert lines[0] == f"cc-gpu {__version__}"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -17,6 +18,9 @@ import time
 from pathlib import Path
 
 import pytest
+
+from cc_gpu import cli
+from cc_gpu.cli import COMMANDS, keys
 
 USAGE, REFUSED = 2, 1
 
@@ -103,6 +107,8 @@ ROWS: list[tuple[str, int, str]] = [
     ("plugin --node-name n --driver-name Bad_Driver", USAGE, "driver name"),
     ("plugin --node-name n --select-pci 18:00.0 --select-label gpus", USAGE, "not both"),
     ("plugin --node-name n --sim dgx-h100 --kubeconfig {BIN}", USAGE, "Kubernetes client configuration"),
+    ("plugin --node-name n --sim-root {DIR}", USAGE, "needs sim"),
+    ("plugin --node-name n --sim dgx-h100 --sysfs-root {DIR}", USAGE, "sysfs_root"),
     # pod-gate
     ("pod-gate --interval 0", USAGE, "--interval"),
     ("pod-gate --interval soon", USAGE, "--interval"),
@@ -142,8 +148,6 @@ def places(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 
 def _argv(row: str, places: dict[str, str]) -> list[str]:
-    import shlex
-
     return [arg.format(**places) for arg in shlex.split(row)]
 
 
@@ -174,18 +178,26 @@ def test_bad_input(row: str, code: int, message: str, places: dict[str, str]) ->
             assert "\n" not in error, f"not one line: {error!r}"
 
 
-def test_every_subcommand_has_a_row() -> None:
-    from cc_gpu.cli import COMMANDS
+def test_a_command_that_writes_to_the_real_host_names_its_roots(places: dict[str, str]) -> None:
+    """Without --sim, `vfio restore` says where it acts before it does; here under an empty prefix it finds nothing."""
+    out = _cc_gpu(["vfio", "restore", "99", "--root", places["DIR"]])
+    lines = out.stderr.splitlines()
+    assert out.returncode == REFUSED, out.stderr
+    root = places["DIR"]
+    assert lines[0] == (f"cc-gpu: vfio restore acts on the real host: sysfs {root}/sys, /dev {root}/dev, "
+                        f"state {root}/var/lib/cc-gpu")
+    assert "nothing to restore" in lines[1]
+    status = _cc_gpu(["vfio", "status", "--root", places["DIR"]])
+    assert "acts on the real host" not in status.stderr  # reading is not announced
 
+
+def test_every_subcommand_has_a_row() -> None:
     assert {r[0].split()[0] for r in ROWS} >= set(COMMANDS)
 
 
 def test_the_last_resort_names_itself_and_exits_70(monkeypatch: pytest.MonkeyPatch,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     """A bug (here: a command that raises what it should not) is reported as one line asking for a report."""
-    from cc_gpu import cli
-    from cc_gpu.cli import keys
-
     def broken(_args: object) -> int:
         raise RuntimeError("boom")
 
@@ -196,7 +208,7 @@ def test_the_last_resort_names_itself_and_exits_70(monkeypatch: pytest.MonkeyPat
 
 
 def test_ctrl_c_in_the_demo_exits_130_and_stops_what_it_started(tmp_path: Path) -> None:
-    """SIGINT while the demo runs: no KeyboardInterrupt traceback, exit 130, and the plugin process it started is gone."""
+    """SIGINT while the demo runs: no KeyboardInterrupt traceback, exit 130, and the plugin it started is gone."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CC_GPU_")}
     proc = subprocess.Popen([sys.executable, "-m", "cc_gpu", "demo", "--workdir", str(tmp_path)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)

@@ -162,6 +162,9 @@ def run(args: argparse.Namespace) -> int:
             from cc_gpu.host.nvml import preload_library  # noqa: PLC0415
 
             preload_library(settings.nvml_library)
+        if not settings.sim:
+            print(f"cc-gpu plugin: acts on the real host: sysfs {settings.sysfs_root}, /dev {settings.dev_root}, "
+                  f"/proc {settings.proc_root}", file=sys.stderr)
         kube = KubernetesApi(settings.kubeconfig)
         host_port, wait_for_change = build_host(settings, kube)
         attestation = None

@@ -82,6 +82,12 @@ class PluginSettings:
         for name, port in (("metrics port", self.metrics_port), ("probe port", self.probe_port)):
             if not 0 <= port <= 65535:
                 raise ConfigError(f"{name} {port} is not a TCP port from 0 (off) to 65535")
+        if self.sim_root is not None and not self.sim:
+            raise ConfigError("sim_root (--sim-root) needs sim (--sim TOPOLOGY): without it the real host is used")
+        real_roots = [name for name in ("sysfs_root", "dev_root", "proc_root")
+                      if getattr(self, name) != getattr(PluginSettings, name)]
+        if self.sim and real_roots:
+            raise ConfigError(f"{', '.join(real_roots)} name the real host's filesystems and cannot be used with sim")
         if not self.rescan_seconds > 0 or self.rescan_seconds == float("inf"):
             raise ConfigError(f"rescan seconds {self.rescan_seconds!r} is not a positive number of seconds")
         if len(self.driver_name) > 63 or not _DNS_SUBDOMAIN.match(self.driver_name):

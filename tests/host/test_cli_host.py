@@ -64,7 +64,8 @@ def test_discover_no_iommu_fails_clearly() -> None:
     ("args", "message"),
     [
         pytest.param(["--sim", "nonesuch"], "unknown simulated topology 'nonesuch'", id="unknown-topology"),
-        pytest.param(["--sim", "dgx-h100", "--vendor", "xyz"], "argument --vendor: expected a 16-bit PCI id", id="bad-filter"),
+        pytest.param(["--sim", "dgx-h100", "--vendor", "xyz"], "argument --vendor: expected a 16-bit PCI id",
+                     id="bad-filter"),
     ],
 )
 def test_discover_usage_errors(args: list[str], message: str) -> None:
