@@ -36,6 +36,7 @@ ROWS: list[tuple[str, int, str]] = [
     ("discover --sim dgx-h100 --sysfs-root {DIR}", USAGE, "--sysfs-root"),
     ("discover --root {BIN}", USAGE, "--root"),
     ("discover --sim nonesuch --json", USAGE, "unknown simulated topology"),
+    ("discover --root {DIR} --json", REFUSED, "IOMMU is off"),
     # vfio
     ("vfio", USAGE, "ACTION"),
     ("vfio status --sim-root {DIR}", USAGE, "--sim-root needs --sim"),
@@ -84,6 +85,10 @@ ROWS: list[tuple[str, int, str]] = [
      "--token-out"),
     ("attest verify --report {BIN} --cert-chain {BIN} --nonce " + "00" * 32 + " --revocation maybe", USAGE,
      "--revocation"),
+    ("attest verify --report {BIN} --cert-chain {BIN} --nonce " + "00" * 32 + " --token-key {BIN} --token-kid a.k1"
+     " --json", USAGE, "signing key"),
+    ("attest check-token --token {BIN} --public-key k={MISSING}", USAGE, "public key"),
+    ("attest check-token --token {BIN} --public-key k={BIN}", USAGE, "public key"),
     ("attest inspect --report {BIN}", REFUSED, ""),
     ("attest inspect --report {BIN} --json", REFUSED, ""),
     ("attest inspect --report {DIR}", USAGE, "--report"),
@@ -119,6 +124,7 @@ ROWS: list[tuple[str, int, str]] = [
     ("keys shuffle --node-name n", USAGE, "action"),
     ("keys list --node-name Bad_Name", USAGE, "--node-name"),
     ("keys list --node-name n --keep 0", USAGE, "--keep"),
+    ("keys rotate --node-name n --plugin-dir {BIN}/sub", USAGE, "--plugin-dir"),
     ("keys list --node-name n --plugin-dir {BIN}", USAGE, "--plugin-dir"),
     ("keys list --node-name n --driver-name Bad_Driver", USAGE, "--driver-name"),
     # sim

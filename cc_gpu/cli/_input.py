@@ -102,8 +102,10 @@ def node_name(text: str) -> str:
 def directory(text: str) -> Path:
     """A directory that may not exist yet, but is not a file."""
     path = Path(text)
-    if path.exists() and not path.is_dir():
-        raise argparse.ArgumentTypeError(f"expected a directory, but {text!r} is not one")
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        where = "" if existing == path else f" ({str(existing)!r} is a file)"
+        raise argparse.ArgumentTypeError(f"expected a directory, but {text!r} cannot be one{where}")
     return path
 
 

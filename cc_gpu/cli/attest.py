@@ -146,6 +146,11 @@ def _verify(args: argparse.Namespace) -> int:
         policy = policy.with_revocation(RevocationMode(args.revocation))
     if bool(args.token_key) != bool(args.token_kid):
         raise _Usage("--token-key and --token-kid go together")
+    signer = None
+    if args.token_key:  # read the key before verifying, so a bad key is a usage error, not a verdict then an error
+        from cc_gpu.attest.token import TokenSigner, load_signing_key
+
+        signer = TokenSigner(load_signing_key(args.token_key), args.token_kid)
     transport = None
     if policy.revocation is RevocationMode.ONLINE or args.rim_url:
         from cc_gpu.attest.transport import UrllibTransport
@@ -170,10 +175,8 @@ def _verify(args: argparse.Namespace) -> int:
             mark = "ok  " if check.satisfied else ("FAIL" if check.required else "note")
             print(f"{mark} {check.name:<55} {check.status:<15} {check.detail}")
         print(verdict.result_text + ("" if verdict.ok else ": " + ", ".join(c.name for c in verdict.failed)))
-    if args.token_key:
-        from cc_gpu.attest.token import TokenSigner, load_signing_key
-
-        token = TokenSigner(load_signing_key(args.token_key), args.token_kid).sign(verdict)
+    if signer is not None:
+        token = signer.sign(verdict)
         if args.token_out:
             args.token_out.write_text(token + "\n", encoding="ascii")
         else:

@@ -44,8 +44,8 @@ def run(args: argparse.Namespace) -> int:
             raise CliError(f"environment NODE_NAME: {e}") from None
     plugin_dir = args.plugin_dir or Path("/var/lib/kubelet/plugins") / args.driver_name
     # The age limit only matters to the plugin; here a key is never rotated by age as a side effect of listing.
-    store = NodeKeyStore(plugin_dir / "token-keys", args.node_name, timedelta(days=36500), keep=args.keep)
     try:
+        store = NodeKeyStore(plugin_dir / "token-keys", args.node_name, timedelta(days=36500), keep=args.keep)
         if args.action == "rotate":
             key = store.rotate()
             print(f"rotated: new signing key {key.kid}")
@@ -53,4 +53,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"{key.kid}  created {key.created.isoformat()}")
     except CcGpuError as e:
         raise Refusal(str(e), kind=type(e).__name__) from None
+    except OSError as e:
+        raise CliError(f"--plugin-dir {plugin_dir}: cannot use the key directory: {e.strerror or e}",
+                       kind="KeyStoreError") from None
     return 0

@@ -15,7 +15,7 @@ import re
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
-from cc_gpu.cli._host import add_host_arguments, device_filter, open_host
+from cc_gpu.cli._host import add_host_arguments, device_filter, open_host, sim_list
 from cc_gpu.cli._input import CliError, Refusal, positive_seconds
 
 if TYPE_CHECKING:
@@ -204,6 +204,9 @@ def _print(args: argparse.Namespace, result: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.sim == "list":
+        print(sim_list())
+        return 0
     from cc_gpu.errors import CcGpuError  # noqa: PLC0415
     from cc_gpu.host.binder import Binder  # noqa: PLC0415
     from cc_gpu.host.sim import UnknownTopologyError  # noqa: PLC0415
