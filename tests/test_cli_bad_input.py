@@ -21,6 +21,7 @@ import pytest
 
 from cc_gpu import cli
 from cc_gpu.cli import COMMANDS, keys
+from cc_gpu.host.sim import SimKernel
 
 USAGE, REFUSED = 2, 1
 
@@ -245,3 +246,29 @@ def _processes_mentioning(text: str) -> list[int]:
         if text in cmdline:
             found.append(int(entry.name))
     return found
+
+
+def test_ctrl_c_during_a_bind_exits_130_and_rolls_the_group_back(tmp_path: Path) -> None:
+    """SIGINT while the simulated kernel is slow to probe vfio-pci: the bind is undone, the group is not left held."""
+    node = tmp_path / "node"
+    sim = ["--sim", "dgx-h100", "--sim-root", str(node)]
+    assert _cc_gpu(["discover", *sim]).returncode == 0
+    SimKernel(node).set_default_bind_delay(3)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CC_GPU_")}
+    proc = subprocess.Popen([sys.executable, "-m", "cc_gpu", "vfio", "bind", "10", *sim],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    records = node / "var" / "lib" / "cc-gpu"
+    deadline = time.monotonic() + 60
+    while not any(records.rglob("*.json")) and time.monotonic() < deadline:  # the record precedes any sysfs write
+        time.sleep(0.05)
+    assert any(records.rglob("*.json")), "the bind never started"
+    time.sleep(0.5)  # now inside the slow probe
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out + err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    SimKernel(node).set_default_bind_delay(0)
+    status = _cc_gpu(["vfio", "status", "10", "--json", *sim])
+    doc = json.loads(status.stdout)[0]
+    assert doc["owner"] is None, doc
+    assert all(m["driver"] == "nvidia" for m in doc["members"] if not m["bridge"]), doc
