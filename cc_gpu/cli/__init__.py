@@ -130,8 +130,9 @@ def _main(args: list[str]) -> int:
         parsed = parser.parse_args(rest)
     except SystemExit as exc:  # --help
         return int(exc.code or 0)
-    except _ParseError as e:
-        return _report(e.parser.prog, e, as_json)
+    except _ParseError as e:  # JSON only where the command that failed to parse takes --json
+        takes_json = any("--json" in action.option_strings for action in e.parser._actions)
+        return _report(e.parser.prog, e, as_json and takes_json)
     as_json = bool(getattr(parsed, "json", False))
     try:
         return module.run(parsed)
