@@ -10,6 +10,7 @@ import pytest
 
 from cc_gpu import __version__
 from cc_gpu.cli import main
+from cc_gpu.dra.server import HEALTH_VERSION, SUPPORTED_VERSIONS
 
 
 def test_no_arguments_prints_usage_and_fails(capsys: pytest.CaptureFixture[str]) -> None:
@@ -29,9 +30,14 @@ def test_unknown_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) ->
     assert "unknown command 'frobnicate'" in capsys.readouterr().err
 
 
-def test_python_dash_m_reports_version() -> None:
-    out = subprocess.run([sys.executable, "-m", "cc_gpu", "--version"], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == __version__
+@pytest.mark.parametrize("flag", ["--version", "-V"])
+def test_python_dash_m_reports_version_and_protocols(flag: str) -> None:
+    """The version first, then the DRA gRPC services the plugin registers with the kubelet (from the server itself)."""
+    out = subprocess.run([sys.executable, "-m", "cc_gpu", flag], capture_output=True, text=True, check=True)
+    lines = out.stdout.splitlines()
+    assert lines[0] == f"cc-gpu {__version__}"
+    for service in (*SUPPORTED_VERSIONS, HEALTH_VERSION):
+        assert service in out.stdout
 
 
 def test_a_closed_pipe_is_not_an_error() -> None:

@@ -25,54 +25,64 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from cc_gpu.cli._input import CliError, Refusal, directory, existing_directory, input_file, node_name, output_file, url
+
 EXIT_OK, EXIT_REJECTED, EXIT_USAGE = 0, 1, 2
+
+
+def _kid(text: str) -> str:
+    if not text or len(text) > 253 or not text.isprintable() or any(c.isspace() for c in text):
+        raise argparse.ArgumentTypeError(f"expected a key id without spaces, at most 253 characters, got {text!r}")
+    return text
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", required=True)
 
     verify = sub.add_parser("verify", help="verify one GPU's attestation evidence against policy")
-    verify.add_argument("--report", type=Path, required=True, help="SPDM report (hex text as NVML writes it, or raw)")
-    verify.add_argument("--cert-chain", type=Path, required=True, help="PEM device certificate chain, leaf first")
+    verify.add_argument("--report", type=input_file, required=True,
+                        help="SPDM report (hex text as NVML writes it, or raw)")
+    verify.add_argument("--cert-chain", type=input_file, required=True, help="PEM device certificate chain, leaf first")
     verify.add_argument("--nonce", required=True, help="the 32-byte nonce issued for this report, as hex")
-    verify.add_argument("--rim", type=Path, action="append", default=[], help="a driver or VBIOS RIM file")
-    verify.add_argument("--rim-dir", type=Path, help="directory of RIMs named by RIM id")
-    verify.add_argument("--rim-url", help="mirror of NVIDIA's RIM service (base URL)")
-    verify.add_argument("--ocsp-dir", type=Path, help="OCSP response cache directory (used by --revocation cached)")
-    verify.add_argument("--trust-dir", type=Path, help="trust store directory (device/*.pem, rim/*.pem)")
-    verify.add_argument("--policy", type=Path, help="policy TOML file (default: the strict built-in policy)")
+    verify.add_argument("--rim", type=input_file, action="append", default=[], help="a driver or VBIOS RIM file")
+    verify.add_argument("--rim-dir", type=existing_directory, help="directory of RIMs named by RIM id")
+    verify.add_argument("--rim-url", type=url, help="mirror of NVIDIA's RIM service (base URL)")
+    verify.add_argument("--ocsp-dir", type=existing_directory,
+                        help="OCSP response cache directory (used by --revocation cached)")
+    verify.add_argument("--trust-dir", type=existing_directory, help="trust store directory (device/*.pem, rim/*.pem)")
+    verify.add_argument("--policy", type=input_file, help="policy TOML file (default: the strict built-in policy)")
     verify.add_argument("--at", help="verification time, ISO-8601 with offset (default: now)")
     verify.add_argument("--revocation", choices=("online", "cached", "off"), help="override the policy's mode")
     verify.add_argument("--json", action="store_true", help="print the verdict as JSON")
-    verify.add_argument("--token-key", type=Path, help="PEM P-384 private key to sign a verdict token with")
-    verify.add_argument("--token-kid", help="key id of --token-key")
-    verify.add_argument("--token-out", type=Path, help="write the token here (default: stdout)")
+    verify.add_argument("--token-key", type=input_file, help="PEM P-384 private key to sign a verdict token with")
+    verify.add_argument("--token-kid", type=_kid, help="key id of --token-key")
+    verify.add_argument("--token-out", type=output_file, help="write the token here (default: stdout)")
 
     inspect = sub.add_parser("inspect", help="print the decoded fields of a report")
-    inspect.add_argument("--report", type=Path, required=True)
+    inspect.add_argument("--report", type=input_file, required=True)
     inspect.add_argument("--json", action="store_true")
 
     check = sub.add_parser("check-token", help="verify a verdict token offline (for workloads)")
-    check.add_argument("--token", type=Path, required=True, help="file holding the token ('-' for stdin)")
+    check.add_argument("--token", type=input_file, required=True, help="file holding the token ('-' for stdin)")
     check.add_argument("--public-key", action="append", default=[], metavar="KID=PEM", help="trusted key")
-    check.add_argument("--keys-configmap", action="append", default=[], type=Path, metavar="FILE",
+    check.add_argument("--keys-configmap", action="append", default=[], type=input_file, metavar="FILE",
                        help="published token keys: a ConfigMap or a List of them, as JSON (kubectl get -o json)")
     check.add_argument("--claim-uid", help="require the token to be issued for this ResourceClaim UID")
     check.add_argument("--pod-uid", help="require the token to be issued for this pod UID")
-    check.add_argument("--node", help="require the token to be issued on this node")
+    check.add_argument("--node", type=node_name, help="require the token to be issued on this node")
     check.add_argument("--nonce", help="expected nonce (hex)")
     check.add_argument("--at", help="time to judge expiry at (default: now)")
 
     bundle = sub.add_parser("bundle", help="offline bundles for air-gapped clusters")
     bundle_sub = bundle.add_subparsers(dest="bundle_action", required=True)
     imp = bundle_sub.add_parser("import", help="verify and import RIMs and OCSP responses into a local store")
-    imp.add_argument("--bundle", type=Path, required=True)
-    imp.add_argument("--store", type=Path, required=True, help="store directory (gets rims/ and ocsp/)")
-    imp.add_argument("--trust-dir", type=Path)
+    imp.add_argument("--bundle", type=existing_directory, required=True)
+    imp.add_argument("--store", type=directory, required=True, help="store directory (gets rims/ and ocsp/)")
+    imp.add_argument("--trust-dir", type=existing_directory)
     imp.add_argument("--at", help="time to verify RIM signatures at (default: now)")
 
 
-class _Usage(Exception):
+class _Usage(CliError):
     """A usage or unreadable-input error: exit 2 with this message."""
 
 
@@ -111,12 +121,8 @@ def run(args: argparse.Namespace) -> int:
     handlers = {"verify": _verify, "inspect": _inspect, "check-token": _check_token, "bundle": _bundle}
     try:
         return handlers[args.action](args)
-    except _Usage as e:
-        print(f"cc-gpu attest: {e}", file=sys.stderr)
-        return EXIT_USAGE
     except CcGpuError as e:
-        print(f"cc-gpu attest: {e}", file=sys.stderr)
-        return EXIT_USAGE
+        raise CliError(str(e), kind=type(e).__name__) from None
 
 
 def _trust(path: Path | None) -> Any:
@@ -140,6 +146,11 @@ def _verify(args: argparse.Namespace) -> int:
         policy = policy.with_revocation(RevocationMode(args.revocation))
     if bool(args.token_key) != bool(args.token_kid):
         raise _Usage("--token-key and --token-kid go together")
+    signer = None
+    if args.token_key:  # read the key before verifying, so a bad key is a usage error, not a verdict then an error
+        from cc_gpu.attest.token import TokenSigner, load_signing_key
+
+        signer = TokenSigner(load_signing_key(args.token_key), args.token_kid)
     transport = None
     if policy.revocation is RevocationMode.ONLINE or args.rim_url:
         from cc_gpu.attest.transport import UrllibTransport
@@ -164,10 +175,8 @@ def _verify(args: argparse.Namespace) -> int:
             mark = "ok  " if check.satisfied else ("FAIL" if check.required else "note")
             print(f"{mark} {check.name:<55} {check.status:<15} {check.detail}")
         print(verdict.result_text + ("" if verdict.ok else ": " + ", ".join(c.name for c in verdict.failed)))
-    if args.token_key:
-        from cc_gpu.attest.token import TokenSigner, load_signing_key
-
-        token = TokenSigner(load_signing_key(args.token_key), args.token_kid).sign(verdict)
+    if signer is not None:
+        token = signer.sign(verdict)
         if args.token_out:
             args.token_out.write_text(token + "\n", encoding="ascii")
         else:
@@ -182,8 +191,7 @@ def _inspect(args: argparse.Namespace) -> int:
     try:
         report = parse_report(decode_report_text(_read(args.report)))
     except EvidenceParseError as e:
-        print(f"cc-gpu attest: {e}", file=sys.stderr)
-        return EXIT_REJECTED
+        raise Refusal(str(e), kind=type(e).__name__) from None
     fields: dict[str, Any] = {
         "nonce": report.nonce.hex(),
         "slot_id": report.slot_id,

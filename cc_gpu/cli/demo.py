@@ -32,9 +32,15 @@ ATTESTED = [{"source": "FromClass", "opaque": {"driver": DRIVER, "parameters": {
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--topology", default="dgx-h100", help="simulated node topology (default: %(default)s)")
-    parser.add_argument("--workdir", type=Path, help="keep the simulated node's files here (default: a temp dir)")
-    parser.add_argument("--bind-delay", type=float, default=0.5, help="simulated seconds per device bind")
+    from cc_gpu.cli._input import directory, nonnegative_seconds  # noqa: PLC0415
+    from cc_gpu.host.sim import TOPOLOGIES  # noqa: PLC0415
+
+    parser.add_argument("--topology", default="dgx-h100", choices=TOPOLOGIES, metavar="TOPOLOGY",
+                        help=f"simulated node topology: {', '.join(TOPOLOGIES)} (default: %(default)s)")
+    parser.add_argument("--workdir", type=directory,
+                        help="keep the simulated node's files here (default: a temp dir)")
+    parser.add_argument("--bind-delay", type=nonnegative_seconds, default=0.5,
+                        help="simulated seconds per device bind (default: %(default)s)")
 
 
 def _say(title: str) -> None:

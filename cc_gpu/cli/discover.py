@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from typing import TYPE_CHECKING, Any
 
 from cc_gpu.cli._host import add_host_arguments, device_filter, open_host, sim_list
+from cc_gpu.cli._input import CliError, Refusal
 
 if TYPE_CHECKING:
     from cc_gpu.host.discovery import Inventory
@@ -112,14 +112,11 @@ def run(args: argparse.Namespace) -> int:
             inv = discover(host, device_filter(args))
             tee = read_host_tee(host.io, host.roots)
     except UnknownTopologyError as e:
-        print(f"cc-gpu discover: {e}", file=sys.stderr)
-        return 2
+        raise CliError(str(e)) from None
     except ValueError as e:
-        print(f"cc-gpu discover: bad device filter: {e}", file=sys.stderr)
-        return 2
+        raise CliError(f"bad device filter: {e}") from None
     except CcGpuError as e:
-        print(f"cc-gpu discover: {e}", file=sys.stderr)
-        return 1
+        raise Refusal(str(e), kind=type(e).__name__) from None
     if args.json:
         print(json.dumps(to_document(inv, tee), indent=2, sort_keys=True))
     else:

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from dataclasses import asdict
 from pathlib import Path
 
+from cc_gpu.cli._input import CliError, directory, existing_directory, input_file, positive_int
 from cc_gpu.kata import ColdPlugPath, KataConfigError, RuntimeClassKind
 from cc_gpu.kata_node import NodeReport, check_node, node_summary
 
@@ -20,30 +20,44 @@ from cc_gpu.kata_node import NodeReport, check_node, node_summary
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", required=True)
     check = sub.add_parser("check", help="check Kata configuration files for confidential GPU passthrough")
-    check.add_argument("--config", action="append", type=Path, default=[], metavar="FILE",
+    check.add_argument("--config", action="append", type=input_file, default=[], metavar="FILE",
                        help="a Kata configuration file (repeatable: each is checked with its config.d/ drop-ins); "
                             "default: the NVIDIA GPU configurations found under --root")
     check.add_argument("--class", dest="runtime_class", choices=[k.value for k in RuntimeClassKind],
                        help="the runtime class the files serve (default: from the file name, then its flags)")
-    check.add_argument("--gpus", type=int, default=1, help="most GPUs one pod may get (default 1)")
-    check.add_argument("--ports-per-gpu", type=int, default=1,
+    check.add_argument("--gpus", type=positive_int, default=1, help="most GPUs one pod may get (default 1)")
+    check.add_argument("--ports-per-gpu", type=positive_int, default=1,
                        help="PCIe functions in one GPU's IOMMU group, e.g. 2 with an audio function (default 1)")
     check.add_argument("--path", choices=[p.value for p in ColdPlugPath], default=ColdPlugPath.CDI_ANNOTATIONS.value,
                        help="how the GPU reaches Kata: cdi-annotations (released Kata, default) or pod-resources")
-    check.add_argument("--containerd-config", action="append", type=Path, default=[], metavar="FILE",
+    check.add_argument("--containerd-config", action="append", type=input_file, default=[], metavar="FILE",
                        help="containerd configuration (repeatable, merged in order); default: under --root if present")
     check.add_argument("--handler", help="containerd runtime handler (default: kata-deploy's name for the class)")
     check.add_argument("--no-drop-ins", action="store_true", help="ignore config.d/ next to each configuration")
-    check.add_argument("--root", type=Path, default=Path("/"), help="host root the default paths are under")
+    check.add_argument("--root", type=existing_directory, default=Path("/"),
+                        help="host root the default paths are under")
     check.add_argument("--kata-version", help="the node's Kata release (default: <root>/opt/kata/VERSION)")
-    check.add_argument("--kubelet-root", type=Path, help="the kubelet's --root-dir, to check pod_resource_api_sock")
+    check.add_argument("--kubelet-root", type=directory,
+                        help="the kubelet's --root-dir, to check pod_resource_api_sock")
     check.add_argument("--json", action="store_true", help="print the reports as JSON")
 
 
+def _check_text(flag: str, path: Path) -> None:
+    """A configuration file given by hand must be UTF-8 text (TOML): say which one is not before parsing anything."""
+    try:
+        path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise CliError(f"{flag} {path}: not a TOML text file (not UTF-8 at byte {e.start})",
+                       kind="KataConfigError") from None
+    except OSError as e:
+        raise CliError(f"{flag} {path}: cannot read: {e.strerror or e}", kind="KataConfigError") from None
+
+
 def run(args: argparse.Namespace) -> int:
-    if args.gpus < 1 or args.ports_per_gpu < 1:
-        print("cc-gpu kata check: --gpus and --ports-per-gpu must be at least 1", file=sys.stderr)
-        return 2
+    for path in args.config:
+        _check_text("--config", path)
+    for path in args.containerd_config:
+        _check_text("--containerd-config", path)
     try:
         reports = check_node(
             gpus=args.gpus, root=args.root, configs=args.config,
@@ -53,12 +67,16 @@ def run(args: argparse.Namespace) -> int:
             kata_version=args.kata_version, kubelet_root=args.kubelet_root,
         )
     except KataConfigError as e:
-        print(f"cc-gpu kata check: {e}", file=sys.stderr)
-        return 2
+        raise CliError(str(e), kind=type(e).__name__) from None
+    except UnicodeDecodeError as e:
+        raise CliError(f"a configuration file is not UTF-8 text (TOML): {e.reason} at byte {e.start}",
+                       kind="KataConfigError") from None
+    except OSError as e:
+        raise CliError(f"cannot read {e.filename or 'a configuration file'}: {e.strerror or e}",
+                       kind="KataConfigError") from None
     if not reports:
-        print(f"cc-gpu kata check: no NVIDIA GPU Kata configuration under {args.root}; pass --config FILE",
-              file=sys.stderr)
-        return 2
+        raise CliError(f"no NVIDIA GPU Kata configuration under {args.root}; pass --config FILE",
+                       kind="NoConfiguration")
     if args.json:
         print(json.dumps([_as_json(r) for r in reports], indent=2))
     else:

@@ -16,9 +16,23 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from cc_gpu.cli._input import CliError, node_name, port, positive_seconds
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def _log_level(text: str) -> str:
+    if text.lower() not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(f"expected one of {', '.join(LOG_LEVELS)}, got {text!r}")
+    return text.lower()
+
+
+_TYPES: dict[str, Any] = {"str": str, "path": Path, "port": port, "seconds": positive_seconds, "level": _log_level,
+                          "node": node_name}
+
 # flag -> (settings field, kind)
 FLAGS: dict[str, tuple[str, str]] = {
-    "--node-name": ("node_name", "str"),
+    "--node-name": ("node_name", "node"),
     "--driver-name": ("driver_name", "str"),
     "--sim": ("sim", "str"),
     "--sim-root": ("sim_root", "path"),
@@ -31,10 +45,10 @@ FLAGS: dict[str, tuple[str, str]] = {
     "--registry-dir": ("registry_dir", "path"),
     "--cdi-root": ("cdi_root", "path"),
     "--pod-uid": ("pod_uid", "str"),
-    "--metrics-port": ("metrics_port", "int"),
-    "--probe-port": ("probe_port", "int"),
-    "--rescan-seconds": ("rescan_seconds", "float"),
-    "--log-level": ("log_level", "str"),
+    "--metrics-port": ("metrics_port", "port"),
+    "--probe-port": ("probe_port", "port"),
+    "--rescan-seconds": ("rescan_seconds", "seconds"),
+    "--log-level": ("log_level", "level"),
 }
 HELP = {
     "--node-name": "this node's name (env NODE_NAME)",
@@ -53,7 +67,7 @@ HELP = {
     "--metrics-port": "serve Prometheus /metrics on this port (0: off)",
     "--probe-port": "serve the gRPC health liveness probe on this TCP port (0: off)",
     "--rescan-seconds": "rescan the hardware at least this often",
-    "--log-level": "debug, info, warning or error",
+    "--log-level": "debug, info (default), warning or error",
 }
 ENV_ALIASES = {"node_name": "NODE_NAME", "pod_uid": "POD_UID"}
 
@@ -62,7 +76,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, help="TOML configuration file (env CC_GPU_CONFIG)")
     for flag, (dest, kind) in FLAGS.items():
         parser.add_argument(flag, dest=dest, default=None, help=HELP[flag],
-                            type={"str": str, "path": Path, "int": int, "float": float}[kind])
+                            type=_TYPES[kind])
     parser.add_argument("--select-pci", dest="select_pci", default=None,
                         help="manage only these GPUs: comma-separated PCI addresses (env CC_GPU_SELECT_PCI)")
     parser.add_argument("--select-label", dest="select_label", default=None,
@@ -83,7 +97,7 @@ def _env_name(dest: str) -> str:
 
 
 def _convert(kind: str, value: str) -> Any:
-    return {"str": str, "path": Path, "int": int, "float": float}[kind](value)
+    return _TYPES[kind](value)
 
 
 def settings_from(args: argparse.Namespace, environ: dict[str, str]) -> Any:
@@ -104,7 +118,7 @@ def settings_from(args: argparse.Namespace, environ: dict[str, str]) -> Any:
                 changes[dest] = flag_value
             elif env_value:
                 changes[dest] = _convert(kind, env_value)
-        except ValueError as e:
+        except (ValueError, argparse.ArgumentTypeError) as e:
             raise ConfigError(f"environment {_env_name(dest)}: {e}") from e
     settings = replace(settings, **changes)
     pci = args.select_pci or environ.get("CC_GPU_SELECT_PCI")
@@ -133,12 +147,12 @@ def run(args: argparse.Namespace) -> int:
     from cc_gpu.dra.observe import setup_json_logging  # noqa: PLC0415
     from cc_gpu.dra.plugin import Plugin  # noqa: PLC0415
     from cc_gpu.errors import CcGpuError  # noqa: PLC0415
+    from cc_gpu.kube.errors import KubeConfigError  # noqa: PLC0415
 
     try:
         settings = settings_from(args, dict(os.environ))
     except CcGpuError as e:
-        print(f"cc-gpu plugin: {e}", file=sys.stderr)
-        return 2
+        raise CliError(str(e), kind=type(e).__name__) from None
     setup_json_logging(settings.log_level)
     try:
         from cc_gpu.dra.hostport import build_host  # noqa: PLC0415
@@ -148,6 +162,9 @@ def run(args: argparse.Namespace) -> int:
             from cc_gpu.host.nvml import preload_library  # noqa: PLC0415
 
             preload_library(settings.nvml_library)
+        if not settings.sim:
+            print(f"cc-gpu plugin: acts on the real host: sysfs {settings.sysfs_root}, /dev {settings.dev_root}, "
+                  f"/proc {settings.proc_root}", file=sys.stderr)
         kube = KubernetesApi(settings.kubeconfig)
         host_port, wait_for_change = build_host(settings, kube)
         attestation = None
@@ -157,6 +174,8 @@ def run(args: argparse.Namespace) -> int:
             attestation = build_attestation(settings, host_port.host, kube)
         plugin = Plugin(settings, host_port, kube, wait_for_change, attestation)
         return plugin.run_until_signalled()
+    except KubeConfigError as e:
+        raise CliError(str(e), kind=type(e).__name__) from None
     except CcGpuError as e:
         print(f"cc-gpu plugin: {e}", file=sys.stderr)
         return 1

@@ -10,12 +10,13 @@ import argparse
 import signal
 import sys
 import threading
-from pathlib import Path
+
+from cc_gpu.cli._input import CliError, input_file, positive_seconds
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--kubeconfig", type=Path, help="kubeconfig file (default: in-cluster config)")
-    parser.add_argument("--interval", type=float, default=1.0,
+    parser.add_argument("--kubeconfig", type=input_file, help="kubeconfig file (default: in-cluster config)")
+    parser.add_argument("--interval", type=positive_seconds, default=1.0,
                         help="seconds between passes over the held pods (default: %(default)s)")
     parser.add_argument("--once", action="store_true", help="release the pods held now, then exit")
 
@@ -25,17 +26,13 @@ def run(args: argparse.Namespace) -> int:
 
     from cc_gpu.dra import podgate  # noqa: PLC0415 (lazy: see cc_gpu.cli)
     from cc_gpu.kube.client import KubernetesApi  # noqa: PLC0415
-    from cc_gpu.kube.errors import ApiError  # noqa: PLC0415
+    from cc_gpu.kube.errors import ApiError, KubeConfigError  # noqa: PLC0415
 
-    if not args.interval > 0:
-        print("cc-gpu pod-gate: --interval must be a positive number of seconds", file=sys.stderr)
-        return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
         api = KubernetesApi(args.kubeconfig)
-    except ApiError as e:
-        print(f"cc-gpu pod-gate: cannot configure the Kubernetes client: {e}", file=sys.stderr)
-        return 2
+    except (ApiError, KubeConfigError) as e:
+        raise CliError(f"cannot configure the Kubernetes client: {e}", kind=type(e).__name__) from None
     try:
         if args.once:
             counts = podgate.release_all(api)

@@ -10,19 +10,23 @@ from __future__ import annotations
 import argparse
 import json
 import signal
-import sys
 import threading
 from pathlib import Path
 from typing import Any
+
+from cc_gpu.cli._input import CliError, input_file, output_path, port
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="double", required=True, metavar="DOUBLE")
     api = sub.add_parser("apiserver", help="serve the Kubernetes API-server double until terminated")
     api.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
-    api.add_argument("--port", type=int, default=0, help="port to listen on; 0 picks a free one (default: %(default)s)")
-    api.add_argument("--kubeconfig-out", type=Path, help="write a kubeconfig pointing at the server to this file")
-    api.add_argument("--seed", type=Path, action="append", default=[], help="JSON file of objects to create first")
+    api.add_argument("--port", type=port, default=0,
+                     help="port to listen on; 0 picks a free one (default: %(default)s)")
+    api.add_argument("--kubeconfig-out", type=output_path,
+                     help="write a kubeconfig pointing at the server to this file")
+    api.add_argument("--seed", type=input_file, action="append", default=[],
+                     help="JSON file of objects to create first")
 
 
 def _seed_objects(path: Path) -> list[dict[str, Any]]:
@@ -40,21 +44,22 @@ def run(args: argparse.Namespace) -> int:
     from cc_gpu.kube.apiserver.status import ApiStatus  # noqa: PLC0415
 
     double = ApiServerDouble(host=args.host, port=args.port)
-    try:
-        for path in args.seed:
-            for obj in _seed_objects(path):
+    for path in args.seed:
+        try:
+            objects = _seed_objects(path)
+        except UnicodeDecodeError as e:
+            raise CliError(f"--seed {path}: not JSON text (not UTF-8 at byte {e.start})") from None
+        except (OSError, ValueError) as e:
+            raise CliError(f"--seed {path}: cannot read seed objects: {e}") from None
+        try:
+            for obj in objects:
                 double.create(obj)
-    except (OSError, ValueError) as e:
-        print(f"cc-gpu sim apiserver: cannot read seed objects: {e}", file=sys.stderr)
-        return 2
-    except ApiStatus as e:
-        print(f"cc-gpu sim apiserver: a seed object was refused: {e}", file=sys.stderr)
-        return 2
+        except ApiStatus as e:
+            raise CliError(f"--seed {path}: a seed object was refused: {e}") from None
     try:
         double.start()
-    except OSError as e:
-        print(f"cc-gpu sim apiserver: cannot listen on {args.host}:{args.port}: {e}", file=sys.stderr)
-        return 2
+    except (OSError, OverflowError) as e:
+        raise CliError(f"--host/--port: cannot listen on {args.host}:{args.port}: {e}") from None
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())

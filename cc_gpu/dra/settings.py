@@ -21,6 +21,7 @@ from cc_gpu.dra.katacheck import KataCheckSettings
 from cc_gpu.errors import ConfigError
 
 DEFAULT_DRIVER = "gpu.cc-gpu.io"
+LOG_LEVELS = ("debug", "info", "warning", "error")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
 
@@ -74,6 +75,21 @@ class PluginSettings:
     def validate(self) -> PluginSettings:
         if not self.node_name:
             raise ConfigError("node name is required (--node-name or NODE_NAME)")
+        if len(self.node_name) > 253 or not _DNS_SUBDOMAIN.match(self.node_name):
+            raise ConfigError(f"node name {self.node_name!r} is not a Kubernetes node name (a lowercase DNS subdomain)")
+        if self.log_level.lower() not in LOG_LEVELS:
+            raise ConfigError(f"log level {self.log_level!r} is not one of {', '.join(LOG_LEVELS)}")
+        for name, port in (("metrics port", self.metrics_port), ("probe port", self.probe_port)):
+            if not 0 <= port <= 65535:
+                raise ConfigError(f"{name} {port} is not a TCP port from 0 (off) to 65535")
+        if self.sim_root is not None and not self.sim:
+            raise ConfigError("sim_root (--sim-root) needs sim (--sim TOPOLOGY): without it the real host is used")
+        real_roots = [name for name in ("sysfs_root", "dev_root", "proc_root")
+                      if getattr(self, name) != getattr(PluginSettings, name)]
+        if self.sim and real_roots:
+            raise ConfigError(f"{', '.join(real_roots)} name the real host's filesystems and cannot be used with sim")
+        if not self.rescan_seconds > 0 or self.rescan_seconds == float("inf"):
+            raise ConfigError(f"rescan seconds {self.rescan_seconds!r} is not a positive number of seconds")
         if len(self.driver_name) > 63 or not _DNS_SUBDOMAIN.match(self.driver_name):
             raise ConfigError(f"driver name {self.driver_name!r} is not a DNS subdomain of at most 63 characters")
         if not self.policy.allowed_handlers:
@@ -188,6 +204,8 @@ def load_toml(path: Path, base: PluginSettings) -> PluginSettings:
         data = tomllib.loads(path.read_text())
     except OSError as e:
         raise ConfigError(f"cannot read config file {path}: {e.strerror}") from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {path} is not TOML text (not UTF-8 at byte {e.start})") from e
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config file {path} is not valid TOML: {e}") from e
     return apply_mapping(base, data)

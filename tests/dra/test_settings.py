@@ -115,3 +115,12 @@ def test_kata_check_switch_and_containerd_files(tmp_path: Path) -> None:
 def test_settings_are_frozen() -> None:
     with pytest.raises(AttributeError):
         PluginSettings().node_name = "x"  # type: ignore[misc]
+
+
+def test_a_simulation_setting_never_falls_through_to_the_real_host() -> None:
+    """`sim_root` without `sim` would quietly run on the real host; real roots with `sim` would be ignored."""
+    with pytest.raises(ConfigError, match="needs sim"):
+        PluginSettings(node_name="n", sim_root=Path("/tmp/sim")).validate()
+    with pytest.raises(ConfigError, match="sysfs_root"):
+        PluginSettings(node_name="n", sim="dgx-h100", sysfs_root=Path("/host/sys")).validate()
+    PluginSettings(node_name="n", sim="dgx-h100", sim_root=Path("/tmp/sim")).validate()
