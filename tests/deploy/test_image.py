@@ -229,6 +229,11 @@ def test_the_charts_daemonset_container_runs_the_image(built: Built, image: Cont
     fields = {"spec.nodeName": node, "metadata.uid": str(uuid.uuid4())}
     env = {e["name"]: fields[e["valueFrom"]["fieldRef"]["fieldPath"]] for e in spec["env"]}
     argv = built.config()["config"]["Entrypoint"] + [expand(a, env) for a in spec["args"]]
+    # The simulated host replaces the node's filesystems, so the chart's real-host root flags go: the plugin refuses
+    # to mix them with a simulation (a simulation never falls through to the real host).
+    host_roots = [a for a in argv if a.startswith(("--sysfs-root=", "--dev-root=", "--proc-root=", "--modules-root="))]
+    assert host_roots == ["--sysfs-root=/sys", "--dev-root=/dev", "--proc-root=/host/proc"]
+    argv = [a for a in argv if a not in host_roots]
     user = f"{spec['securityContext']['runAsUser']}:0"
 
     volumes = {v["name"]: v for v in pod["volumes"]}
