@@ -244,7 +244,9 @@ class Claims:
             },
             "reservedFor": [{"resource": "pods", "name": pod["metadata"]["name"], "uid": pod["metadata"]["uid"]}],
         }
-        self.admin("PUT", f"{RG}/namespaces/{namespace}/resourceclaims/{name}/status", claim).ok()
+        # Compact JSON, as kube-scheduler (a Go client) sends it: the server keeps the opaque parameters' bytes as sent.
+        body = json.dumps(claim, separators=(",", ":")).encode()
+        self.admin("PUT", f"{RG}/namespaces/{namespace}/resourceclaims/{name}/status", body).ok()
         return namespace, name, str(claim["metadata"]["uid"])
 
 
