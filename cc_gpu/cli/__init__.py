@@ -95,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Commands clean up in their `finally` blocks and context managers on the way out; nothing else to undo.
         print("cc-gpu: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except Exception as e:
+    except Exception as e:  # the last resort the exit-code contract names: a bug, reported as one, exit 70
         print(f"cc-gpu: internal error: {type(e).__name__}: {e} (please report this)", file=sys.stderr)
         if os.environ.get("CC_GPU_DEBUG"):
             import traceback  # noqa: PLC0415

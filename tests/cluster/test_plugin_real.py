@@ -228,24 +228,24 @@ def test_another_writer_keeps_its_condition(
     node = nodes[HEALTHY]
     ref = _vm_pod(control_plane, gate, "vm-shared", VFIO_CLASS, HEALTHY)
     device = _claim(control_plane, ref)["status"]["allocation"]["devices"]["results"][0]["device"]
-    bound = {
-        "type": "BindingReady",
-        "status": "True",
-        "reason": "Bound",
-        "message": "",
-        "lastTransitionTime": "2026-01-01T00:00:00Z",
-    }
-    body = {
-        "apiVersion": "resource.k8s.io/v1",
-        "kind": "ResourceClaim",
-        "metadata": {"name": ref[1], "namespace": ref[0]},
-        "status": {"devices": [{"driver": DRIVER, "pool": HEALTHY, "device": device, "conditions": [bound]}]},
-    }
+    body = _device_status(ref, HEALTHY, device, "BindingReady", "Bound")
     node.api.apply_resource_claim_status(ref[0], ref[1], body, field_manager=f"{DRIVER}/binding")
     assert node.kubelet.prepare(DRIVER, [ref])[ref[2]].error == "", node.log()
     entry = _entry(_claim(control_plane, ref))
     assert sorted(c["type"] for c in entry["conditions"]) == ["BindingReady", "Ready"]
     assert node.kubelet.unprepare(DRIVER, [ref]) == {ref[2]: ""}
+
+
+def _device_status(ref: tuple[str, str, str], pool: str, device: str, condition: str, reason: str) -> dict[str, Any]:
+    """An apply body with one True condition on this driver's entry for `device` of the claim `ref`."""
+    status = {"type": condition, "status": "True", "reason": reason, "message": "",
+              "lastTransitionTime": "2026-01-01T00:00:00Z"}
+    return {
+        "apiVersion": "resource.k8s.io/v1",
+        "kind": "ResourceClaim",
+        "metadata": {"name": ref[1], "namespace": ref[0]},
+        "status": {"devices": [{"driver": DRIVER, "pool": pool, "device": device, "conditions": [status]}]},
+    }
 
 
 def _token(node: PluginNode) -> str:
@@ -265,19 +265,7 @@ def test_least_privilege(control_plane: ControlPlane, nodes: dict[str, PluginNod
     # A claim allocated on the sick node: its own plugin may write the device status, node-a's may not.
     ref = _vm_pod(control_plane, gate, "vm-elsewhere", VFIO_CLASS, SICK)
     device = _claim(control_plane, ref)["status"]["allocation"]["devices"]["results"][0]["device"]
-    ready = {
-        "type": "Ready",
-        "status": "True",
-        "reason": "Probe",
-        "message": "",
-        "lastTransitionTime": "2026-01-01T00:00:00Z",
-    }
-    body = {
-        "apiVersion": "resource.k8s.io/v1",
-        "kind": "ResourceClaim",
-        "metadata": {"name": ref[1], "namespace": ref[0]},
-        "status": {"devices": [{"driver": DRIVER, "pool": SICK, "device": device, "conditions": [ready]}]},
-    }
+    body = _device_status(ref, SICK, device, "Ready", "Probe")
     with pytest.raises(errors.InvalidError) as refused:  # the driver check answers 422, naming status.devices
         nodes[HEALTHY].api.apply_resource_claim_status(ref[0], ref[1], body, field_manager="probe")
     ((field, reason),) = [(c.field, c.reason) for c in refused.value.causes]
