@@ -108,16 +108,26 @@ def decide(
             f"for VFIO GPUs (allowed: {', '.join(policy.allowed_handlers)})"
         )
     confidential = handler in policy.confidential_handlers
-    if confidential:
-        if policy.require_tee:
-            _check_tee(handler, policy, tee_enabled)
-        if policy.require_cc_mode:
-            off = sorted(f"{dev} (cc mode {mode!r})" for dev, mode in cc_modes.items() if mode not in CC_MODES_OK)
-            if off:
-                raise GateRefusedError(
-                    f"handler {handler!r} is confidential but GPU CC mode is not on/ppcie for: {', '.join(off)}"
-                )
-    return GateDecision(pod=pod, handler=handler, confidential=confidential)
+    if confidential and policy.require_tee:
+        _check_tee(handler, policy, tee_enabled)
+    decision = GateDecision(pod=pod, handler=handler, confidential=confidential)
+    check_cc_modes(decision, policy, cc_modes)
+    return decision
+
+
+def check_cc_modes(decision: GateDecision, policy: GatePolicy, cc_modes: Mapping[str, str]) -> None:
+    """Refuse a confidential pod any device whose CC mode is not on/ppcie.
+
+    Separate from `decide` because the modes must be read under the groups' locks: read outside them, a concurrent
+    unprepare of the same group can be caught half-way (still on vfio-pci, no longer held) and read as `unknown`.
+    """
+    if not (decision.confidential and policy.require_cc_mode):
+        return
+    off = sorted(f"{dev} (cc mode {mode!r})" for dev, mode in cc_modes.items() if mode not in CC_MODES_OK)
+    if off:
+        raise GateRefusedError(
+            f"handler {decision.handler!r} is confidential but GPU CC mode is not on/ppcie for: {', '.join(off)}"
+        )
 
 
 def _check_tee(handler: str, policy: GatePolicy, tee_enabled: bool | Collection[str]) -> None:

@@ -1,7 +1,8 @@
 """Prepare and unprepare, claim by claim, as a sequence of small named steps over the checkpoint.
 
 Prepare: fetch the claim, plan it (`claims.py`), pass the RuntimeClass gate (`gate.py`), then under the locks of the
-claim's IOMMU groups only: checkpoint `PrepareStarted`, bind each group, write the claim's CDI spec (and the pod's
+claim's IOMMU groups only: read the GPUs' CC modes for the gate (a concurrent unprepare of the group cannot be
+caught half-way there), checkpoint `PrepareStarted`, bind each group, write the claim's CDI spec (and the pod's
 spec for the annotation path), checkpoint `PrepareCompleted`. A claim already completed returns the same answer without
 touching the host. Unprepare works from the checkpoint alone. Startup reconciliation rolls back half-done prepares,
 drops entries of a previous boot and removes CDI specs nobody owns, and never touches a completed claim of this boot.
@@ -32,7 +33,7 @@ from cc_gpu.dra.claims import ClaimPlan, parse_claim
 from cc_gpu.dra.claimstatus import DeviceStatus, apply_device_status
 from cc_gpu.dra.crashpoints import crashpoint
 from cc_gpu.dra.errors import ClaimError, GateRefusedError
-from cc_gpu.dra.gate import GateDecision, GatePolicy, PodView, decide
+from cc_gpu.dra.gate import GateDecision, GatePolicy, PodView, check_cc_modes, decide
 from cc_gpu.dra.iommu import IommuModeRefusedError, choose_mode
 from cc_gpu.dra.locks import GroupLocks
 from cc_gpu.dra.ports import GpuView, HostPort
@@ -111,8 +112,8 @@ class DeviceState:
         completed = done is not None and done.state == PREPARE_COMPLETED and done.boot_id == self.boot_id
         # The gate runs on every prepare, also of a claim prepared before (it only reads): the claim's consumers may
         # have changed since, and a repeated prepare must not hand out what a first one would refuse. The CC modes
-        # were checked before the bind; a bound GPU's BAR is never read again.
-        decision = self._gate(claim, plan, check_cc=not completed)
+        # are checked before the bind, under the groups' locks; a bound GPU's BAR is never read again.
+        decision = self._gate(claim, plan)
         if done is not None and completed:
             return self._answer(done)
         modes = self._iommu_modes(claim, plan, decision)
@@ -123,6 +124,7 @@ class DeviceState:
                 return self._answer(existing)
             if existing is not None:
                 self._rollback(existing)
+            self._gate_cc(claim, plan, decision)
             attested = self._step_attest(claim, plan)  # before anything changes: a rejected GPU stays with the host
             entry = self._step_started(plan, decision.pod)
             entry = self._step_bind(entry, modes, decision.confidential)
@@ -148,11 +150,21 @@ class DeviceState:
             modes[d.device.name] = fresh[d.device.name].cc_mode
         return modes
 
-    def _gate(self, claim: Mapping[str, Any], plan: ClaimPlan, check_cc: bool = True) -> GateDecision:
+    def _gate(self, claim: Mapping[str, Any], plan: ClaimPlan) -> GateDecision:
+        """The RuntimeClass and TEE part of the gate; the CC modes follow under the locks (`_gate_cc`)."""
         pod = self._pod_view(plan.namespace, plan.pod)
-        cc_modes = self._fresh_cc_modes(plan) if check_cc else {}
         try:
-            return decide(pod, self.policy, self.host.tee_kinds(), cc_modes)
+            return decide(pod, self.policy, self.host.tee_kinds(), {})
+        except GateRefusedError as e:
+            self._event(claim, "PrepareRefused", str(e))
+            raise
+
+    def _gate_cc(self, claim: Mapping[str, Any], plan: ClaimPlan, decision: GateDecision) -> None:
+        """The CC-mode part of the gate, read while the caller holds the groups' locks."""
+        if not (decision.confidential and self.policy.require_cc_mode):
+            return
+        try:
+            check_cc_modes(decision, self.policy, self._fresh_cc_modes(plan))
         except GateRefusedError as e:
             self._event(claim, "PrepareRefused", str(e))
             raise
