@@ -116,6 +116,7 @@ ROWS: list[tuple[str, int, str]] = [
     ("plugin --node-name n --sim dgx-h100 --kubeconfig {BIN}", USAGE, "Kubernetes client configuration"),
     ("plugin --node-name n --sim-root {DIR}", USAGE, "needs sim"),
     ("plugin --node-name n --sim dgx-h100 --sysfs-root {DIR}", USAGE, "sysfs_root"),
+    ("plugin --node-name n --sim dgx-h100 --plugin-dir {DIR}/" + "p" * 100, USAGE, "Unix socket path"),
     # pod-gate
     ("pod-gate --interval 0", USAGE, "--interval"),
     ("pod-gate --interval soon", USAGE, "--interval"),

@@ -27,9 +27,10 @@ from cc_gpu.dra.katacheck import run_kata_check
 from cc_gpu.dra.locks import GroupLocks
 from cc_gpu.dra.observe import Metrics
 from cc_gpu.dra.ports import GpuView, HostPort
-from cc_gpu.dra.server import DraService, HealthBroadcaster, PluginServers, SocketPaths
+from cc_gpu.dra.server import DraService, HealthBroadcaster, PluginServers
 from cc_gpu.dra.settings import PluginSettings
 from cc_gpu.dra.slices import NodeRef, SlicePublisher
+from cc_gpu.dra.sockets import SocketPaths
 from cc_gpu.dra.state import DeviceState
 from cc_gpu.errors import CcGpuError
 from cc_gpu.kata_node import read_kata_version

@@ -17,7 +17,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +53,7 @@ from cc_gpu.dra.proto import (
 from cc_gpu.dra.proto import (
     pluginregistration_pb2_grpc as reg_grpc,
 )
+from cc_gpu.dra.sockets import SocketPaths
 from cc_gpu.dra.state import ClaimRef, DeviceState, ResultDevice
 from cc_gpu.errors import CcGpuError
 
@@ -61,25 +61,6 @@ log = logging.getLogger("cc_gpu.dra.server")
 
 SUPPORTED_VERSIONS = ("v1.DRAPlugin", "v1beta1.DRAPlugin")
 HEALTH_VERSION = "v1alpha1.DRAResourceHealth"
-
-
-@dataclass(frozen=True)
-class SocketPaths:
-    """Where the two sockets go; `pod_uid` switches to the rolling-update names."""
-
-    plugin_dir: Path
-    registry_dir: Path
-    driver: str
-    pod_uid: str = ""
-
-    @property
-    def dra(self) -> Path:
-        return self.plugin_dir / (f"dra-{self.pod_uid}.sock" if self.pod_uid else "dra.sock")
-
-    @property
-    def registration(self) -> Path:
-        name = f"{self.driver}-{self.pod_uid}-reg.sock" if self.pod_uid else f"{self.driver}-reg.sock"
-        return self.registry_dir / name
 
 
 def _listen_unix(server: grpc.Server, path: Path) -> None:

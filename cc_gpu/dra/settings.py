@@ -18,6 +18,7 @@ from typing import Any
 from cc_gpu.dra.attestcfg import AttestationSettings, decode_settings
 from cc_gpu.dra.gate import TEE_KINDS, GatePolicy
 from cc_gpu.dra.katacheck import KataCheckSettings
+from cc_gpu.dra.sockets import SocketPaths
 from cc_gpu.errors import ConfigError
 
 DEFAULT_DRIVER = "gpu.cc-gpu.io"
@@ -94,6 +95,7 @@ class PluginSettings:
             raise ConfigError(f"driver name {self.driver_name!r} is not a DNS subdomain of at most 63 characters")
         if not self.policy.allowed_handlers:
             raise ConfigError("policy.allowed_handlers must not be empty")
+        SocketPaths(self.plugin_path, self.registry_dir, self.driver_name, self.pod_uid)  # raises when too long
         return self
 
 
