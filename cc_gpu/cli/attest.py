@@ -66,8 +66,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="write the token here (default: stdout; with --json, the document's \"token\" field)")
 
     inspect = sub.add_parser("inspect", help="print the decoded fields of a report")
-    inspect.add_argument("--report", type=input_file, required=True)
-    inspect.add_argument("--json", action="store_true")
+    inspect.add_argument("--report", type=input_file, required=True,
+                         help="SPDM report (hex text as NVML writes it, or raw)")
+    inspect.add_argument("--json", action="store_true", help="print the fields as JSON")
 
     check = sub.add_parser("check-token", help="verify a verdict token offline (for workloads)")
     check.add_argument("--token", type=input_file, required=True, help="file holding the token ('-' for stdin)")
@@ -83,9 +84,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     bundle = sub.add_parser("bundle", help="offline bundles for air-gapped clusters")
     bundle_sub = bundle.add_subparsers(dest="bundle_action", required=True)
     imp = bundle_sub.add_parser("import", help="verify and import RIMs and OCSP responses into a local store")
-    imp.add_argument("--bundle", type=existing_directory, required=True)
+    imp.add_argument("--bundle", type=existing_directory, required=True,
+                     help="bundle directory (rims/ and ocsp/, carried in from a connected machine)")
     imp.add_argument("--store", type=directory, required=True, help="store directory (gets rims/ and ocsp/)")
-    imp.add_argument("--trust-dir", type=existing_directory)
+    imp.add_argument("--trust-dir", type=existing_directory,
+                     help="trust store directory (device/*.pem, rim/*.pem; default: NVIDIA's roots shipped here)")
     imp.add_argument("--at", help="time to verify RIM signatures at (default: now)")
 
 
