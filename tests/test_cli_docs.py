@@ -3,8 +3,8 @@
 The README's "Command-line reference" section has one table per command (a `####` heading naming the command, or
 several for the shared host-selection options); its first column names the options. Both directions are checked:
 an option `--help` has and the reference lacks is undocumented, an option the reference names and the parser lacks
-is documentation of something that does not exist. Every `cc-gpu ...` command line in the README's code blocks must
-also use only options its command has.
+is documentation of something that does not exist. Every `cc-gpu ...` command line in the code blocks of README.md,
+deploy/README.md, deploy/examples/README.md and kata/README.md must also use only options its command has.
 """
 
 from __future__ import annotations
@@ -18,7 +18,11 @@ import pytest
 
 from cc_gpu.cli import COMMANDS, _Parser
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+REPO = Path(__file__).resolve().parents[1]
+README = REPO / "README.md"
+# Documents whose `cc-gpu` command lines must use real options (the reference itself lives in README.md).
+GUIDES = [README, REPO / "deploy" / "README.md", REPO / "deploy" / "examples" / "README.md",
+          REPO / "kata" / "README.md"]
 FLAG = re.compile(r"(?<![\w-])(--[a-z][a-z0-9-]*|-[a-zA-Z])\b")
 
 
@@ -82,8 +86,8 @@ def test_help_and_readme_name_the_same_options(command: str) -> None:
 
 
 def _readme_command_lines() -> list[str]:
-    """Every `cc-gpu ...` command in a README code block, continuation lines joined."""
-    text = README.read_text()
+    """Every `cc-gpu ...` command in the guides' code blocks, continuation lines joined."""
+    text = "\n".join(guide.read_text() for guide in GUIDES)
     lines: list[str] = []
     for block in re.findall(r"```(?:sh|bash|console)?\n(.*?)```", text, re.DOTALL):
         for line in block.replace("\\\n", " ").splitlines():
