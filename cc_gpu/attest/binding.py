@@ -117,12 +117,17 @@ def check_binding(
     key_node = node_of_key_id(kid)
     token_node = claims.get(NODE)
     if key_node is not None and token_node != key_node:
-        raise TokenError(f"token names node {token_node!r} but is signed by the key of node {key_node!r}")
+        raise TokenError(f"token {_names('node', token_node)} but is signed by the key of node {key_node!r}")
     if node is not None and token_node != node:
-        raise TokenError(f"token was issued on node {token_node!r}, expected {node!r}")
+        raise TokenError(f"token {_names('node', token_node)}, expected node {node!r}")
     if claim_uid is not None and claims.get(CLAIM_UID) != claim_uid:
-        raise TokenError(f"token is for claim {claims.get(CLAIM_UID)!r}, expected {claim_uid!r}")
+        raise TokenError(f"token {_names('claim', claims.get(CLAIM_UID))}, expected claim {claim_uid!r}")
     if pod_uid is not None:
         pods = claims.get(POD_UIDS)
         if not isinstance(pods, list) or pod_uid not in pods:
             raise TokenError(f"token is not issued for pod {pod_uid!r}")
+
+
+def _names(what: str, value: object) -> str:
+    """`names node 'a'`, or `names no node` for a token without that claim (never a bare None in a message)."""
+    return f"names no {what}" if value is None else f"names {what} {value!r}"

@@ -38,6 +38,9 @@ BLOCKS = 64
 # The measurement the firmware takes of its security configuration: differs in CC devtools (debug) mode, so such a
 # GPU never matches production reference values (as on real GPUs, where that is what `dbgstat` rests on).
 DEVTOOLS_INDEX = 1
+# Subjects of the two roots every simulated CA mints (named so narration and docs can say who signed what).
+DEVICE_ROOT_CN = "SIM Device Identity CA"
+RIM_ROOT_CN = "SIM CoRIM signing Root CA"
 
 
 def _key() -> ec.EllipticCurvePrivateKey:
@@ -158,10 +161,10 @@ class SimulatedCa:
     def create(cls, now: datetime) -> SimulatedCa:
         naive = now.replace(tzinfo=None)
         start = naive - timedelta(days=365)
-        root = _issue("SIM Device Identity CA", None, ca=True, not_before=start, not_after=FAR_FUTURE)
+        root = _issue(DEVICE_ROOT_CN, None, ca=True, not_before=start, not_after=FAR_FUTURE)
         identity = _issue("SIM GH100 Identity", root, ca=True, not_before=start, not_after=FAR_FUTURE)
         prov = _issue("SIM GH100 Provisioner ICA 1", identity, ca=True, not_before=start, not_after=FAR_FUTURE)
-        rim_root = _issue("SIM CoRIM signing Root CA", None, ca=True, not_before=start, not_after=FAR_FUTURE)
+        rim_root = _issue(RIM_ROOT_CN, None, ca=True, not_before=start, not_after=FAR_FUTURE)
         rim_ca = _issue("SIM Reference Value GH100 CA", rim_root, ca=True, not_before=start, not_after=FAR_FUTURE)
         l3 = _issue("SIM Reference Value L3 GH100 001", rim_ca, ca=True, not_before=start, not_after=FAR_FUTURE)
         signer = _issue("SIM RIM L4 Signer", l3, ca=False, not_before=start, not_after=naive + timedelta(days=365))

@@ -19,7 +19,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from typing import NoReturn, Protocol
+from typing import Any, NoReturn, Protocol
 
 from cc_gpu import __version__
 from cc_gpu.cli._input import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, CliError
@@ -46,8 +46,25 @@ class CommandModule(Protocol):
     def run(self, args: argparse.Namespace) -> int: ...
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Shows every option's default in `--help`, as argparse's ArgumentDefaultsHelpFormatter does, except where the
+    help already says it or there is none to show (no `default: None` for an option that is simply off or unset)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        help_ = action.help or ""
+        shown = action.default not in (None, False, [], argparse.SUPPRESS)
+        if shown and action.option_strings and "default" not in help_:
+            help_ += (" " if help_ else "") + "(default: %(default)s)"
+        return help_
+
+
 class _Parser(argparse.ArgumentParser):
-    """argparse that raises a usage error instead of exiting, so `--json` gets its JSON error too."""
+    """argparse that raises a usage error instead of exiting, so `--json` gets its JSON error too; every parser
+    (subcommands too: they are built with this class) shows defaults in its help."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         raise _ParseError(self, message)

@@ -2,7 +2,8 @@
 
     cc-gpu attest verify --report FILE --cert-chain FILE --nonce HEX [--rim FILE ...] [--rim-dir DIR]
                          [--rim-url URL] [--ocsp-dir DIR] [--trust-dir DIR] [--policy FILE] [--at ISO-8601]
-                         [--revocation online|cached|off] [--json] [--token-key PEM --token-kid KID [--token-out FILE]]
+                         [--revocation online|cached|off] [--json]
+                         [--token-key PEM --token-kid NODE.kN [--token-out FILE]]
     cc-gpu attest inspect --report FILE [--json]
     cc-gpu attest check-token --token FILE (--public-key KID=PEM | --keys-configmap FILE) [...] [--nonce HEX]
                               [--at ISO-8601] [--claim-uid UID] [--pod-uid UID] [--node NODE]
@@ -31,8 +32,12 @@ EXIT_OK, EXIT_REJECTED, EXIT_USAGE = 0, 1, 2
 
 
 def _kid(text: str) -> str:
-    if not text or len(text) > 253 or not text.isprintable() or any(c.isspace() for c in text):
-        raise argparse.ArgumentTypeError(f"expected a key id without spaces, at most 253 characters, got {text!r}")
+    """The documented key-id grammar `<node>.k<version>`: the node is what `check-token` binds the token to."""
+    from cc_gpu.attest.binding import node_of_key_id
+
+    if node_of_key_id(text) is None:
+        raise argparse.ArgumentTypeError(f"expected a key id <node>.k<version> (a node name, then .k and a version "
+                                         f"from 1 without leading zeros, e.g. node-a.k1), got {text!r}")
     return text
 
 
@@ -55,12 +60,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     verify.add_argument("--revocation", choices=("online", "cached", "off"), help="override the policy's mode")
     verify.add_argument("--json", action="store_true", help="print the verdict as JSON")
     verify.add_argument("--token-key", type=input_file, help="PEM P-384 private key to sign a verdict token with")
-    verify.add_argument("--token-kid", type=_kid, help="key id of --token-key")
-    verify.add_argument("--token-out", type=output_file, help="write the token here (default: stdout)")
+    verify.add_argument("--token-kid", type=_kid, metavar="NODE.kVERSION",
+                        help="key id of --token-key, <node>.k<version> (e.g. node-a.k1); the token names that node")
+    verify.add_argument("--token-out", type=output_file,
+                        help="write the token here (default: stdout; with --json, the document's \"token\" field)")
 
     inspect = sub.add_parser("inspect", help="print the decoded fields of a report")
-    inspect.add_argument("--report", type=input_file, required=True)
-    inspect.add_argument("--json", action="store_true")
+    inspect.add_argument("--report", type=input_file, required=True,
+                         help="SPDM report (hex text as NVML writes it, or raw)")
+    inspect.add_argument("--json", action="store_true", help="print the fields as JSON")
 
     check = sub.add_parser("check-token", help="verify a verdict token offline (for workloads)")
     check.add_argument("--token", type=input_file, required=True, help="file holding the token ('-' for stdin)")
@@ -76,9 +84,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     bundle = sub.add_parser("bundle", help="offline bundles for air-gapped clusters")
     bundle_sub = bundle.add_subparsers(dest="bundle_action", required=True)
     imp = bundle_sub.add_parser("import", help="verify and import RIMs and OCSP responses into a local store")
-    imp.add_argument("--bundle", type=existing_directory, required=True)
+    imp.add_argument("--bundle", type=existing_directory, required=True,
+                     help="bundle directory (rims/ and ocsp/, carried in from a connected machine)")
     imp.add_argument("--store", type=directory, required=True, help="store directory (gets rims/ and ocsp/)")
-    imp.add_argument("--trust-dir", type=existing_directory)
+    imp.add_argument("--trust-dir", type=existing_directory,
+                     help="trust store directory (device/*.pem, rim/*.pem; default: NVIDIA's roots shipped here)")
     imp.add_argument("--at", help="time to verify RIM signatures at (default: now)")
 
 
@@ -168,18 +178,22 @@ def _verify(args: argparse.Namespace) -> int:
         revocation=RevocationChecker(store=store, transport=transport),
     )
     verdict = verifier.verify(report, chain, nonce, policy, at=at, rims=rims)
-    if args.json:
-        print(json.dumps(verdict.to_json(), indent=2))
+    token = None
+    if signer is not None:
+        from cc_gpu.attest.binding import NODE, node_of_key_id
+
+        token = signer.sign(verdict, {NODE: node_of_key_id(signer.kid)})
+        if args.token_out:
+            args.token_out.write_text(token + "\n", encoding="ascii")
+            token = None
+    if args.json:  # one JSON document on stdout, the token inside it when it goes nowhere else
+        print(json.dumps({**verdict.to_json(), **({"token": token} if token else {})}, indent=2))
     else:
         for check in verdict.checks:
             mark = "ok  " if check.satisfied else ("FAIL" if check.required else "note")
             print(f"{mark} {check.name:<55} {check.status:<15} {check.detail}")
         print(verdict.result_text + ("" if verdict.ok else ": " + ", ".join(c.name for c in verdict.failed)))
-    if signer is not None:
-        token = signer.sign(verdict)
-        if args.token_out:
-            args.token_out.write_text(token + "\n", encoding="ascii")
-        else:
+        if token:
             print(token)
     return EXIT_OK if verdict.ok else EXIT_REJECTED
 

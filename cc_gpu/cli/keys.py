@@ -18,7 +18,8 @@ from cc_gpu.cli._input import CliError, Refusal, directory, node_name, positive_
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("action", choices=("list", "rotate"))
+    parser.add_argument("action", choices=("list", "rotate"),
+                        help="list the published keys, or rotate: make a new signing key, then list")
     parser.add_argument("--node-name", type=node_name, default=os.environ.get("NODE_NAME"),
                         help="this node's name (env NODE_NAME)")
     parser.add_argument("--driver-name", type=node_name, default="gpu.cc-gpu.io",

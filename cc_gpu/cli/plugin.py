@@ -74,9 +74,15 @@ ENV_ALIASES = {"node_name": "NODE_NAME", "pod_uid": "POD_UID"}
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, help="TOML configuration file (env CC_GPU_CONFIG)")
+    from cc_gpu.dra.settings import PluginSettings  # noqa: PLC0415 (light: no verifier code)
+
+    built_in = PluginSettings()
     for flag, (dest, kind) in FLAGS.items():
-        parser.add_argument(flag, dest=dest, default=None, help=HELP[flag],
-                            type=_TYPES[kind])
+        # The flag's own default stays None (unset: the file and the environment may still set it); help shows the
+        # built-in value that applies when nothing does.
+        value = getattr(built_in, dest)
+        shown = "" if "default" in HELP[flag] or value in (None, "") else f" (default {value})"
+        parser.add_argument(flag, dest=dest, default=None, help=HELP[flag] + shown, type=_TYPES[kind])
     parser.add_argument("--select-pci", dest="select_pci", default=None,
                         help="manage only these GPUs: comma-separated PCI addresses (env CC_GPU_SELECT_PCI)")
     parser.add_argument("--select-label", dest="select_label", default=None,

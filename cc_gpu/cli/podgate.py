@@ -1,4 +1,4 @@
-"""`cc-gpu pod-gate`: run the pod-gate controller (cc_gpu/dra/podgate.py) until SIGTERM or SIGINT.
+"""`cc-gpu pod-gate`: run the pod-gate controller (cc_gpu/dra/podgate.py) until SIGTERM (exit 0) or SIGINT (exit 130).
 
 The chart runs it as a small Deployment with the in-cluster configuration; `--kubeconfig` points it elsewhere.
 `--once` releases the pods held now and exits (0), for scripts and troubleshooting.
@@ -7,11 +7,10 @@ The chart runs it as a small Deployment with the in-cluster configuration; `--ku
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
-import threading
 
 from cc_gpu.cli._input import CliError, input_file, positive_seconds
+from cc_gpu.cli._signals import StopSignals
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,11 +37,9 @@ def run(args: argparse.Namespace) -> int:
             counts = podgate.release_all(api)
             print(f"released {counts['released']} pod(s), {counts['retry']} to retry")
             return 0 if counts["retry"] == 0 else 1
-        stop = threading.Event()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, lambda *_: stop.set())
-        podgate.run(api, stop, interval_s=args.interval)
-        return 0
+        stop = StopSignals()
+        podgate.run(api, stop.event, interval_s=args.interval)
+        return stop.exit_code()
     except ApiError as e:
         print(f"cc-gpu pod-gate: {e}", file=sys.stderr)
         return 1

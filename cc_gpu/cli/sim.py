@@ -1,20 +1,20 @@
 """`cc-gpu sim`: run the project's test doubles on their own, for manual exploration and for other tools.
 
-`cc-gpu sim apiserver --port P --kubeconfig-out FILE` serves the API-server double until SIGTERM or SIGINT, prints
-its URL and writes a kubeconfig that points at it, so the plugin (`cc-gpu plugin --kubeconfig FILE`), kubectl or a
-script can use it like a cluster. `--seed FILE` preloads objects (a JSON object, a JSON list, or a `List` kind).
+`cc-gpu sim apiserver --port P --kubeconfig-out FILE` serves the API-server double until SIGTERM (exit 0) or SIGINT
+(exit 130), prints its URL and writes a kubeconfig that points at it, so the plugin (`cc-gpu plugin --kubeconfig
+FILE`), kubectl or a script can use it like a cluster. `--seed FILE` preloads objects (a JSON object, a JSON list, or
+a `List` kind).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import signal
-import threading
 from pathlib import Path
 from typing import Any
 
 from cc_gpu.cli._input import CliError, input_file, output_path, port
+from cc_gpu.cli._signals import StopSignals
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -60,16 +60,14 @@ def run(args: argparse.Namespace) -> int:
         double.start()
     except (OSError, OverflowError) as e:
         raise CliError(f"--host/--port: cannot listen on {args.host}:{args.port}: {e}") from None
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
+    stop = StopSignals()
     try:
         if args.kubeconfig_out is not None:
             double.write_kubeconfig(args.kubeconfig_out)
         print(f"API-server double serving at {double.url}", flush=True)
         if args.kubeconfig_out is not None:
             print(f"kubeconfig written to {args.kubeconfig_out}", flush=True)
-        stop.wait()
+        stop.event.wait()
     finally:
         double.stop()
-    return 0
+    return stop.exit_code()

@@ -62,7 +62,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         p = sub.add_parser(action, help=help_, description=help_)
         add_host_arguments(p)
         nargs = "+" if action in ("bind", "restore", "reset") else "*"
-        p.add_argument("targets", nargs=nargs, metavar="GROUP|BDF", type=_target)
+        every = " (default: all)" if nargs == "*" else ""
+        p.add_argument("targets", nargs=nargs, metavar="GROUP|BDF", type=_target,
+                       help=f"IOMMU group numbers or PCI addresses of GPUs{every}")
         p.add_argument("--json", action="store_true", help="print JSON")
         if action in ("bind", "restore"):
             p.add_argument("--owner", default=DEFAULT_OWNER, type=_owner,
@@ -71,7 +73,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         if action == "bind":
             p.add_argument("--allow", action="append", default=[], metavar="DEV", type=_allowed,
                            help="let a non-GPU device leave the host: BDF, VENDOR:DEVICE or VENDOR:* (repeatable)")
-            p.add_argument("--backend", choices=("legacy", "prefer-iommufd"), default="legacy")
+            p.add_argument("--backend", choices=("legacy", "prefer-iommufd"), default="legacy",
+                           help="VFIO interface to bind for: the legacy group node /dev/vfio/N, or the iommufd "
+                                "cdevs /dev/vfio/devices/vfioN where /dev/iommu exists")
             p.add_argument("--timeout", type=positive_seconds, default=10.0,
                            help="seconds to wait for the kernel (default 10)")
             p.add_argument("--in-use-timeout", type=positive_seconds, default=5.0,

@@ -179,10 +179,13 @@ class Plugin:
         log.info("plugin stopped; prepared devices left bound")
 
     def run_until_signalled(self) -> int:
+        """Serve until SIGTERM (the kubelet's or Kubernetes' stop: exit 0) or SIGINT (Ctrl-C: exit 130, 128 + 2)."""
         done = threading.Event()
+        received: list[int] = []
 
         def on_signal(signum: int, frame: FrameType | None) -> None:
             log.info("signal received", extra={"signal": signal.Signals(signum).name})
+            received.append(signum)
             done.set()
 
         signal.signal(signal.SIGTERM, on_signal)
@@ -190,4 +193,4 @@ class Plugin:
         self.start()
         done.wait()
         self.stop()
-        return 0
+        return 128 + signal.SIGINT if signal.SIGINT in received else 0

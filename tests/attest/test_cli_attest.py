@@ -12,6 +12,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
+from cc_gpu.attest.binding import check_binding
+from cc_gpu.attest.errors import TokenError
 from tests.attest.conftest import Sample
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -108,7 +110,7 @@ def test_token_issue_and_check(tmp_path: Path, nvidia_211: Sample) -> None:
     (tmp_path / "k.pub").write_bytes(key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo))
     out = cc_gpu(
         *verify_args(
-            nvidia_211, "--token-key", tmp_path / "k.pem", "--token-kid", "node-a-1", "--token-out", tmp_path / "t.jwt"
+            nvidia_211, "--token-key", tmp_path / "k.pem", "--token-kid", "node-a.k1", "--token-out", tmp_path / "t.jwt"
         )
     )
     assert out.returncode == 0, out.stderr
@@ -117,7 +119,7 @@ def test_token_issue_and_check(tmp_path: Path, nvidia_211: Sample) -> None:
         "--token",
         tmp_path / "t.jwt",
         "--public-key",
-        f"node-a-1={tmp_path / 'k.pub'}",
+        f"node-a.k1={tmp_path / 'k.pub'}",
         "--nonce",
         nvidia_211.nonce.hex(),
         "--at",
@@ -128,6 +130,41 @@ def test_token_issue_and_check(tmp_path: Path, nvidia_211: Sample) -> None:
     assert json.loads(good.stdout)["hwmodel"] == "GH100 A01 GSP BROM"
     late = cc_gpu(*check[:-1], "2025-01-15T01:00:00Z")
     assert late.returncode == 1 and "expired" in late.stderr
+    bound = cc_gpu(*check, "--node", "node-a")
+    assert bound.returncode == 0 and "bound to node node-a" in bound.stderr, bound.stderr
+    other = cc_gpu(*check, "--node", "node-b")
+    assert other.returncode == 1, other.stderr
+    assert "token names node 'node-a', expected node 'node-b'" in other.stderr and "None" not in other.stderr
+
+
+def test_token_with_json_and_no_token_out_stays_one_json_document(tmp_path: Path, nvidia_211: Sample) -> None:
+    key = ec.generate_private_key(ec.SECP384R1())
+    (tmp_path / "k.pem").write_bytes(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
+    out = cc_gpu(*verify_args(nvidia_211, "--json", "--token-key", tmp_path / "k.pem", "--token-kid", "node-a.k1"))
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)  # the whole of stdout is one document
+    assert doc["ok"] is True and doc["token"].count(".") == 2
+    (tmp_path / "t.jwt").write_text(doc["token"])
+    written = cc_gpu(*verify_args(nvidia_211, "--json", "--token-key", tmp_path / "k.pem", "--token-kid",
+                                  "node-a.k1", "--token-out", tmp_path / "t2.jwt"))
+    assert "token" not in json.loads(written.stdout) and (tmp_path / "t2.jwt").read_text().count(".") == 2
+
+
+@pytest.mark.parametrize("kid", ["node-a", "node-a.k0", "node-a.k01", "Node.k1", "node a.k1", "node-a.kx"])
+def test_token_kid_outside_the_grammar_is_a_usage_error(tmp_path: Path, nvidia_211: Sample, kid: str) -> None:
+    key = ec.generate_private_key(ec.SECP384R1())
+    (tmp_path / "k.pem").write_bytes(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
+    out = cc_gpu(*verify_args(nvidia_211, "--token-key", tmp_path / "k.pem", "--token-kid", kid))
+    assert out.returncode == 2 and "<node>.k<version>" in out.stderr, out.stderr
+
+
+def test_a_token_without_a_node_is_refused_without_printing_none() -> None:
+    with pytest.raises(TokenError) as e:
+        check_binding({}, "node-a.k1")
+    assert str(e.value) == "token names no node but is signed by the key of node 'node-a'"
+    with pytest.raises(TokenError) as e:
+        check_binding({"x-cc-gpu-node": "node-a"}, "node-a.k1", claim_uid="u")
+    assert "None" not in str(e.value) and "names no claim" in str(e.value)
 
 
 def test_bundle_import(tmp_path: Path, nvidia_211: Sample) -> None:

@@ -4,7 +4,8 @@ Proves: the image builds from the project's files; `cc-gpu --version`, `discover
 holds no shell history, .git, tests, compilers, pip or package caches; its SBOM is valid CycloneDX and lists every
 Debian package and Python distribution in it, with the lock's hashes; deploy/Containerfile declares the same image;
 and the DaemonSet's container as the chart renders it (entrypoint + args, env, mounts, user) runs this image: the
-plugin registers with a kubelet and publishes its ResourceSlice, on a simulated node.
+plugin registers with a kubelet and publishes its ResourceSlice, on a simulated node; and the install guide's
+`kata check` one-liner runs in it against a node's files mounted at /host.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import contextlib
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -34,6 +36,7 @@ from cc_gpu.kube.client import KubernetesApi
 from tests.deploy.chart import REPO, one, render
 from tests.deploy.image import BUILD_SCRIPT, Built, Container, build, container, tools_python
 from tests.deploy.test_containerfile import instructions
+from tests.kata.test_kata_node import kata_deploy_3_29
 
 pytestmark = pytest.mark.slow
 
@@ -93,6 +96,25 @@ def test_the_cli_runs_inside_the_image(image: Container) -> None:
     demo = image.run(["cc-gpu", "demo"])
     assert demo.returncode == 0, demo.stdout[-2000:] + demo.stderr[-2000:]
     assert "kata-qemu-nvidia-gpu-snp" in demo.stdout
+
+
+def test_the_guides_kata_check_one_liner_runs_in_the_image(image: Container, tmp_path: Path) -> None:
+    """deploy/README.md's `podman run --rm -v /:/host:ro IMAGE kata check --root /host ...`: the same arguments run
+    by the image's entrypoint as its default user, a kata-deploy 3.29 node's files mounted read-only at /host."""
+    text = (REPO / "deploy" / "README.md").read_text()
+    match = re.search(r"<!-- tested: kata-check-in-image -->\n```sh\n(.*?)\n```", text, re.DOTALL)
+    assert match, "deploy/README.md lost its tested kata check one-liner"
+    argv = shlex.split(match.group(1))
+    assert argv[:5] == ["podman", "run", "--rm", "-v", "/:/host:ro"], argv
+    node = tmp_path / "node"
+    node.mkdir()
+    kata_deploy_3_29(node)
+    for path in [node, *node.rglob("*")]:  # as a node's files are: world-readable, the image's user is not root
+        if not path.is_symlink():
+            path.chmod(0o755 if path.is_dir() else 0o644)
+    out = image.run(["cc-gpu", *argv[6:]], volumes=[f"{node}:/host:ro"])
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.count("OK  /host/opt/kata/") == 3 and "summary: ok" in out.stdout
 
 
 def test_the_image_runs_as_the_unprivileged_user_by_default(image: Container) -> None:

@@ -1,4 +1,4 @@
-"""`cc-gpu demo` runs end to end on the embedded default and tells the story the README promises."""
+"""`cc-gpu demo` runs end to end on every simulated topology and tells the story each one can show."""
 
 from __future__ import annotations
 
@@ -7,42 +7,106 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from cc_gpu.host.sim import TOPOLOGIES
+
 REPO = Path(__file__).resolve().parents[2]
 
-
-def test_demo_runs_and_narrates() -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "cc_gpu", "demo"], env={**os.environ, "PYTHONPATH": str(REPO)},
-        capture_output=True, text=True, timeout=120, check=False,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    out = proc.stdout
-    for expected in (
+COMMON = (
+    "Simulated: the node's kernel",
+    "signed by a test CA the plugin makes for this run "
+    "(roots 'SIM Device Identity CA' and 'SIM CoRIM signing Root CA')",
+)
+# What each topology must show; every line about a claim names it `claim default/claim-N`.
+SHOWN: dict[str, tuple[str, ...]] = {
+    "dgx-h100": (
         "versions ['v1.DRAPlugin', 'v1beta1.DRAPlugin', 'v1alpha1.DRAResourceHealth']",
         "8 devices",
         '"cdiVersion": "0.5.0"',
         '"path": "/dev/vfio/devices/vfio',  # the SNP pod's GPU as an iommufd cdev (Kata >= 3.26)
-        "is on vfio-pci",
-        "refused: pod default/vm-2: RuntimeClass 'runc' has handler 'runc'",
-        "Event on ResourceClaim default/gpu-2: Warning PrepareRefused",
+        "prepared claim default/claim-1: device gpu-0000-18-00-0",
+        "bound: 0000:18:00.0 GPU was on nvidia, is on vfio-pci",
+        "refused: claim default/claim-2: pod default/pod-2: RuntimeClass 'runc' has handler 'runc'",
+        "Event on claim default/claim-2: Warning PrepareRefused",
         "wall time for both",
-        "CDI specs left: none; unprepare errors: none",
-        "discovery: gpu-0000-ab-00-0 attested=False",
-        "claim condition Attested=True (EvidenceVerified)",
+        "discovery: gpu-0000-9a-00-0 attested=True",
+        "claim default/claim-5 condition Attested=True (EvidenceVerified)",
         "token verified against ConfigMap cc-gpu-token-keys/cc-gpu-token-keys-demo-node",
-        "rejected: GPU attestation rejected: gpu-0000-ab-00-0 (0000:ab:00.0): measres (mismatching indexes: [9])",
-        "nothing bound: 0000:ab:00.0 is still on nvidia",
+        "measurement 9 of gpu-0000-9a-00-0's simulated evidence tampered to show a rejection",
+        "rejected: claim default/claim-6: GPU attestation rejected: gpu-0000-9a-00-0 (0000:9a:00.0): measres "
+        "(mismatching indexes: [9])",
+        "nothing bound: 0000:9a:00.0 is still on nvidia",
+        "Event on claim default/claim-6: Warning GpuAttestationRejected",
+        "CDI specs left: none; unprepare errors: none",
+    ),
+    "dgx-h100-legacy": (
+        "refused: claim default/claim-1: device gpu-0000-18-00-0: a confidential pod's GPU must be passed as an "
+        "iommufd cdev",
+        "nothing bound: 0000:18:00.0 is still on nvidia",
+        "expected: this node publishes iommuFD=false",
+    ),
+    "h100-pcie-audio": (
+        "/dev/vfio/devices/vfio0, /dev/vfio/devices/vfio1",
+        "bound: 0000:41:00.1 function was on snd_hda_intel, is on vfio-pci (same IOMMU group: it moves with the GPU)",
+        "skipped: this node publishes 1 GPU device, the step needs two",
+        "rejected: claim default/claim-4: GPU attestation rejected",
+        "0000:41:00.1: snd_hda_intel",
+        "CDI specs left: none; unprepare errors: none",
+    ),
+    "shared-group-nic": (
+        "refused: claim default/claim-1: 0000:83:00.0 [15b3:1021] in IOMMU group 31 (driver mlx5_core) is not allowed "
+        "to leave the host",
+        "nothing bound: 0000:82:00.0 is still on nvidia",
+        "expected: the GPU's IOMMU group also holds 0000:83:00.0 (mlx5_core)",
+    ),
+    "two-gpus-one-group": (
+        "1 devices",
+        "gpu-0000-c2-00-0 stands for its whole IOMMU group: 0000:c2:00.0 and 0000:c3:00.0 share it",
+        "bound: 0000:c3:00.0 GPU was on nvidia, is on vfio-pci (same IOMMU group: it moves with the GPU)",
+        "rejected: claim default/claim-4: GPU attestation rejected",
+        "0000:c3:00.0: nvidia",
+        "CDI specs left: none; unprepare errors: none",
+    ),
+    "blackwell-iommufd": (
+        "Prepare a claim for a pod with runtimeClassName kata-qemu-nvidia-gpu-tdx",
+        "bound: 0000:1b:00.0 GPU was on nvidia, is on vfio-pci",
+        "wall time for both",
+        "Attested=True (EvidenceVerified)",
         "Warning GpuAttestationRejected",
-    ):
-        assert expected in out, expected
-    assert out.count(": nvidia") >= 3
+        "CDI specs left: none; unprepare errors: none",
+    ),
+    "gh200": (
+        "is on nvgrace_gpu_vfio_pci (the variant vfio driver modules.alias names for this GPU, not plain vfio-pci)",
+        "Attested=True (EvidenceVerified)",
+        "Warning GpuAttestationRejected",
+        "0009:01:00.0: nvidia",
+        "CDI specs left: none; unprepare errors: none",
+    ),
+    "no-iommu": (
+        "the plugin refused to start: cc-gpu plugin: no IOMMU groups under",
+        "expected: this node was booted without an IOMMU",
+    ),
+    "emulated-edu": (
+        "0 devices",
+        "no NVIDIA GPU on this node, so nothing is published and there is nothing to claim",
+    ),
+}
 
 
-def test_demo_on_a_legacy_only_node_shows_the_refusal() -> None:
+def test_every_topology_has_a_story() -> None:
+    assert set(SHOWN) == set(TOPOLOGIES)
+
+
+@pytest.mark.parametrize("topology", TOPOLOGIES)
+def test_demo_runs_and_narrates(topology: str) -> None:
+    args = ["--topology", topology] + ([] if topology == "dgx-h100" else ["--bind-delay", "0"])
     proc = subprocess.run(
-        [sys.executable, "-m", "cc_gpu", "demo", "--topology", "dgx-h100-legacy"],
-        env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=120, check=False,
+        [sys.executable, "-m", "cc_gpu", "demo", *args], env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True, text=True, timeout=180, check=False,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "refused: device gpu-0000-18-00-0: a confidential pod's GPU must be passed as an iommufd cdev" in proc.stdout
-    assert "nothing bound: 0000:18:00.0 is still on nvidia" in proc.stdout
+    assert "unexpected" not in proc.stdout
+    assert "Traceback" not in proc.stderr
+    for expected in (*COMMON, *SHOWN[topology]):
+        assert expected in proc.stdout, expected

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 from concurrent.futures import ThreadPoolExecutor
 
 from tests.cdi.schema import validate_cdi
@@ -131,6 +132,17 @@ def test_prepare_is_idempotent_and_survives_restart(node: Node) -> None:
     assert node.driver_of(_bdf(devs[0])) == "nvidia"
     assert node.driver_of(_bdf(devs[1])) == "nvidia"
     assert node.kubelet.unprepare(DRIVER, [claim]) == {claim[2]: ""}, "unknown claims are a no-op"
+
+
+def test_ctrl_c_stops_the_plugin_with_exit_130_and_devices_bound(node: Node) -> None:
+    """SIGINT (a person's Ctrl-C) stops the plugin like SIGTERM, but exits 130 as every command does after Ctrl-C."""
+    node.start_plugin()
+    devs = node.devices()
+    claim = node.vm_pod_claim([devs[0]])
+    assert node.kubelet.prepare(DRIVER, [claim])[claim[2]].error == ""
+    assert node.stop_plugin(signal.SIGINT) == 130
+    assert node.driver_of(_bdf(devs[0])) == "vfio-pci"
+    assert "Traceback" not in node.log_path.read_text()
 
 
 def test_pod_annotation_spec_for_released_kata(node: Node) -> None:
