@@ -192,8 +192,9 @@ class AttestationEngine:
 
     def _discover_one(self, bdf: str, policy: Policy) -> None:
         assert self.provider is not None
-        if self.provider.needs_host_driver and self.host.driver_of(bdf) != "nvidia":
-            return  # keep what was collected while it was on the host driver
+        if self.provider.needs_host_driver and (self.host.driver_of(bdf) != "nvidia"
+                                                or self.host.cc_mode_of(bdf) in HIDDEN_FROM_HOST):
+            return  # keep what was collected while it was on the host driver and still served the host
         if not self.provider.takes_nonce and not self.settings.allow_foreign_nonce:
             return  # evidence with a nonce we did not choose is not judged unless the admin allows it
         try:

@@ -102,8 +102,10 @@ def guest_evidence(node: Node, gpus: Sequence[str], nonce: bytes) -> list[GuestE
     return [GuestEvidence(e.report, e.cert_chain_pem, e.arch) for e in raw]
 
 
-def cdi_env(node: Node, claim_uid: str) -> dict[str, str]:
-    spec = json.loads((node.cdi_root / f"cc-gpu.io-vfio_{claim_uid}.json").read_text())
+def cdi_env(node: Node | Path, claim_uid: str) -> dict[str, str]:
+    """The environment the claim's CDI spec gives the container (`node`: a Node, or a CDI root)."""
+    root = node if isinstance(node, Path) else node.cdi_root
+    spec = json.loads((root / f"cc-gpu.io-vfio_{claim_uid}.json").read_text())
     env: dict[str, str] = {}
     for device in spec["devices"]:
         for item in device["containerEdits"].get("env") or []:
