@@ -89,8 +89,7 @@ def run_collect(args: argparse.Namespace) -> int:
     import urllib.error
     import urllib.request
 
-    from cc_gpu.attest.guest import GuestEvidence
-    from cc_gpu.dra.serviceserver import SUBMIT_PATH, encode_submission
+    from cc_gpu.attest.guest import SUBMIT_PATH, GuestEvidence, encode_submission
     from cc_gpu.errors import CcGpuError
     from cc_gpu.host.guestnvml import GuestNvmlReader
 
@@ -168,12 +167,13 @@ def _write_token(where: str, token: str) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    from cc_gpu.attest.guest import SUBMIT_PATH
     from cc_gpu.attest.token import TokenSigner, load_signing_key
     from cc_gpu.attest.trust import TrustStore
     from cc_gpu.dra.attestsetup import build_verifier, load_policies
     from cc_gpu.dra.guestservice import GuestVerificationService, RateLimiter
     from cc_gpu.dra.observe import setup_json_logging
-    from cc_gpu.dra.serviceserver import SUBMIT_PATH, ServiceServer, submission_handler
+    from cc_gpu.dra.serviceserver import ServiceServer, submission_handler
     from cc_gpu.dra.settings import PluginSettings, load_toml
     from cc_gpu.kube.client import KubernetesApi
 

@@ -69,11 +69,12 @@ def guest_attested_claim(demo: Any, device: str, port: int, say: Any) -> tuple[s
     """Prepare a guest-attested claim on `device`, attest it from the simulated guest, show the record and a replay."""
     from cryptography.hazmat.primitives.asymmetric import ec
 
+    from cc_gpu.attest.guest import SUBMIT_PATH
     from cc_gpu.attest.token import TokenSigner, TokenVerifier
     from cc_gpu.dra.attestcfg import AttestationSettings
     from cc_gpu.dra.attestsetup import build_verifier
     from cc_gpu.dra.guestservice import GuestVerificationService
-    from cc_gpu.dra.serviceserver import SUBMIT_PATH, ServiceServer, submission_handler
+    from cc_gpu.dra.serviceserver import ServiceServer, submission_handler
     from cc_gpu.dra.simguest import SimulatedGuestNvml
 
     say("Guest attestation: a GPU in CC mode on, attested from inside the confidential VM")

@@ -287,7 +287,11 @@ class AttestationEngine:
             expected.append({"bdf": bdf, "ueid": known.ueid if known else None,
                              "identity": f"recorded ({known.learned_from} at {known.learned_at})" if known
                              else "unknown: trust on first use"})
-        record = {**challenge.record(), "gpus": expected}
+        record: dict[str, Any] = {**challenge.record(), "gpus": expected}
+        if any(g["ueid"] is None for g in expected):
+            # An identity taken on first use must not be one this node knows for another PCI device.
+            mine = set(planned.device.gpus)
+            record["knownElsewhere"] = sorted(k.ueid for b, k in self.identities.all().items() if b not in mine)
         gpus = tuple(GpuResult(bdf, False, (), "guest", evidence=GUEST, nonce_ours=True) for bdf in planned.device.gpus)
         return DeviceResult(planned.pool, planned.device.name, planned.request, applied.required, applied.label, gpus,
                             applied.describe(), challenge=record)
@@ -311,6 +315,27 @@ class AttestationEngine:
         if ca:
             env.append(f"{ENV_SERVICE_CA}={ca}")
         return tuple(env)
+
+    def learn_from_guest_verdict(self, entry: Any) -> None:
+        """Record the identities a guest verdict took on first use for this claim's GPUs (read from the claim, best
+        effort: a claim already deleted teaches nothing), so the next challenge for those PCI devices names them."""
+        try:
+            claim = self.kube.get_resource_claim(entry.namespace, entry.name)
+        except ApiError:
+            return
+        if (claim.get("metadata") or {}).get("uid") != entry.uid:
+            return
+        ours = {(d.pool, d.device): d for d in entry.devices}
+        for status in (claim.get("status") or {}).get("devices") or []:
+            device = ours.get((status.get("pool"), status.get("device")))
+            data = ((status.get("data") or {}).get("attestation") or {}) if status.get("driver") == self.driver else {}
+            if device is None or data.get("evidence") != GUEST or data.get("ok") is not True:
+                continue
+            members = set(device.members) | set(device.original_drivers)
+            for gpu in data.get("gpus") or []:
+                bdf, ueid = gpu.get("bdf"), gpu.get("ueid")
+                if bdf in members and ueid and str(gpu.get("identity", "")).startswith("trust on first use"):
+                    self.identities.learn(str(bdf), str(ueid), "guest attestation, trust on first use", self.clock())
 
     def _evidence(self, bdf: str, req: AppliedPolicy) -> tuple[Evidence, str]:
         provider = self.provider

@@ -247,6 +247,8 @@ class GuestVerificationService:
         except CcGpuError as e:
             return _Outcome.refused([NOT_GUEST], target, str(e))
         expected = [g for e in target.entries for g in (record_gpus(e))]
+        elsewhere = {str(u) for e in target.entries for u in e["data"]["attestation"]["challenge"].get(
+            "knownElsewhere") or []}
         if len(evidence) != len(expected):
             return _Outcome.refused([GPU_COUNT], target, f"evidence of {len(evidence)} GPUs for a claim of "
                                     f"{len(expected)}")
@@ -256,7 +258,7 @@ class GuestVerificationService:
             verdicts.append(self._verify(item, nonce, policy, now, expected))
         failed = [f"{c.name} ({c.detail[:MAX_CHECK_DETAIL]})" if c.detail else c.name
                   for v in verdicts for c in v.failed]
-        assignment, identity_failures = match_identities(expected, verdicts)
+        assignment, identity_failures = match_identities(expected, verdicts, elsewhere)
         failed += identity_failures
         return _Outcome(not failed, tuple(verdicts), tuple(failed), assignment, applied, target)
 
@@ -398,10 +400,12 @@ def record_gpus(entry: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     return [g for g in gpus if isinstance(g, Mapping)]
 
 
-def match_identities(expected: Sequence[Mapping[str, Any]], verdicts: Sequence[Verdict]
-                     ) -> tuple[dict[str, tuple[str | None, str]], list[str]]:
+def match_identities(expected: Sequence[Mapping[str, Any]], verdicts: Sequence[Verdict],
+                     elsewhere: Iterable[str] = ()) -> tuple[dict[str, tuple[str | None, str]], list[str]]:
     """Assign each verdict to an allocated GPU by identity: recorded identities must be present; the remaining
-    evidence is taken on first use for the GPUs with none recorded. Returns bdf -> (ueid, how) and the failures."""
+    evidence is taken on first use for the GPUs with none recorded, unless the node knows that identity for another
+    PCI device (`elsewhere`). Returns bdf -> (ueid, how) and the failures."""
+    elsewhere = set(elsewhere)
     failures: list[str] = []
     seen = [v.identity.ueid for v in verdicts]
     assignment: dict[str, tuple[str | None, str]] = {}
@@ -423,6 +427,10 @@ def match_identities(expected: Sequence[Mapping[str, Any]], verdicts: Sequence[V
         ueid = seen.pop(0)
         if ueid is None:
             failures.append(f"{IDENTITY} (the evidence carries no device identity)")
+            continue
+        if ueid in elsewhere:
+            failures.append(f"{IDENTITY} (evidence identity ueid {ueid} belongs to another GPU of this node, not to "
+                            f"{bdf})")
             continue
         assignment[bdf] = (ueid, "trust on first use (no identity was recorded for this GPU)")
     return assignment, failures

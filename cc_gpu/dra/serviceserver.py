@@ -14,8 +14,6 @@ access log names the method, path, status and client; never a body, a nonce or a
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import logging
 import ssl
@@ -25,59 +23,29 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from cc_gpu.attest.guest import GuestEvidence, Handler, Request, Response, SubmissionResult, SubmissionVerifier
+from cc_gpu.attest.guest import (
+    Handler,
+    Request,
+    Response,
+    SubmissionResult,
+    SubmissionVerifier,
+    decode_submission,
+)
 from cc_gpu.dra.guestservice import MALFORMED, RATE, UNAVAILABLE
 
 log = logging.getLogger("cc_gpu.dra.serviceserver")
 
 MAX_BODY = 1 << 20
-MAX_GPUS = 16
-SUBMIT_PATH = "/v1/guest/attest"
 
 
 def json_response(status: int, body: Any) -> Response:
     return Response(status, {"Content-Type": "application/json"}, json.dumps(body).encode())
 
 
-def _decode_submission(body: bytes) -> tuple[bytes, list[GuestEvidence]]:
-    """The nonce and evidence of a submission body; ValueError names what is wrong."""
-    try:
-        raw = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ValueError(f"body is not JSON: {e}") from e
-    if not isinstance(raw, dict) or not isinstance(raw.get("nonce"), str) or not isinstance(raw.get("evidence"), list):
-        raise ValueError("body must be an object with a hex `nonce` and an `evidence` list")
-    try:
-        nonce = bytes.fromhex(raw["nonce"])
-    except ValueError as e:
-        raise ValueError("nonce is not hex") from e
-    items = raw["evidence"]
-    if not 1 <= len(items) <= MAX_GPUS:
-        raise ValueError(f"evidence must list 1 to {MAX_GPUS} GPUs")
-    evidence = []
-    for i, item in enumerate(items):
-        if not isinstance(item, dict):
-            raise ValueError(f"evidence[{i}] is not an object")
-        try:
-            report = base64.b64decode(str(item.get("report", "")), validate=True)
-            chain = base64.b64decode(str(item.get("certChain", "")), validate=True)
-        except (binascii.Error, ValueError) as e:
-            raise ValueError(f"evidence[{i}]: report and certChain must be base64") from e
-        evidence.append(GuestEvidence(report, chain, str(item.get("arch", ""))[:32]))
-    return nonce, evidence
-
-
-def encode_submission(nonce: bytes, evidence: list[GuestEvidence]) -> bytes:
-    """The body `cc-gpu attest collect` sends (the inverse of the server's decoding)."""
-    return json.dumps({"nonce": nonce.hex(), "evidence": [
-        {"report": base64.b64encode(e.report).decode(), "certChain": base64.b64encode(e.cert_chain_pem).decode(),
-         "arch": e.arch} for e in evidence]}).encode()
-
-
 def submission_handler(service: SubmissionVerifier) -> Handler:
     def handle(request: Request) -> Response:
         try:
-            nonce, evidence = _decode_submission(request.body)
+            nonce, evidence = decode_submission(request.body)
         except ValueError as e:
             return json_response(400, {"accepted": False, "failedChecks": [MALFORMED], "error": str(e)})
         result = service.verify_submission(nonce, evidence, client=request.client)

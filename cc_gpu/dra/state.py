@@ -303,6 +303,8 @@ class DeviceState:
         if entry is None:
             self._release_unrecorded(ref.uid)
             return
+        if entry.challenge and self.attestation is not None:
+            self.attestation.learn_from_guest_verdict(entry)
         with self.locks.hold(d.iommu_group for d in entry.devices):
             entry = self.checkpoint.get(ref.uid)
             if entry is None:

@@ -40,7 +40,7 @@ from tests.dra.guest import (
 )
 from tests.dra.harness import DRIVER, NODE, Node
 
-KNOWN, OTHER, TAMPERED, SPARE = "0000:18:00.0", "0000:2a:00.0", "0000:3a:00.0", "0000:5d:00.0"
+KNOWN, OTHER, TAMPERED, SPARE, FRESH = "0000:18:00.0", "0000:2a:00.0", "0000:3a:00.0", "0000:5d:00.0", "0000:9a:00.0"
 FAULTS = {TAMPERED: {"tamper_measurement": 5}}
 
 
@@ -207,6 +207,38 @@ def test_unknown_challenge_touches_nothing(node: Node, kube: KubernetesApi) -> N
                                                                                                bytes(range(32))),
                                                               client="c")
     assert (result.accepted, result.failed_checks, result.claim) == (False, (UNKNOWN,), None)
+
+
+def test_identity_taken_on_first_use_is_recorded_for_that_pci_device(node: Node, kube: KubernetesApi) -> None:
+    """A GPU in CC mode `on` since discovery has no recorded identity: its first guest verdict takes it on first use
+    (and says so); the node records it at unprepare, so the next challenge names it and another GPU's evidence fails."""
+    claim, env = _prepare(node, FRESH)
+    record = _attested(node, claim, FRESH)[1]["challenge"]
+    (gpu,) = record["gpus"]
+    assert gpu["ueid"] is None and gpu["identity"] == "unknown: trust on first use"
+    nonce = bytes.fromhex(env[ENV_CHALLENGE])
+    # Evidence of a GPU the node knows at another address is never taken on first use.
+    known = in_process_service(node, kube)
+    assert len(record["knownElsewhere"]) == 2  # KNOWN and OTHER, recorded at discovery
+    stolen = known.verify_submission(nonce, guest_evidence(node, [KNOWN], nonce), client="c")
+    assert not stolen.accepted and IDENTITY in stolen.failed_checks
+    assert "belongs to another GPU of this node" in _attested(node, claim, FRESH)[0]["message"]
+    _release(node, claim)
+    claim, env = _prepare(node, FRESH)
+    nonce = bytes.fromhex(env[ENV_CHALLENGE])
+    first = in_process_service(node, kube).verify_submission(nonce, guest_evidence(node, [FRESH], nonce), client="c")
+    assert first.accepted
+    cond, data = _attested(node, claim, FRESH)
+    assert "trust on first use" in cond["message"] and data["gpus"][0]["identity"].startswith("trust on first use")
+    _release(node, claim)
+    claim, env = _prepare(node, FRESH)
+    (gpu,) = _attested(node, claim, FRESH)[1]["challenge"]["gpus"]
+    assert gpu["ueid"] == data["gpus"][0]["ueid"]
+    assert gpu["identity"].startswith("recorded (guest attestation, trust on first use")
+    nonce = bytes.fromhex(env[ENV_CHALLENGE])
+    other = in_process_service(node, kube).verify_submission(nonce, guest_evidence(node, [SPARE], nonce), client="c")
+    assert not other.accepted and IDENTITY in other.failed_checks
+    _release(node, claim)
 
 
 class _FailingWrites:

@@ -15,14 +15,14 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from cc_gpu.attest.guest import GuestEvidence, Request, Response, SubmissionResult
+from cc_gpu.attest.guest import SUBMIT_PATH, GuestEvidence, Request, Response, SubmissionResult, encode_submission
 from cc_gpu.attest.ocsp import RevocationChecker
 from cc_gpu.attest.sim import Faults, SimulatedCa
 from cc_gpu.attest.token import TokenSigner, TokenVerifier
 from cc_gpu.attest.verifier import Verifier
 from cc_gpu.dra.attestcfg import AttestationSettings
 from cc_gpu.dra.guestservice import RATE, UNKNOWN, GuestVerificationService, RateLimiter
-from cc_gpu.dra.serviceserver import MAX_BODY, SUBMIT_PATH, ServiceServer, encode_submission, submission_handler
+from cc_gpu.dra.serviceserver import MAX_BODY, ServiceServer, submission_handler
 from tests.dra.guest import Pki, make_pki
 
 NONCE = bytes(range(32))
