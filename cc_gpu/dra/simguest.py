@@ -36,7 +36,7 @@ class SimulatedGuestNvml:
 
     @classmethod
     def of_node(cls, sim_root: Path, gpus: Sequence[str]) -> SimulatedGuestNvml:
-        ca = shared_simulated_ca(sim_root / SIM_CA_FILE, datetime.now(UTC))
+        ca = shared_simulated_ca(sim_root / SIM_CA_FILE, datetime.now(UTC), create=False)
         try:
             faults = json.loads((sim_root / SIM_FAULTS_FILE).read_text())
         except FileNotFoundError:
