@@ -296,6 +296,12 @@ class AttestationEngine:
         return DeviceResult(planned.pool, planned.device.name, planned.request, applied.required, applied.label, gpus,
                             applied.describe(), challenge=record)
 
+    def guest_outcome(self, plan: ClaimPlan, challenge: Challenge) -> ClaimAttestation:
+        """The pending guest records of `plan` for an existing challenge (a repeated prepare re-records them)."""
+        results = [self._guest_pending(planned, self.applied_for(req), challenge)
+                   for planned, req in self._wanted(plan) if self.applied_for(req).evidence == GUEST_EVIDENCE]
+        return ClaimAttestation(tuple(results), challenge)
+
     def guest_env(self, namespace: str, name: str, uid: str, devices: Sequence[str], challenge: Challenge
                   ) -> tuple[str, ...]:
         """What the container needs to attest from inside the VM: the challenge, the claim, the service and its CA.

@@ -26,7 +26,6 @@ from cc_gpu.kube.client import KubernetesApi
 from .chart import NAMESPACE, TENANT_LABEL
 from .controlplane import ControlPlane, write_kubeconfig
 from .plugin_node import (
-    ATTESTED_CLASS,
     DRIVER,
     SNP,
     VFIO_CLASS,
@@ -187,18 +186,14 @@ def _entry(claim: dict[str, Any]) -> dict[str, Any]:
     return dict(entry)
 
 
-def test_host_attestation_of_cc_mode_gpus_is_refused_naming_the_guest_path(
-    control_plane: ControlPlane, nodes: dict[str, PluginNode], gate: KubernetesApi
-) -> None:
-    """The chart's attested class asks for host-side attestation; the simulated GPUs are in CC mode `on`, which no
-    longer answer the host: the plugin refuses, names the guest path, and records `Attested=False` on the claim."""
-    node = nodes[HEALTHY]
-    ref = _vm_pod(control_plane, gate, "vm-attested-host", ATTESTED_CLASS, HEALTHY)
-    result = node.kubelet.prepare(DRIVER, [ref])[ref[2]]
-    assert "use the guest attestation path" in result.error, result.error
-    entry = _entry(_claim(control_plane, ref))
-    assert [(c["type"], c["status"]) for c in entry["conditions"]] == [("Attested", "False")]
-    assert entry["data"]["attestation"]["evidence"] == "host, pre-flight"
+def test_gpus_in_cc_mode_are_not_host_attested(nodes: dict[str, PluginNode]) -> None:
+    """The simulated GPUs are in CC mode `on`, which no longer answer the host: discovery cannot attest them, so
+    they publish `attested: false` and the chart's host-attested class (which selects `attested == true`) never
+    allocates them; such GPUs take the guest path (`tests/cluster/test_guest_real.py`)."""
+    (healthy,) = nodes[HEALTHY].slices()
+    devices = _devices([healthy])
+    assert {d["attributes"]["ccMode"]["string"] for d in devices} == {"on"}
+    assert {d["attributes"]["attested"]["bool"] for d in devices} == {False}
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
 from cc_gpu.attest.token import TokenVerifier
@@ -238,6 +239,29 @@ def test_identity_taken_on_first_use_is_recorded_for_that_pci_device(node: Node,
     nonce = bytes.fromhex(env[ENV_CHALLENGE])
     other = in_process_service(node, kube).verify_submission(nonce, guest_evidence(node, [SPARE], nonce), client="c")
     assert not other.accepted and IDENTITY in other.failed_checks
+    _release(node, claim)
+
+
+@pytest.mark.parametrize("point", ["prepare-after-started", "prepare-after-cdi", "prepare-after-completed"])
+def test_plugin_crash_between_challenge_and_submission(node: Node, kube: KubernetesApi, point: str) -> None:
+    """The plugin dies after minting a challenge: before completion the prepare is rolled back and the retry mints a
+    new one; after completion the retry records the checkpoint's challenge (the crash came before the claim was
+    written). Either way nothing is recorded wrongly before, and the guest's submission succeeds after."""
+    node.stop_plugin()
+    node.start_plugin(env={"CC_GPU_CRASH_AT": point})
+    claim = node.vm_pod_claim([device_of(SPARE)], config=guest_config())
+    with pytest.raises(grpc.RpcError):
+        node.kubelet.prepare(DRIVER, [claim])
+    assert node.proc is not None and node.proc.wait(timeout=10) == -9
+    node.proc = None
+    assert not (node.api.get_resource_claim(claim[0], claim[1]).get("status") or {}).get("devices")
+    node.start_plugin()
+    assert node.kubelet.prepare(DRIVER, [claim])[claim[2]].error == ""
+    nonce = bytes.fromhex(cdi_env(node, claim[2])[ENV_CHALLENGE])
+    cond, data = _attested(node, claim, SPARE)
+    assert cond["status"] == "Unknown" and data["challenge"]["sha256"] == digest(nonce)
+    result = in_process_service(node, kube).verify_submission(nonce, guest_evidence(node, [SPARE], nonce), client="c")
+    assert result.accepted
     _release(node, claim)
 
 
