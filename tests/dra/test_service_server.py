@@ -3,6 +3,7 @@ limits, typed refusals as HTTP statuses, the per-client rate limit, and admin-re
 
 from __future__ import annotations
 
+import http.client
 import json
 import ssl
 import urllib.error
@@ -95,7 +96,14 @@ def test_route_table_is_extensible_and_bounded(server: ServiceServer, pki: Pki) 
     assert _post(server, pki, "/other/front?x=1", b"abc") == (200, {"n": 3})
     assert (seen[0].path, seen[0].query, seen[0].client) == ("/other/front", "x=1", "127.0.0.1")
     assert _post(server, pki, "/nowhere", b"")[0] == 404
-    assert _post(server, pki, "/other/front", b"x" * (MAX_BODY + 1))[0] == 413
+    # A body announced over the limit is refused before it is read.
+    conn = http.client.HTTPSConnection("127.0.0.1", server.port,
+                                       context=ssl.create_default_context(cafile=str(pki.ca)), timeout=10)
+    conn.putrequest("POST", "/other/front")
+    conn.putheader("Content-Length", str(MAX_BODY + 1))
+    conn.endheaders()
+    assert conn.getresponse().status == 413
+    conn.close()
 
 
 def test_rate_limit_per_client() -> None:
