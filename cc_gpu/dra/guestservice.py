@@ -345,7 +345,8 @@ class GuestVerificationService:
             key = (str(entry.get("pool")), str(entry.get("device")))
             applied = outcome.applied.get(key)
             attestation = dict(entry["data"]["attestation"])
-            attestation.update({"ok": outcome.accepted, "evidence": GUEST, "challenge": consumed,
+            attestation.update({"ok": outcome.accepted, "state": "verified" if outcome.accepted else "rejected",
+                                "evidence": GUEST, "challenge": consumed,
                                 "gpus": outcome.gpus_of(entry), "verifiedAt": rfc3339(now)})
             if applied is not None:
                 attestation["policy"] = applied.label

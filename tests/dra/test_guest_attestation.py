@@ -98,6 +98,7 @@ def test_prepare_mints_a_challenge(node: Node) -> None:
     assert (cond["status"], cond["reason"]) == ("Unknown", "AwaitingGuestEvidence")
     record = data["challenge"]
     assert record["sha256"] == digest(nonce) and record["state"] == "open" and record["node"] == NODE
+    assert (data["ok"], data["state"], data["evidence"]) == (None, "awaiting guest evidence", "guest")
     assert env[ENV_CHALLENGE] not in json.dumps(data), "the claim carries the hash, never the challenge"
     (gpu,) = record["gpus"]
     assert gpu["bdf"] == KNOWN and gpu["ueid"] and gpu["identity"].startswith("recorded (simulated at discovery")
@@ -121,6 +122,7 @@ def test_accepted_then_reused(node: Node, kube: KubernetesApi) -> None:
     cond, data = condition(entry), entry["data"]["attestation"]
     assert (cond["status"], cond["reason"]) == ("True", "GuestEvidenceVerified")
     assert data["evidence"] == "guest" and data["ok"] is True and data["challenge"]["state"] == "consumed"
+    assert data["state"] == "verified"
     assert data["gpus"][0]["identity"].startswith("recorded")
     assert condition(entry, "Ready")["status"] == "True", "the plugin's condition stays"
     # The same challenge again (a replay, or the guest retrying after success): refused, the verdict stands.
