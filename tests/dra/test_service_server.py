@@ -21,9 +21,10 @@ from cc_gpu.attest.ocsp import RevocationChecker
 from cc_gpu.attest.sim import Faults, SimulatedCa
 from cc_gpu.attest.token import TokenSigner, TokenVerifier
 from cc_gpu.attest.verifier import Verifier
-from cc_gpu.dra.attestcfg import AttestationSettings
+from cc_gpu.dra.attestcfg import AttestationSettings, decode_settings
 from cc_gpu.dra.guestservice import RATE, UNKNOWN, GuestVerificationService, RateLimiter
 from cc_gpu.dra.serviceserver import MAX_BODY, ServiceServer, submission_handler
+from cc_gpu.errors import ConfigError
 from tests.dra.guest import Pki, make_pki
 
 NONCE = bytes(range(32))
@@ -139,3 +140,14 @@ class _Rims:
 
     def fetch(self, rim_id: str) -> bytes | None:
         return self.rims.get(rim_id)
+
+
+@pytest.mark.parametrize(("value", "ok"), [([NONCE.hex()], True), (["00"], False), ([NONCE.hex()[:-1] + "g"], False),
+                                           ("x", False)])
+def test_interop_challenges_in_the_settings(value: Any, ok: bool) -> None:
+    if ok:
+        assert decode_settings({"interop_challenges": value}, AttestationSettings()).interop_challenges == (
+            NONCE.hex(),)
+    else:
+        with pytest.raises(ConfigError, match="interop_challenges"):
+            decode_settings({"interop_challenges": value}, AttestationSettings())
