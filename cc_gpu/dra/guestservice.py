@@ -144,7 +144,7 @@ class GuestVerificationService:
         policies: Mapping[str, Policy] | None = None,
         *,
         clock: Callable[[], datetime] | None = None,
-        collateral: Callable[[str], tuple[bytes, ...]] | None = None,
+        collateral: Callable[[GuestEvidence], tuple[bytes, ...]] | None = None,
         registered: Iterable[bytes] = (),
         limiter: RateLimiter | None = None,
         replica: str = "",
@@ -156,7 +156,7 @@ class GuestVerificationService:
         self.driver = driver
         self.policies = {**builtin_policies(), **(policies or {})}
         self.clock = clock or (lambda: datetime.now(UTC))
-        self.collateral = collateral  # RIMs for a GPU (a simulated node's); None: the verifier's RIM source
+        self.collateral = collateral  # RIMs for a GPU's evidence (a simulated node's); None: the verifier's source
         self.limiter = limiter or RateLimiter()
         self.replica = replica
         self._registered = {digest(n): n for n in registered}
@@ -255,7 +255,7 @@ class GuestVerificationService:
         policy = _strictest(list(applied.values()))
         verdicts = []
         for item in evidence:
-            verdicts.append(self._verify(item, nonce, policy, now, expected))
+            verdicts.append(self._verify(item, nonce, policy, now))
         failed = [f"{c.name} ({c.detail[:MAX_CHECK_DETAIL]})" if c.detail else c.name
                   for v in verdicts for c in v.failed]
         assignment, identity_failures = match_identities(expected, verdicts, elsewhere)
@@ -282,11 +282,8 @@ class GuestVerificationService:
             out[(str(entry.get("pool")), str(entry.get("device")))] = applied
         return out
 
-    def _verify(self, item: GuestEvidence, nonce: bytes, policy: Policy, now: datetime,
-                expected: Sequence[Mapping[str, Any]]) -> Verdict:
-        rims: tuple[bytes, ...] = ()
-        if self.collateral is not None:
-            rims = tuple(r for g in expected for r in self.collateral(str(g.get("bdf"))))
+    def _verify(self, item: GuestEvidence, nonce: bytes, policy: Policy, now: datetime) -> Verdict:
+        rims = self.collateral(item) if self.collateral is not None else ()
         try:
             return self.verifier.verify(item.report, item.cert_chain_pem, nonce, policy, at=now, collected_at=now,
                                         rims=rims)
