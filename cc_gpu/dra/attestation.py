@@ -340,7 +340,8 @@ class AttestationEngine:
             members = set(device.members) | set(device.original_drivers)
             for gpu in data.get("gpus") or []:
                 bdf, ueid = gpu.get("bdf"), gpu.get("ueid")
-                if bdf in members and ueid and str(gpu.get("identity", "")).startswith("trust on first use"):
+                if bdf in members and ueid and str(gpu.get("identity", "")).startswith(
+                        "trust on first use (no identity was recorded"):  # one GPU: the identity is this device's
                     self.identities.learn(str(bdf), str(ueid), "guest attestation, trust on first use", self.clock())
 
     def _evidence(self, bdf: str, req: AppliedPolicy) -> tuple[Evidence, str]:

@@ -68,6 +68,8 @@ GPU_COUNT = "x-cc-gpu-gpu-count"
 MALFORMED = "x-cc-gpu-evidence-malformed"
 RATE = "x-cc-gpu-rate-limited"
 UNAVAILABLE = "x-cc-gpu-service-unavailable"
+TOFU_SINGLE = "trust on first use (no identity was recorded for this GPU)"
+TOFU_UNASSIGNED = "trust on first use, unassigned"
 
 
 class RateLimiter:
@@ -430,7 +432,13 @@ def match_identities(expected: Sequence[Mapping[str, Any]], verdicts: Sequence[V
             failures.append(f"{IDENTITY} (evidence identity ueid {ueid} belongs to another GPU of this node, not to "
                             f"{bdf})")
             continue
-        assignment[bdf] = (ueid, "trust on first use (no identity was recorded for this GPU)")
+        if len(unrecorded) == 1:
+            assignment[bdf] = (ueid, TOFU_SINGLE)
+        else:
+            # Several GPUs without a recorded identity: the evidence says which GPUs, not which PCI device each one
+            # sits at (the VM's addresses are not the host's), so no identity is tied to a device.
+            assignment[bdf] = (None, f"{TOFU_UNASSIGNED} ({len(unrecorded)} GPUs of this claim had no recorded "
+                                     f"identity; evidence named {ueid}, which PCI device gave it is not known)")
     return assignment, failures
 
 
@@ -480,6 +488,8 @@ class _Outcome:
             bdf = str(gpu.get("bdf"))
             ueid, how = self.assignment.get(bdf, (None, "not matched"))
             verdict = next((v for v in self.verdicts if ueid and v.identity.ueid == ueid), None)
+            if how.startswith(TOFU_UNASSIGNED):
+                ueid = None
             item: dict[str, Any] = {"bdf": bdf, "evidence": GUEST, "ueid": ueid, "identity": how,
                                     "ok": self.accepted}
             if verdict is not None:
