@@ -236,6 +236,8 @@ class GuestVerificationService:
         try:
             expires = parse_rfc3339(str(record["expiresAt"]))
         except (KeyError, ValueError):
+            expires = None
+        if expires is None or expires.tzinfo is None:
             return _Outcome.refused([EXPIRED], target, "the challenge record has no valid expiry")
         if now >= expires:
             return _Outcome.refused([EXPIRED], target, f"the challenge expired at {record['expiresAt']}")
