@@ -11,8 +11,11 @@ earlier claims when the node has too few) and says why when the node cannot show
   group, a kernel without iommufd);
 - a claim for a plain `runc` pod, refused;
 - two claims prepared in parallel (each bind takes `--bind-delay` on the simulated kernel);
-- an attested claim accepted (its verdict token verified against the node's published key) and one rejected because
-  one measurement of the simulated evidence was tampered on purpose;
+- host pre-flight attestation on GPUs whose CC mode is off (the host driver can still query them): a claim accepted
+  (its verdict token verified against the node's published key) and one rejected because one measurement of the
+  simulated evidence was tampered on purpose; on a node whose GPUs are all in CC mode, the host's refusal instead;
+- a guest-attested claim on a GPU in CC mode on (`demo_guest.py`): the challenge on the claim, `cc-gpu attest collect`
+  in the simulated VM, the verification service's verdict on the claim, a replay refused;
 - everything unprepared, every function back on its original driver.
 
 A node without an IOMMU (`no-iommu`) stops at the plugin's refusal to start. The expected outcome of each step follows
@@ -65,7 +68,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="simulated seconds per device bind (default: %(default)s)")
 
 
-class _End(Exception):
+class End(Exception):
     """The story ends early at this step; `code` is the demo's exit status."""
 
     def __init__(self, code: int) -> None:
@@ -132,6 +135,10 @@ class _Demo:
         self.devices: dict[str, str] = {}  # published device name -> PCI address
         self.held: dict[str, Claim] = {}  # device -> the prepared claim holding it
         self.made: list[Claim] = []  # every claim made, unprepared at the end
+        self.cc_off = _cc_off_gpus(self.topology)  # PCI addresses switched to CC mode off for the host pre-flight
+        from cc_gpu.cli.demo_guest import free_port  # noqa: PLC0415
+
+        self.guest_port = free_port()  # the verification service of the guest-attestation step
 
     def close(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -160,12 +167,22 @@ class _Demo:
 
     def start_plugin(self) -> str | None:
         """Start the plugin and wait for its registration; None once registered, else the plugin's last words."""
+        from cc_gpu.cli.demo_guest import plugin_settings  # noqa: PLC0415
         from cc_gpu.dra.kubelet import RegistrationError  # noqa: PLC0415
+        from cc_gpu.host.sim import SimKernel, create_sim_host  # noqa: PLC0415
 
+        create_sim_host(self.topology.name, self.root / "sim")
+        for bdf in self.cc_off:  # host pre-flight attestation needs GPUs the host driver can still query
+            SimKernel(self.root / "sim").set_cc_mode(bdf, "off")
+        config = self.root / "plugin.toml"
+        # The GPUs in CC mode `off` are for the host pre-flight; the CC-mode part of the gate is waived on this demo
+        # node so that a confidential pod may receive them (the step says so).
+        config.write_text(plugin_settings(self.root, self.guest_port)
+                          + ("[policy]\nrequire_cc_mode = false\n" if self.cc_off else ""))
         args = [sys.executable, "-m", "cc_gpu", "plugin", "--node-name", NODE, "--sim", self.topology.name,
                 "--sim-root", str(self.root / "sim"), "--kubeconfig", str(self.kubeconfig),
                 "--plugin-dir", str(self.root / "plugin"), "--registry-dir", str(self.root / "registry"),
-                "--cdi-root", str(self.root / "cdi")]
+                "--cdi-root", str(self.root / "cdi"), "--config", str(config)]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2]),
                                                               os.environ.get("PYTHONPATH", "")])}
         self.kubelet.start()
@@ -210,15 +227,22 @@ class _Demo:
             self.held[device] = claim
         return result.error or None
 
-    def free(self, wanted: int) -> list[str]:
-        """Up to `wanted` devices no claim holds, releasing the oldest held claims when the node has too few."""
+    def free(self, wanted: int, cc_on: bool = True) -> list[str]:
+        """Up to `wanted` devices no claim holds, releasing the oldest held claims when the node has too few.
+
+        With `cc_on`, only devices in CC mode on (the ones left for the host pre-flight are kept out of the way);
+        without it, only the devices switched to CC mode off.
+        """
+        pool = [d for d in self.devices if (self.devices[d] in self.cc_off) != cc_on]
         for device, claim in list(self.held.items()):
-            if len(self.devices) - len(self.held) >= wanted:
+            if len([d for d in pool if d not in self.held]) >= wanted:
                 break
+            if device not in pool:
+                continue
             self.kubelet.unprepare(DRIVER, [claim])
             del self.held[device]
             print(f"(released claim {_ref(claim)} to free {device}: this node has {len(self.devices)} GPU device(s))")
-        return [d for d in self.devices if d not in self.held][:wanted]
+        return [d for d in pool if d not in self.held][:wanted]
 
     def events_for(self, claim: Claim) -> list[dict[str, Any]]:
         """The Events on a claim, read over HTTP from the double like `kubectl get events` would."""
@@ -250,6 +274,19 @@ def _ref(claim: Claim) -> str:
     return f"{claim[0]}/{claim[1]}"
 
 
+def _cc_off_gpus(topo: SimTopology) -> tuple[str, ...]:
+    """On a node with at least four GPU groups, the last two GPUs go to CC mode off for the host pre-flight step.
+
+    A GPU in CC mode on does not answer the host driver, so the host can attest only GPUs in CC mode off (or
+    devtools); on smaller nodes every GPU stays on and the step shows the host's refusal instead.
+    """
+    firsts: dict[int, str] = {}
+    for d in topo.devices:
+        if _is_gpu(d):
+            firsts.setdefault(d.group, d.bdf)
+    return tuple(list(firsts.values())[-2:]) if topo.iommu and len(firsts) >= 4 else ()
+
+
 # --- the steps --------------------------------------------------------------------------------------------------
 
 
@@ -270,11 +307,11 @@ def _step_start(demo: _Demo) -> None:
         if demo.expect.plugin_refuses:
             print("expected: this node was booted without an IOMMU, so no device can be isolated for a VM; the "
                   "plugin stops rather than publish GPUs it cannot pass through")
-            raise _End(0)
-        raise _End(1)
+            raise End(0)
+        raise End(1)
     if demo.expect.plugin_refuses:
         print("unexpected: the plugin started on a node without an IOMMU")
-        raise _End(1)
+        raise End(1)
     plugin = demo.kubelet.plugins[DRIVER]
     print(f"plugin registered in {time.monotonic() - start:.2f}s: {plugin.name}, versions {list(plugin.versions)}, "
           f"kubelet chose {plugin.version}")
@@ -301,7 +338,7 @@ def _step_slice(demo: _Demo) -> None:
                   "between them), so they reach a VM together and are published as one device")
     if not devices:
         print("no NVIDIA GPU on this node, so nothing is published and there is nothing to claim")
-        raise _End(0 if demo.expect.nothing_published else 1)
+        raise End(0 if demo.expect.nothing_published else 1)
 
 
 def _step_confidential_claim(demo: _Demo) -> None:
@@ -318,15 +355,15 @@ def _step_confidential_claim(demo: _Demo) -> None:
             nic = ", ".join(f"{d.bdf} ({d.driver})" for d in demo.expect.foreign)
             print(f"expected: the GPU's IOMMU group also holds {nic}; a group reaches a VM whole, so handing the GPU "
                   "over would hand that device to the tenant too. The plugin refuses unless the admin allow-lists it.")
-            raise _End(0)
+            raise End(0)
         if not demo.expect.iommufd:
             print("expected: this node publishes iommuFD=false on its devices, so the chart's confidential "
                   "DeviceClasses never allocate them; run the demo on dgx-h100 to see a confidential claim prepared")
-            raise _End(0)
-        raise _End(1)
+            raise End(0)
+        raise End(1)
     if demo.expect.foreign or not demo.expect.iommufd:
         print(f"unexpected: claim {_ref(claim)} was prepared on a node whose facts predict a refusal")
-        raise _End(1)
+        raise End(1)
     spec_path = demo.root / "cdi" / f"cc-gpu.io-vfio_{claim[2]}.json"
     spec = json.loads(spec_path.read_text())
     ids = [f"{spec['kind']}={d['name']}" for d in spec["devices"]]
@@ -355,7 +392,7 @@ def _step_runc_refusal(demo: _Demo) -> None:
     error = demo.prepare(claim, device)
     if not error:
         print(f"unexpected: claim {_ref(claim)} for a runc pod was prepared")
-        raise _End(1)
+        raise End(1)
     print(f"refused: claim {_ref(claim)}: {error}")
     print(f"nothing bound: {bdf} is still on {demo.driver_of(bdf)}")
     demo.print_events(claim, wait=5)
@@ -378,7 +415,7 @@ def _step_parallel(demo: _Demo) -> None:
         result = results[claim[2]]
         if result.error:
             print(f"unexpected: claim {_ref(claim)} refused: {result.error}")
-            raise _End(1)
+            raise End(1)
         demo.held[device] = claim
         print(f"prepared claim {_ref(claim)}: device {device} -> {result.devices[0][3][0]}")
     print(f"wall time for both: {elapsed:.2f}s (a node-wide lock would take at least {2 * demo.bind_delay:.1f}s)")
@@ -387,8 +424,15 @@ def _step_parallel(demo: _Demo) -> None:
 
 def _step_attestation(demo: _Demo) -> None:
     """One attested claim accepted and one rejected, with the verdicts, the token and the trail they leave."""
-    _say("Attested claims (class config `attestation: {required: true}`, strict policy, simulated evidence)")
-    free = demo.free(2)
+    _say("Host pre-flight attestation (class config `attestation: {required: true}`, strict policy, simulated "
+         "evidence)")
+    if not demo.cc_off:
+        _host_refuses_cc_mode(demo)
+        return
+    print(f"GPUs {', '.join(demo.cc_off)} were switched to CC mode off for this step: the host driver can query "
+          "only such GPUs (a GPU in CC mode on answers only the driver inside its VM; see the guest step). This "
+          "demo node waives the gate's CC-mode check so that a confidential pod may receive them.")
+    free = demo.free(2, cc_on=False)
     good = free[0]
     (s,) = demo.api.list_resource_slices(DRIVER, NODE)
     for d in s["spec"].get("devices") or []:
@@ -399,11 +443,11 @@ def _step_attestation(demo: _Demo) -> None:
     error = demo.prepare(ok, good)
     if error:
         print(f"unexpected: attested claim {_ref(ok)} refused: {error}")
-        raise _End(1)
+        raise End(1)
     print(f"accepted: claim {_ref(ok)} prepared on {good}, now on {demo.driver_of(demo.devices[good])}")
     _show_verdict(demo, ok)
 
-    tampered = free[1] if len(free) > 1 else demo.free(1)[0]  # a one-GPU node: the same GPU, once released
+    tampered = free[1]
     bdf = demo.devices[tampered]
     demo.tamper_evidence(bdf)
     print(f"measurement {TAMPERED_INDEX} of {tampered}'s simulated evidence tampered to show a rejection")
@@ -411,7 +455,7 @@ def _step_attestation(demo: _Demo) -> None:
     error = demo.prepare(bad, tampered)
     if not error:
         print(f"unexpected: claim {_ref(bad)} with tampered evidence was prepared")
-        raise _End(1)
+        raise End(1)
     print(f"rejected: claim {_ref(bad)}: {error}")
     print(f"nothing bound: {bdf} is still on {demo.driver_of(bdf)}")
     for claim in (ok, bad):
@@ -440,6 +484,27 @@ def _show_verdict(demo: _Demo, claim: Claim) -> None:
           f"node {claims['x-cc-gpu-node']}, GPU {claims['x-cc-gpu-pci-address']}, measres={claims['measres']}")
 
 
+def _host_refuses_cc_mode(demo: _Demo) -> None:
+    """On a node whose GPUs are all in CC mode on, the host path refuses and names the guest path."""
+    (device,) = demo.free(1)
+    claim = demo.claim_for(demo.expect.handler, device, ATTESTED)
+    error = demo.prepare(claim, device)
+    if not error:
+        print(f"unexpected: claim {_ref(claim)} was attested by the host although its GPU is in CC mode on")
+        raise End(1)
+    print(f"refused: claim {_ref(claim)}: {error}")
+    print("expected: every GPU of this node is in CC mode on, which the host driver cannot query; such GPUs are "
+          "attested from inside the VM (next step)")
+
+
+def _step_guest_attestation(demo: _Demo) -> None:
+    from cc_gpu.cli.demo_guest import guest_attested_claim  # noqa: PLC0415
+
+    (device,) = demo.free(1)
+    claim = guest_attested_claim(demo, device, demo.guest_port, _say)
+    demo.held[device] = claim
+
+
 def _step_unprepare_all(demo: _Demo) -> int:
     _say("Unprepare everything: every function back on its original driver")
     errors = demo.kubelet.unprepare(DRIVER, demo.made)
@@ -455,14 +520,15 @@ def _step_unprepare_all(demo: _Demo) -> int:
     return 0 if back and not failed and not remaining else 1
 
 
-STEPS = (_step_start, _step_slice, _step_confidential_claim, _step_runc_refusal, _step_parallel, _step_attestation)
+STEPS = (_step_start, _step_slice, _step_confidential_claim, _step_runc_refusal, _step_parallel, _step_attestation,
+         _step_guest_attestation)
 
 
 def _script(demo: _Demo, steps: Sequence[Callable[[_Demo], None]] = STEPS) -> int:
     try:
         for step in steps:
             step(demo)
-    except _End as end:
+    except End as end:
         if demo.made:
             demo.kubelet.unprepare(DRIVER, demo.made)
         return end.code

@@ -19,6 +19,7 @@ entry may not switch `required` off once an earlier one (the attested DeviceClas
       maxEvidenceAgeSeconds: 300
       revocation: online              # online | cached | off
       whenBoundToVfio: useDiscoveryEvidence   # useDiscoveryEvidence | refuse | rebind
+      evidence: host                  # host (pre-flight, CC off/devtools) | guest (from inside the VM)
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ SECTION = "attestation"
 REVOCATION_MODES = ("online", "cached", "off")
 WHEN_ON_VFIO = ("useDiscoveryEvidence", "refuse", "rebind")
 MISSING_RIM = ("fail", "report")
+EVIDENCE = ("host", "guest")
 PROVIDERS = ("auto", "nvml", "directory", "simulated", "none")
 BUILTIN_POLICIES = ("strict", "lenient")
 MAX_AGE_LIMIT_S = 7 * 24 * 3600
@@ -77,6 +79,7 @@ class ClaimLayer:
     max_evidence_age_s: int | None = None
     revocation: str | None = None
     when_bound_to_vfio: str | None = None
+    evidence: str | None = None
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,7 @@ class AttestationRequest:
     max_evidence_age_s: int | None = None  # None: the policy's own
     revocation: str | None = None  # None: the policy's own
     when_bound_to_vfio: str | None = None  # None: useDiscoveryEvidence (if the node allows such evidence at all)
+    evidence: str | None = None  # None: host
     claim: ClaimLayer = field(default_factory=ClaimLayer)
 
 
@@ -129,7 +133,7 @@ def _version(where: str, value: object, hex_parts: bool) -> str:
 
 _INLINE_FIELDS = frozenset({"minDriverVersion", "minVbiosVersion", "missingRim", "allowCertificateHold"})
 _FIELDS = frozenset(
-    {"required", "policy", "inlinePolicy", "maxEvidenceAgeSeconds", "revocation", "whenBoundToVfio"}
+    {"required", "policy", "inlinePolicy", "maxEvidenceAgeSeconds", "revocation", "whenBoundToVfio", "evidence"}
 )
 
 
@@ -172,6 +176,8 @@ def _layer_values(raw: Mapping[str, Any], where: str) -> dict[str, Any]:
         out["revocation"] = _choice(f"{where}.revocation", raw["revocation"], REVOCATION_MODES)
     if "whenBoundToVfio" in raw:
         out["when_bound_to_vfio"] = _choice(f"{where}.whenBoundToVfio", raw["whenBoundToVfio"], WHEN_ON_VFIO)
+    if "evidence" in raw:
+        out["evidence"] = _choice(f"{where}.evidence", raw["evidence"], EVIDENCE)
     return out
 
 
@@ -223,6 +229,7 @@ class NodeMinimum:
     revocation: str | None = None
     max_evidence_age_s: int | None = None
     when_bound_to_vfio: str | None = None
+    evidence: str | None = None
     plain_vfio: bool = False
 
 
@@ -251,12 +258,20 @@ class AttestationSettings:
     policies: Mapping[str, Path] = field(default_factory=dict)
     minimum: NodeMinimum = field(default_factory=NodeMinimum)
     claim_policies: tuple[str, ...] = ()  # which policies a claim may add to the class's: named, inline
+    # The guest path: where the verification service is (given to the container), the CA that signs its HTTPS
+    # certificate (PEM file, its contents given to the container), and how long a challenge may wait for evidence.
+    service_url: str = ""
+    service_ca: Path | None = None
+    challenge_ttl_seconds: int = 900
+    # Challenges the verification service accepts without a claim (an interop check with a client's fixed sample
+    # nonce), as 64 hex digits; single use per service process. The plugin ignores them.
+    interop_challenges: tuple[str, ...] = ()
 
 
 _MINIMUM_TYPES: dict[str, tuple[str, type]] = {
     "required": ("required", bool), "policy": ("policy", str), "revocation": ("revocation", str),
     "max_evidence_age_seconds": ("max_evidence_age_s", int), "when_bound_to_vfio": ("when_bound_to_vfio", str),
-    "plain_vfio": ("plain_vfio", bool),
+    "plain_vfio": ("plain_vfio", bool), "evidence": ("evidence", str),
 }
 
 
@@ -272,7 +287,8 @@ def _decode_minimum(value: object, base: NodeMinimum) -> NodeMinimum:
             raise ConfigError(f"config key attestation.minimum.{key}: must be {want.__name__} (got {v!r})")
         changes[attr] = v
     out = replace(base, **changes)
-    for attr, allowed in (("revocation", REVOCATION_MODES), ("when_bound_to_vfio", WHEN_ON_VFIO)):
+    for attr, allowed in (("revocation", REVOCATION_MODES), ("when_bound_to_vfio", WHEN_ON_VFIO),
+                          ("evidence", EVIDENCE)):
         if getattr(out, attr) is not None and getattr(out, attr) not in allowed:
             raise ConfigError(f"config key attestation.minimum.{attr}: must be one of {', '.join(allowed)}")
     if out.max_evidence_age_s is not None and not 1 <= out.max_evidence_age_s <= MAX_AGE_LIMIT_S:
@@ -280,12 +296,12 @@ def _decode_minimum(value: object, base: NodeMinimum) -> NodeMinimum:
     return out
 
 
-_SETTING_PATHS = frozenset({"evidence_dir", "trust_dir", "rim_dir", "ocsp_dir"})
+_SETTING_PATHS = frozenset({"evidence_dir", "trust_dir", "rim_dir", "ocsp_dir", "service_ca"})
 _SETTING_TYPES: dict[str, type] = {
     "provider": str, "rim_url": str, "ocsp_online": bool, "discovery": bool, "discovery_policy": str,
     "allow_rebind": bool, "token_mount": bool, "ocsp_online_cache_seconds": int, "allow_foreign_nonce": bool,
     "token_ttl_seconds": int, "key_max_age_days": int,
-    "keys_namespace": str, "keys_published": int,
+    "keys_namespace": str, "keys_published": int, "service_url": str, "challenge_ttl_seconds": int,
 }
 
 
@@ -311,6 +327,11 @@ def decode_settings(value: object, base: AttestationSettings) -> AttestationSett
             if not isinstance(v, list) or not all(isinstance(k, str) and k in CLAIM_POLICY_KINDS for k in v):
                 raise ConfigError(f"config key {name}: must be a list of {', '.join(CLAIM_POLICY_KINDS)}")
             changes[key] = tuple(v)
+        elif key == "interop_challenges":
+            if not isinstance(v, list) or not all(isinstance(h, str) and len(h) == 64
+                                                  and all(c in "0123456789abcdefABCDEF" for c in h) for h in v):
+                raise ConfigError(f"config key {name}: must be a list of 32-byte challenges as 64 hex digits")
+            changes[key] = tuple(h.lower() for h in v)
         elif key == "policies":
             if not isinstance(v, Mapping) or not all(isinstance(p, str) and p for p in v.values()):
                 raise ConfigError(f"config key {name}: must be a table of policy name = TOML file path")
@@ -325,7 +346,9 @@ def decode_settings(value: object, base: AttestationSettings) -> AttestationSett
         raise ConfigError(f"config key attestation.provider: must be one of {', '.join(PROVIDERS)}")
     if out.provider == "directory" and out.evidence_dir is None:
         raise ConfigError("config key attestation.evidence_dir: required by the directory provider")
-    for key in ("token_ttl_seconds", "key_max_age_days", "keys_published"):
+    if out.service_url and not out.service_url.startswith("https://"):
+        raise ConfigError("config key attestation.service_url: must be an https:// URL (the challenge is a secret)")
+    for key in ("token_ttl_seconds", "key_max_age_days", "keys_published", "challenge_ttl_seconds"):
         if getattr(out, key) < 1:
             raise ConfigError(f"config key attestation.{key}: must be at least 1")
     if out.ocsp_online_cache_seconds < 0:

@@ -15,10 +15,16 @@ from datetime import UTC, datetime
 from typing import Any
 
 from cc_gpu.attest.verdict import Verdict
+from cc_gpu.dra.challenge import Challenge
 from cc_gpu.dra.claimstatus import DeviceStatus, apply_device_status
 from cc_gpu.kube.api import KubeApi
 
 CONDITION = "Attested"
+HOST_PREFLIGHT = "host, pre-flight"
+"""The label of a host-side verdict: evidence the host driver gave before the GPU went to the VM. It says the GPU's
+firmware and configuration passed policy then; it says nothing about what the guest later talks to."""
+GUEST = "guest"
+"""The label of a guest-side verdict: evidence the GPU gave the driver inside the confidential VM."""
 TOKEN_ENV_PREFIX = "CC_GPU_ATTESTATION_TOKEN_"  # noqa: S105 - a variable name, not a secret
 TOKEN_MOUNT_DIR = "/run/cc-gpu/attestation"  # noqa: S105 - a path, not a secret
 MAX_DATA_BYTES = 10 * 1024
@@ -59,10 +65,11 @@ class GpuResult:
     kid: str | None = None
     jti: str | None = None
     nonce_ours: bool = True  # False: the evidence answers a nonce this prepare did not choose (directory, discovery)
+    evidence: str = HOST_PREFLIGHT  # where the evidence came from: the host before the VM ran, or the guest
 
     def compact(self) -> dict[str, Any]:
         v = self.verdict
-        out: dict[str, Any] = {"bdf": self.bdf, "ok": self.ok, "evidenceSource": self.source,
+        out: dict[str, Any] = {"bdf": self.bdf, "ok": self.ok, "evidence": self.evidence, "evidenceSource": self.source,
                                "nonce": "ours" if self.nonce_ours else "not ours"}
         if v is not None:
             out.update({"ueid": v.identity.ueid, "hwmodel": v.identity.hwmodel, "driverVersion": v.driver_version,
@@ -86,19 +93,31 @@ class DeviceResult:
     policy: str  # the sources of the policy applied, e.g. "class:strict+claim:inline"
     gpus: tuple[GpuResult, ...]
     applied: Mapping[str, Any] | None = None  # every knob of the policy actually applied
+    challenge: Mapping[str, Any] | None = None  # guest path: the challenge record awaiting the guest's evidence
+
+    @property
+    def pending(self) -> bool:
+        """Guest path: the verdict will come from the verification service, on the guest's evidence."""
+        return self.challenge is not None
 
     @property
     def ok(self) -> bool:
-        return all(g.ok for g in self.gpus)
+        return not self.pending and all(g.ok for g in self.gpus)
 
     def condition(self, now: str) -> dict[str, Any]:
+        if self.pending:
+            return {"type": CONDITION, "status": "Unknown", "reason": "AwaitingGuestEvidence",
+                    "message": (f"evidence: guest; a challenge awaits the GPU evidence from inside the VM, to be "
+                                f"verified under policy {self.policy!r} by the verification service")[:1024],
+                    "lastTransitionTime": now}
         if self.ok:
             foreign = " (nonce not ours: evidence age from an unauthenticated timestamp)" if any(
                 not g.nonce_ours for g in self.gpus) else ""
-            message = f"GPU evidence satisfies policy {self.policy!r}{foreign}; verdict token issued to the pod"
+            message = (f"GPU evidence (evidence: {self._evidence()}) satisfies policy {self.policy!r}{foreign}; "
+                       "verdict token issued to the pod")
         else:
             reasons = "; ".join(f"{g.bdf}: {', '.join(g.reasons)}" for g in self.gpus if not g.ok)
-            message = f"GPU evidence fails policy {self.policy!r}: {reasons}"
+            message = f"GPU evidence (evidence: {self._evidence()}) fails policy {self.policy!r}: {reasons}"
         return {
             "type": CONDITION,
             "status": "True" if self.ok else "False",
@@ -107,12 +126,20 @@ class DeviceResult:
             "lastTransitionTime": now,
         }
 
+    def _evidence(self) -> str:
+        return ", ".join(sorted({g.evidence for g in self.gpus})) or HOST_PREFLIGHT
+
     def data(self) -> dict[str, Any]:
         """The compact verdict for `status.devices[].data`, trimmed to stay under the 10 KiB limit."""
-        out: dict[str, Any] = {"attestation": {"ok": self.ok, "required": self.required, "policy": self.policy,
+        out: dict[str, Any] = {"attestation": {"ok": self.ok, "evidence": self._evidence(), "required": self.required,
+                                               "policy": self.policy,
                                                "gpus": [g.compact() for g in self.gpus]}}
         if self.applied is not None:
             out["attestation"]["applied"] = dict(self.applied)
+        if self.challenge is not None:
+            out["attestation"]["challenge"] = dict(self.challenge)
+            out["attestation"]["ok"] = None  # not judged yet: the verdict comes from the guest's evidence
+            out["attestation"]["state"] = "awaiting guest evidence"
         while len(json.dumps(out)) > MAX_DATA_BYTES and any(g.get("failed") for g in out["attestation"]["gpus"]):
             for g in out["attestation"]["gpus"]:
                 if g.get("failed"):
@@ -123,13 +150,19 @@ class DeviceResult:
 @dataclass(frozen=True)
 class ClaimAttestation:
     devices: tuple[DeviceResult, ...]
+    guest_challenge: Challenge | None = None  # minted when a device takes the guest path (its nonce is a secret)
 
     def for_device(self, pool: str, device: str) -> DeviceResult | None:
         return next((d for d in self.devices if (d.pool, d.device) == (pool, device)), None)
 
     @property
     def blocking(self) -> tuple[DeviceResult, ...]:
-        return tuple(d for d in self.devices if d.required and not d.ok)
+        return tuple(d for d in self.devices if d.required and not d.ok and not d.pending)
+
+    @property
+    def challenge(self) -> Mapping[str, Any] | None:
+        """The claim's guest challenge record, when a device takes the guest path (one challenge per claim)."""
+        return next((d.challenge for d in self.devices if d.challenge is not None), None)
 
 
 def update_device_status(

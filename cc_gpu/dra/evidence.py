@@ -22,6 +22,8 @@ from typing import Any, Protocol
 from cc_gpu.attest.ocsp import OcspTransport
 from cc_gpu.attest.sim import Faults, SimulatedCa, SimulatedGpu
 from cc_gpu.attest.trust import TrustStore
+from cc_gpu.files import write_atomic
+from cc_gpu.host.ccmode import HIDDEN_FROM_HOST
 from cc_gpu.host.gpuevidence import EvidenceUnavailableError, NvmlEvidenceReader
 
 Clock = Callable[[], datetime]
@@ -112,6 +114,23 @@ class DirectoryProvider:
 
 
 _FAULT_FIELDS = {f.name for f in fields(Faults)}
+SIM_CA_FILE = "attestation-sim-ca.json"
+
+
+def shared_simulated_ca(path: Path, now: datetime, *, create: bool = True) -> SimulatedCa:
+    """The simulated node's test CA, shared by its processes (plugin, simulated guest, verification service): read
+    from `path`, or made and written there (0600) by the plugin, the first process that needs it."""
+    try:
+        return SimulatedCa.load(path.read_bytes())
+    except FileNotFoundError:
+        if not create:
+            raise EvidenceUnavailableError(f"no simulated node's CA at {path}: start the plugin on it first") from None
+    except (OSError, ValueError, KeyError) as e:
+        raise EvidenceUnavailableError(f"simulated CA file {path} is unreadable: {e}") from e
+    ca = SimulatedCa.create(now)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, ca.save(), mode=0o600)
+    return ca
 
 
 class SimulatedProvider:
@@ -122,10 +141,10 @@ class SimulatedProvider:
     needs_host_driver = True
 
     def __init__(self, faults_file: Path | None = None, clock: Clock = _utc_now,
-                 cc_mode_of: Callable[[str], str] | None = None) -> None:
+                 cc_mode_of: Callable[[str], str] | None = None, ca_file: Path | None = None) -> None:
         self.clock = clock
         self.cc_mode_of = cc_mode_of  # the simulated GPU's CC mode: in devtools mode its evidence says so
-        self.ca = SimulatedCa.create(clock())
+        self.ca = shared_simulated_ca(ca_file, clock()) if ca_file is not None else SimulatedCa.create(clock())
         self.faults_file = faults_file
         self._gpus: dict[str, SimulatedGpu] = {}
         self._rims: dict[tuple[str, str], bytes] = {}  # (bdf, rim id) -> RIM, minted once per GPU and fault set
@@ -156,12 +175,18 @@ class SimulatedProvider:
             return self._gpus[bdf]
 
     def collect(self, bdf: str, nonce: bytes) -> Evidence:
+        mode = self.cc_mode_of(bdf) if self.cc_mode_of is not None else None
+        if mode in HIDDEN_FROM_HOST:
+            # As the hardware: a GPU in CC mode answers attestation requests only to the driver inside the VM.
+            raise EvidenceUnavailableError(
+                f"GPU {bdf} is in CC mode {mode!r} and no longer answers the host driver; its evidence can only be "
+                "collected inside the confidential VM (the guest attestation path)")
         knobs = self.knobs(bdf)
         gpu = self.gpu(bdf)
         if knobs.get("revoked"):
             self.ca.revoke(gpu.brom.cert)
         faults = Faults(**{k: v for k, v in knobs.items() if k in _FAULT_FIELDS})
-        if self.cc_mode_of is not None and self.cc_mode_of(bdf) == "devtools":
+        if mode == "devtools":
             faults = replace(faults, devtools=True)
         # The report answers the fresh nonce every time; RIMs are static per driver/VBIOS version (a RIM service
         # hands out the same bytes), so they are minted once per GPU and fault set, which also keeps the verifier's

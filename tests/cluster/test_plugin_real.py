@@ -26,7 +26,6 @@ from cc_gpu.kube.client import KubernetesApi
 from .chart import NAMESPACE, TENANT_LABEL
 from .controlplane import ControlPlane, write_kubeconfig
 from .plugin_node import (
-    ATTESTED_CLASS,
     DRIVER,
     SNP,
     VFIO_CLASS,
@@ -187,11 +186,20 @@ def _entry(claim: dict[str, Any]) -> dict[str, Any]:
     return dict(entry)
 
 
+def test_gpus_in_cc_mode_are_not_host_attested(nodes: dict[str, PluginNode]) -> None:
+    """The simulated GPUs are in CC mode `on`, which no longer answer the host: discovery cannot attest them, so
+    they publish `attested: false` and the chart's host-attested class (which selects `attested == true`) never
+    allocates them; such GPUs take the guest path (`tests/cluster/test_guest_real.py`)."""
+    (healthy,) = nodes[HEALTHY].slices()
+    devices = _devices([healthy])
+    assert {d["attributes"]["ccMode"]["string"] for d in devices} == {"on"}
+    assert {d["attributes"]["attested"]["bool"] for d in devices} == {False}
+
+
 @pytest.mark.parametrize(
     ("device_class", "conditions"),
     [
         pytest.param(VFIO_CLASS, ["Ready"], id="vfio-class"),
-        pytest.param(ATTESTED_CLASS, ["Attested", "Ready"], id="attested-class"),
     ],
 )
 def test_real_allocation_prepared_and_status_recorded(

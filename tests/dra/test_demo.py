@@ -18,6 +18,17 @@ COMMON = (
     "signed by a test CA the plugin makes for this run "
     "(roots 'SIM Device Identity CA' and 'SIM CoRIM signing Root CA')",
 )
+# Every node with a GPU ends with a GPU in CC mode on attested from inside its (simulated) VM.
+GUEST = (
+    "claim condition Attested=Unknown (AwaitingGuestEvidence)",
+    "in the VM: cc-gpu attest collect -> exit 0, accepted=True",
+    "claim condition Attested=True (GuestEvidenceVerified), evidence: guest, challenge consumed",
+    "other conditions kept: ['Ready']",
+    "token verified: evidence guest",
+    "replay of the same challenge: exit 1, refused: ['x-cc-gpu-challenge-reused']",
+)
+GUEST_SHOWN = ("dgx-h100", "h100-pcie-audio", "two-gpus-one-group", "blackwell-iommufd", "gh200")
+CC_ON_REFUSAL = "GPU is in CC mode 'on': it answers attestation requests only to the driver inside the confidential VM"
 # What each topology must show; every line about a claim names it `claim default/claim-N`.
 SHOWN: dict[str, tuple[str, ...]] = {
     "dgx-h100": (
@@ -30,14 +41,16 @@ SHOWN: dict[str, tuple[str, ...]] = {
         "refused: claim default/claim-2: pod default/pod-2: RuntimeClass 'runc' has handler 'runc'",
         "Event on claim default/claim-2: Warning PrepareRefused",
         "wall time for both",
-        "discovery: gpu-0000-9a-00-0 attested=True",
-        "claim default/claim-5 condition Attested=True (EvidenceVerified)",
+        "GPUs 0000:ba:00.0, 0000:db:00.0 were switched to CC mode off for this step",
+        "discovery: gpu-0000-ba-00-0 attested=True",
+        "claim default/claim-5 condition Attested=True (EvidenceVerified): GPU evidence (evidence: host, pre-flight)",
         "token verified against ConfigMap cc-gpu-token-keys/cc-gpu-token-keys-demo-node",
-        "measurement 9 of gpu-0000-9a-00-0's simulated evidence tampered to show a rejection",
-        "rejected: claim default/claim-6: GPU attestation rejected: gpu-0000-9a-00-0 (0000:9a:00.0): measres "
+        "measurement 9 of gpu-0000-db-00-0's simulated evidence tampered to show a rejection",
+        "rejected: claim default/claim-6: GPU attestation rejected: gpu-0000-db-00-0 (0000:db:00.0): measres "
         "(mismatching indexes: [9])",
-        "nothing bound: 0000:9a:00.0 is still on nvidia",
+        "nothing bound: 0000:db:00.0 is still on nvidia",
         "Event on claim default/claim-6: Warning GpuAttestationRejected",
+        "prepared claim default/claim-7 on gpu-0000-5d-00-0",
         "CDI specs left: none; unprepare errors: none",
     ),
     "dgx-h100-legacy": (
@@ -50,7 +63,8 @@ SHOWN: dict[str, tuple[str, ...]] = {
         "/dev/vfio/devices/vfio0, /dev/vfio/devices/vfio1",
         "bound: 0000:41:00.1 function was on snd_hda_intel, is on vfio-pci (same IOMMU group: it moves with the GPU)",
         "skipped: this node publishes 1 GPU device, the step needs two",
-        "rejected: claim default/claim-4: GPU attestation rejected",
+        "refused: claim default/claim-3: GPU attestation rejected: gpu-0000-41-00-0 (0000:41:00.0): "
+        + CC_ON_REFUSAL,
         "0000:41:00.1: snd_hda_intel",
         "CDI specs left: none; unprepare errors: none",
     ),
@@ -64,7 +78,8 @@ SHOWN: dict[str, tuple[str, ...]] = {
         "1 devices",
         "gpu-0000-c2-00-0 stands for its whole IOMMU group: 0000:c2:00.0 and 0000:c3:00.0 share it",
         "bound: 0000:c3:00.0 GPU was on nvidia, is on vfio-pci (same IOMMU group: it moves with the GPU)",
-        "rejected: claim default/claim-4: GPU attestation rejected",
+        "refused: claim default/claim-3: GPU attestation rejected: gpu-0000-c2-00-0 (0000:c2:00.0): " + CC_ON_REFUSAL,
+        "identity: trust on first use, unassigned (2 GPUs of this claim had no recorded identity",
         "0000:c3:00.0: nvidia",
         "CDI specs left: none; unprepare errors: none",
     ),
@@ -78,8 +93,7 @@ SHOWN: dict[str, tuple[str, ...]] = {
     ),
     "gh200": (
         "is on nvgrace_gpu_vfio_pci (the variant vfio driver modules.alias names for this GPU, not plain vfio-pci)",
-        "Attested=True (EvidenceVerified)",
-        "Warning GpuAttestationRejected",
+        "refused: claim default/claim-3: GPU attestation rejected: gpu-0009-01-00-0 (0009:01:00.0): " + CC_ON_REFUSAL,
         "0009:01:00.0: nvidia",
         "CDI specs left: none; unprepare errors: none",
     ),
@@ -108,5 +122,5 @@ def test_demo_runs_and_narrates(topology: str) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "unexpected" not in proc.stdout
     assert "Traceback" not in proc.stderr
-    for expected in (*COMMON, *SHOWN[topology]):
+    for expected in (*COMMON, *SHOWN[topology], *(GUEST if topology in GUEST_SHOWN else ())):
         assert expected in proc.stdout, expected
