@@ -1,0 +1,157 @@
+"""NVIDIA's attestation SDK (nv-attestation-sdk 2.7.3, from PyPI, in its own virtualenv) in remote mode against
+cc-gpu's NVIDIA-compatible API, on NVIDIA's 2.1.1 sample evidence verified as of 2025-01-15.
+
+The client is NVIDIA's code, unchanged: `add_verifier(GPU, REMOTE, url)`, `attest(evidence)`, `validate_token(policy)`.
+It posts the evidence, reads the detached EAT, fetches the JWKS from `scheme://host/.well-known/jwks.json`, checks
+the ES384 signatures with the `x5c` key and applies the appraisal policy. The policy is NVIDIA's remote GPU policy
+example (version 4.0) with two differences this evidence calls for: the sample's report has no FWID (the FWID
+claim is false, not asserted), and revocation is off for the replayed sample, so the certificate-chain claims must
+say `off`, never `good`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from cc_gpu.attest import policy as P
+from cc_gpu.attest.evidence import decode_report_text
+from cc_gpu.attest.nvcompat import NvidiaTokens, register_nvidia_routes
+from cc_gpu.attest.ocsp import RevocationMode
+from cc_gpu.attest.token import TokenSigner, TokenVerifier
+from cc_gpu.attest.trust import TrustStore
+from cc_gpu.attest.verifier import Verifier
+from tests.attest.conftest import AT_2025, Sample
+from tests.attest.nvsdk_front import InteropCore, RouteServer, sdk_evidence, write_json
+from tests.cluster import pki
+from tests.nvidia_vectors import nvidia_sdk_python
+
+SDK_VERSION = "2.7.3"
+RIMS = ("Driver_RIM_test_no_gpu.swidtag", "1010_0200_882_96005E0001_test_no_gpu.swidtag")
+CLIENT = Path(__file__).with_name("nvsdk_client.py")
+_CHAIN_OFF = {"x-nvidia-cert-status": "valid", "x-nvidia-cert-ocsp-status": "off"}
+POLICY = {
+    "version": "4.0",
+    "authorization-rules": {
+        "type": "JWT",
+        "overall-claims": {"x-nvidia-overall-att-result": True, "x-nvidia-ver": "3.0"},
+        "detached-claims": {
+            "measres": "success",
+            "x-nvidia-gpu-arch-check": True,
+            "x-nvidia-gpu-attestation-report-parsed": True,
+            "x-nvidia-gpu-attestation-report-nonce-match": True,
+            "x-nvidia-gpu-attestation-report-signature-verified": True,
+            "x-nvidia-gpu-attestation-report-cert-chain": _CHAIN_OFF,
+            **{
+                f"x-nvidia-gpu-{kind}-rim-{what}": True
+                for kind in P.RIM_KINDS
+                for what in ("fetched", "schema-validated", "signature-verified", "version-match",
+                             "measurements-available")
+            },
+            "x-nvidia-gpu-driver-rim-cert-chain": _CHAIN_OFF,
+            "x-nvidia-gpu-vbios-rim-cert-chain": _CHAIN_OFF,
+            "x-nvidia-gpu-vbios-index-no-conflict": True,
+        },
+    },
+}
+
+
+@dataclass
+class Front:
+    """A served NVIDIA-compatible API: its GPU endpoint URL, the CA of its certificate, and how an admin registers
+    an interop challenge."""
+
+    url: str
+    ca: Path
+    core: InteropCore
+    verifier: TokenVerifier
+
+
+@pytest.fixture(scope="module")
+def sdk_python() -> Path:
+    return nvidia_sdk_python(SDK_VERSION)
+
+
+@pytest.fixture(scope="module")
+def front(tmp_path_factory: pytest.TempPathFactory, nvidia_211: Sample) -> Iterator[Front]:
+    certs = pki.make(tmp_path_factory.mktemp("front-pki"))
+    key = ec.generate_private_key(ec.SECP384R1())
+    signer = TokenSigner(key, kid="interop-1")
+    core = InteropCore(
+        Verifier(TrustStore.default()),
+        P.Policy(revocation=RevocationMode.OFF),
+        at=AT_2025,
+        rims=[nvidia_211.rim(name) for name in RIMS],
+    )
+    with RouteServer(certs.serving.cert, certs.serving.key) as server:
+        register_nvidia_routes(server, core, NvidiaTokens(signer))
+        verifier = TokenVerifier({"interop-1": key.public_key()})
+        yield Front(f"{server.base_url}/v3/attest/gpu", certs.ca.cert, core, verifier)
+
+
+def run_sdk(sdk_python: Path, front: Front, tmp: Path, report: bytes, chain: bytes, nonce: bytes) -> dict:
+    out = tmp / "result.json"
+    subprocess.run(
+        [
+            str(sdk_python), str(CLIENT), "--url", front.url, "--nonce", nonce.hex(),
+            "--evidence", str(write_json(tmp / "evidence.json", sdk_evidence(report, chain))),
+            "--policy", str(write_json(tmp / "policy.json", POLICY)),
+            "--out", str(out),
+        ],
+        check=True,
+        cwd=tmp,
+        env={**os.environ, "REQUESTS_CA_BUNDLE": str(front.ca)},
+        capture_output=True,
+        timeout=300,
+    )
+    return json.loads(out.read_text())
+
+
+def service_eat(sdk_token: str) -> list:
+    """The service's detached EAT as the SDK recorded it under its remote GPU verifier."""
+    return json.loads(sdk_token)[1]["REMOTE_GPU_CLAIMS"]
+
+
+def test_sdk_accepts_the_sample_and_validates_the_tokens(sdk_python: Path, front: Front, nvidia_211: Sample,
+                                                         tmp_path: Path) -> None:
+    front.core.register(nvidia_211.nonce)
+    result = run_sdk(sdk_python, front, tmp_path, decode_report_text(nvidia_211.report), nvidia_211.chain,
+                     nvidia_211.nonce)
+    assert result["attest"] is True
+    assert result["validate"] is True
+    (kind, overall), detached = service_eat(result["token"])
+    assert kind == "JWT" and list(detached) == ["GPU-0"]
+    claims = front.verifier.verify(overall, datetime.now(UTC),
+                                   nonce=nvidia_211.nonce.hex())
+    assert claims["submods"]["GPU-0"][0] == "DIGEST"
+    gpu = front.verifier.verify(detached["GPU-0"], datetime.now(UTC))
+    assert gpu["hwmodel"].startswith("GH100") and gpu["x-cc-gpu-verified-at"].startswith("2025-01-15")
+
+
+def test_sdk_rejects_tampered_evidence(sdk_python: Path, front: Front, nvidia_211: Sample, tmp_path: Path) -> None:
+    report = bytearray(decode_report_text(nvidia_211.report))
+    report[120] ^= 0x01  # a measurement byte: the report's signature no longer verifies
+    front.core.register(nvidia_211.nonce)
+    result = run_sdk(sdk_python, front, tmp_path, bytes(report), nvidia_211.chain, nvidia_211.nonce)
+    assert result["attest"] is False
+    assert result["validate"] is False
+    (_, overall), _detached = service_eat(result["token"])
+    claims = front.verifier.verify(overall, datetime.now(UTC), require_ok=False)
+    assert claims["x-nvidia-overall-att-result"] is False
+    assert "x-nvidia-gpu-attestation-report-signature-verified" in claims["x-cc-gpu-failed-checks"]
+
+
+def test_sdk_is_refused_an_unregistered_challenge(sdk_python: Path, front: Front, nvidia_211: Sample,
+                                                  tmp_path: Path) -> None:
+    result = run_sdk(sdk_python, front, tmp_path, decode_report_text(nvidia_211.report), nvidia_211.chain,
+                     nvidia_211.nonce)
+    assert result["attest"] is False
+    assert result["validate"] is False
