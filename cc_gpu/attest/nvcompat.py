@@ -239,6 +239,22 @@ class NvidiaTokens:
         return [["JWT", self.signer.sign_claims(overall, issued)], detached]
 
 
+# The service's refusals that are not about the challenge, by the check names its core reports (the guest path's
+# vocabulary; a check may carry a detail after its name).
+_REFUSALS = (
+    ("x-cc-gpu-rate-limited", 429, "too many requests from this client, retry later"),
+    ("x-cc-gpu-service-unavailable", 503, "verification unavailable, retry later"),
+    ("x-cc-gpu-evidence-malformed", 400, "malformed evidence"),
+)
+
+
+def _refusal(failed: list[str]) -> tuple[int, str]:
+    for name, status, message in _REFUSALS:
+        if any(check.startswith(name) for check in failed):
+            return status, message
+    return 403, "challenge refused"
+
+
 def _error(status: int, message: str, **extra: Any) -> Response:
     body = {"errorCode": status, "message": message, **extra}
     return Response(status=status, headers=dict(_JSON), body=json.dumps(body).encode())
@@ -269,8 +285,10 @@ class NvidiaGpuApi:
             log.error("nvidia-compatible GPU request from %s failed: %s", request.client, e)
             return _error(500, f"verification failed: {e}")
         if not result.per_gpu:  # refused before any evidence was judged: unknown or used challenge, and the like
-            log.info("nvidia-compatible GPU request from %s refused: %s", request.client, list(result.failed_checks))
-            return _error(403, "challenge refused", failed_checks=list(result.failed_checks))
+            failed = list(result.failed_checks)
+            log.info("nvidia-compatible GPU request from %s refused: %s", request.client, failed)
+            status, message = _refusal(failed)
+            return _error(status, message, failed_checks=failed)
         try:
             eat = self.tokens.eat(parsed, result)
         except TokenError as e:

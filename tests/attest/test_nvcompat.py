@@ -155,3 +155,23 @@ def test_tokens_are_es384_issued_now_and_never_logged(api: tuple[Routes, Interop
     assert caplog.records, "the outcome is logged"
     for token in (overall, detached["GPU-0"]):
         assert token not in caplog.text and token.split(".")[2] not in caplog.text
+
+
+class Refusing:
+    def __init__(self, check: str) -> None:
+        self.check = check
+
+    def verify_submission(self, nonce: bytes, evidence: Sequence[GuestEvidence], *, client: str) -> SubmissionResult:
+        return SubmissionResult(False, (), None, (self.check,), None)
+
+
+@pytest.mark.parametrize(("check", "status"), [
+    ("x-cc-gpu-challenge-reused", 403), ("x-cc-gpu-challenge-expired", 403), ("x-cc-gpu-rate-limited", 429),
+    ("x-cc-gpu-service-unavailable", 503), ("x-cc-gpu-evidence-malformed (bad chain)", 400),
+])
+def test_a_refusal_before_verification_has_its_status(signer: TokenSigner, nvidia_211: Sample, check: str,
+                                                      status: int) -> None:
+    routes = Routes()
+    register_nvidia_routes(routes, Refusing(check), NvidiaTokens(signer))
+    got, doc = routes.call("POST", GPU_PATHS[0], body(nvidia_211))
+    assert (got, doc["errorCode"], doc["failed_checks"]) == (status, status, [check])  # type: ignore[index]
