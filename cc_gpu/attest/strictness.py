@@ -92,9 +92,15 @@ MIN_VBIOS = Knob("minVbiosVersion", "higher", rank=_min_version_rank(True))
 MISSING_RIM = Knob("missingRim", "fail > report", order=("report", "fail"))
 ALLOW_CERTIFICATE_HOLD = Knob("allowCertificateHold", "false", order=(True, False))
 REQUIRED_CHECKS = Knob("requiredChecks", "a superset (the union of both)", rank=_checks_rank)
+# Where the evidence comes from. `host`: the host driver's evidence at prepare (a pre-flight check, possible only
+# while the GPU still serves the host: CC off or devtools). `guest`: evidence the GPU gives the driver inside the
+# confidential VM, verified by the verification service against a challenge minted at prepare. Guest evidence is
+# the stricter: it is what the guest actually talks to, so a claim may ask for it but never turn it off.
+EVIDENCE = Knob("evidence", "guest > host", order=("host", "guest"))
 
 KNOBS: dict[str, Knob] = {k.name: k for k in (REQUIRED, REVOCATION, MAX_EVIDENCE_AGE, WHEN_BOUND_TO_VFIO, MIN_DRIVER,
-                                               MIN_VBIOS, MISSING_RIM, ALLOW_CERTIFICATE_HOLD, REQUIRED_CHECKS)}
+                                               MIN_VBIOS, MISSING_RIM, ALLOW_CERTIFICATE_HOLD, REQUIRED_CHECKS,
+                                               EVIDENCE)}
 
 
 def combine_checks(a: frozenset[str], b: frozenset[str]) -> frozenset[str]:

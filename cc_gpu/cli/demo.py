@@ -67,6 +67,7 @@ class _Demo:
         self.kubelet = KubeletDouble(root / "registry")
         self.proc: subprocess.Popen[bytes] | None = None
         self.n = 0
+        self.cc_off: tuple[str, ...] = ()
 
     def close(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -92,10 +93,19 @@ class _Demo:
         (sim / "attestation-faults.json").write_text(json.dumps({_bdf(device): {"tamper_measurement": 9}}))
 
     def start_plugin(self) -> None:
+        from cc_gpu.host.sim import SimKernel, create_sim_host  # noqa: PLC0415
+
+        create_sim_host(self.topology, self.root / "sim")
+        for device in self.cc_off:  # host pre-flight attestation needs GPUs the host driver can still query
+            SimKernel(self.root / "sim").set_cc_mode(_bdf(device), "off")
+        config = self.root / "plugin.toml"
+        # The GPUs left in CC mode `off` are for the host pre-flight; the CC-mode part of the gate is waived here so
+        # that a confidential pod may receive them in this demonstration.
+        config.write_text("[policy]\nrequire_cc_mode = false\n" if self.cc_off else "")
         args = [sys.executable, "-m", "cc_gpu", "plugin", "--node-name", NODE, "--sim", self.topology,
                 "--sim-root", str(self.root / "sim"), "--kubeconfig", str(self.kubeconfig),
                 "--plugin-dir", str(self.root / "plugin"), "--registry-dir", str(self.root / "registry"),
-                "--cdi-root", str(self.root / "cdi")]
+                "--cdi-root", str(self.root / "cdi"), "--config", str(config)]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2]),
                                                               os.environ.get("PYTHONPATH", "")])}
         self.kubelet.start()
@@ -159,6 +169,7 @@ def _script(demo: _Demo) -> int:
     _say("A simulated node, the API-server double and the kubelet double")
     demo.seed()
     demo.tamper_evidence("gpu-0000-ab-00-0")
+    demo.cc_off = ("gpu-0000-9a-00-0", "gpu-0000-ab-00-0")
     print(f"API server double at {demo.server.url}; node {NODE}; RuntimeClasses {SNP}, kata-qemu-nvidia-gpu-tdx, runc")
     start = time.monotonic()
     demo.start_plugin()
@@ -223,7 +234,8 @@ def _attested_claims(demo: _Demo, good: str, tampered: str) -> list[tuple[str, s
     from cc_gpu.attest.binding import check_binding, keys_from_configmap  # noqa: PLC0415
     from cc_gpu.attest.token import TokenVerifier  # noqa: PLC0415
 
-    _say("Attested claims (class config `attestation: {required: true}`, strict policy, simulated evidence)")
+    _say("Host pre-flight attestation (class config `attestation: {required: true}`, strict policy, simulated "
+         "evidence; GPUs in CC mode off, which the host driver can still query)")
     (s,) = demo.api.list_resource_slices(DRIVER, NODE)
     for d in s["spec"].get("devices") or []:
         if d["name"] in (good, tampered):

@@ -40,6 +40,7 @@ from cc_gpu.dra import attestcfg
 from cc_gpu.dra.attestcfg import AttestationRequest, AttestationSettings
 from cc_gpu.dra.attestpolicy import AppliedPolicy, applied_policy
 from cc_gpu.dra.attestresult import (
+    HOST_PREFLIGHT,
     TOKEN_MOUNT_DIR,
     ClaimAttestation,
     DeviceResult,
@@ -59,6 +60,7 @@ from cc_gpu.dra.keys import publish as publish_keys
 from cc_gpu.dra.ports import GpuView
 from cc_gpu.errors import CcGpuError, PermanentError
 from cc_gpu.files import UnsafeNameError, safe_child, write_atomic
+from cc_gpu.host.ccmode import HIDDEN_FROM_HOST
 from cc_gpu.kube.api import KubeApi
 from cc_gpu.kube.errors import ApiError
 
@@ -81,6 +83,10 @@ class HostOps(Protocol):
     def driver_of(self, bdf: str) -> str | None: ...
 
     def on_host_driver(self, bdf: str) -> contextlib.AbstractContextManager[None]: ...
+
+    def cc_mode_of(self, bdf: str) -> str:
+        """The GPU's CC mode as the host reads it now (BAR0 or sysfs; `unknown` on a vfio driver)."""
+        ...
 
 
 def builtin_policies() -> dict[str, Policy]:
@@ -250,6 +256,12 @@ class AttestationEngine:
         if provider is None:
             raise AttestationRejectedError("no evidence provider is configured on this node")
         if provider.needs_host_driver:
+            mode = self.host.cc_mode_of(bdf)
+            if mode in HIDDEN_FROM_HOST:
+                raise AttestationRejectedError(
+                    f"GPU is in CC mode {mode!r}: it answers attestation requests only to the driver inside the "
+                    "confidential VM, so the host cannot attest it; use the guest attestation path (a DeviceClass "
+                    "whose attestation section sets `evidence: guest`)")
             driver = self.host.driver_of(bdf)
             if driver is not None and driver.startswith("vfio"):
                 return self._evidence_on_vfio(bdf, driver, req, provider)
@@ -319,6 +331,7 @@ class AttestationEngine:
             "x-cc-gpu-driver": self.driver,
             "x-cc-gpu-device": device,
             "x-cc-gpu-pci-address": bdf,
+            "x-cc-gpu-evidence": HOST_PREFLIGHT,
             "x-cc-gpu-evidence-source": source,
             "x-cc-gpu-evidence-collected-at": evidence.collected_at.isoformat(),
             "x-cc-gpu-nonce": "ours" if ours else "not ours",

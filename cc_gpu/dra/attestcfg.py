@@ -19,6 +19,7 @@ entry may not switch `required` off once an earlier one (the attested DeviceClas
       maxEvidenceAgeSeconds: 300
       revocation: online              # online | cached | off
       whenBoundToVfio: useDiscoveryEvidence   # useDiscoveryEvidence | refuse | rebind
+      evidence: host                  # host (pre-flight, CC off/devtools) | guest (from inside the VM)
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ SECTION = "attestation"
 REVOCATION_MODES = ("online", "cached", "off")
 WHEN_ON_VFIO = ("useDiscoveryEvidence", "refuse", "rebind")
 MISSING_RIM = ("fail", "report")
+EVIDENCE = ("host", "guest")
 PROVIDERS = ("auto", "nvml", "directory", "simulated", "none")
 BUILTIN_POLICIES = ("strict", "lenient")
 MAX_AGE_LIMIT_S = 7 * 24 * 3600
@@ -77,6 +79,7 @@ class ClaimLayer:
     max_evidence_age_s: int | None = None
     revocation: str | None = None
     when_bound_to_vfio: str | None = None
+    evidence: str | None = None
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,7 @@ class AttestationRequest:
     max_evidence_age_s: int | None = None  # None: the policy's own
     revocation: str | None = None  # None: the policy's own
     when_bound_to_vfio: str | None = None  # None: useDiscoveryEvidence (if the node allows such evidence at all)
+    evidence: str | None = None  # None: host
     claim: ClaimLayer = field(default_factory=ClaimLayer)
 
 
@@ -129,7 +133,7 @@ def _version(where: str, value: object, hex_parts: bool) -> str:
 
 _INLINE_FIELDS = frozenset({"minDriverVersion", "minVbiosVersion", "missingRim", "allowCertificateHold"})
 _FIELDS = frozenset(
-    {"required", "policy", "inlinePolicy", "maxEvidenceAgeSeconds", "revocation", "whenBoundToVfio"}
+    {"required", "policy", "inlinePolicy", "maxEvidenceAgeSeconds", "revocation", "whenBoundToVfio", "evidence"}
 )
 
 
@@ -172,6 +176,8 @@ def _layer_values(raw: Mapping[str, Any], where: str) -> dict[str, Any]:
         out["revocation"] = _choice(f"{where}.revocation", raw["revocation"], REVOCATION_MODES)
     if "whenBoundToVfio" in raw:
         out["when_bound_to_vfio"] = _choice(f"{where}.whenBoundToVfio", raw["whenBoundToVfio"], WHEN_ON_VFIO)
+    if "evidence" in raw:
+        out["evidence"] = _choice(f"{where}.evidence", raw["evidence"], EVIDENCE)
     return out
 
 
@@ -223,6 +229,7 @@ class NodeMinimum:
     revocation: str | None = None
     max_evidence_age_s: int | None = None
     when_bound_to_vfio: str | None = None
+    evidence: str | None = None
     plain_vfio: bool = False
 
 
@@ -256,7 +263,7 @@ class AttestationSettings:
 _MINIMUM_TYPES: dict[str, tuple[str, type]] = {
     "required": ("required", bool), "policy": ("policy", str), "revocation": ("revocation", str),
     "max_evidence_age_seconds": ("max_evidence_age_s", int), "when_bound_to_vfio": ("when_bound_to_vfio", str),
-    "plain_vfio": ("plain_vfio", bool),
+    "plain_vfio": ("plain_vfio", bool), "evidence": ("evidence", str),
 }
 
 
@@ -272,7 +279,8 @@ def _decode_minimum(value: object, base: NodeMinimum) -> NodeMinimum:
             raise ConfigError(f"config key attestation.minimum.{key}: must be {want.__name__} (got {v!r})")
         changes[attr] = v
     out = replace(base, **changes)
-    for attr, allowed in (("revocation", REVOCATION_MODES), ("when_bound_to_vfio", WHEN_ON_VFIO)):
+    for attr, allowed in (("revocation", REVOCATION_MODES), ("when_bound_to_vfio", WHEN_ON_VFIO),
+                          ("evidence", EVIDENCE)):
         if getattr(out, attr) is not None and getattr(out, attr) not in allowed:
             raise ConfigError(f"config key attestation.minimum.{attr}: must be one of {', '.join(allowed)}")
     if out.max_evidence_age_s is not None and not 1 <= out.max_evidence_age_s <= MAX_AGE_LIMIT_S:

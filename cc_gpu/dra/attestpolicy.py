@@ -41,13 +41,14 @@ class AppliedPolicy:
     policy: Policy
     when_bound_to_vfio: str
     sources: tuple[str, ...]  # "class:strict", "node:fleet", "claim:inline"
+    evidence: str = "host"  # host (pre-flight at prepare) | guest (from inside the VM, via the service)
 
     @property
     def label(self) -> str:
         return "+".join(self.sources)
 
     def describe(self) -> dict[str, Any]:
-        return {"policies": list(self.sources), "required": self.required,
+        return {"policies": list(self.sources), "required": self.required, "evidence": self.evidence,
                 "whenBoundToVfio": self.when_bound_to_vfio, **self.policy.describe()}
 
 
@@ -110,6 +111,7 @@ def applied_policy(
     when = str(strictness.WHEN_BOUND_TO_VFIO.stricter(req.when_bound_to_vfio or "useDiscoveryEvidence",
                                                        minimum.when_bound_to_vfio or "useDiscoveryEvidence"))
     required = req.required or minimum.required
+    evidence = str(strictness.EVIDENCE.stricter(req.evidence or "host", minimum.evidence or "host"))
     # The claim may only tighten.
     claim = req.claim
     if claim.revocation is not None:
@@ -120,6 +122,9 @@ def applied_policy(
     if claim.when_bound_to_vfio is not None:
         _refuse_weaker(strictness.WHEN_BOUND_TO_VFIO, f"{WHERE}.whenBoundToVfio", claim.when_bound_to_vfio, when)
         when = claim.when_bound_to_vfio
+    if claim.evidence is not None:
+        _refuse_weaker(strictness.EVIDENCE, f"{WHERE}.evidence", claim.evidence, evidence)
+        evidence = claim.evidence
     if claim.policy is not None:
         if "named" not in settings.claim_policies:
             raise ClaimError(f"{WHERE}.policy: node {node} does not let claims add named policies "
@@ -135,7 +140,7 @@ def applied_policy(
         sources.append("claim:inline")
     # The claim's own knobs last: each was checked to be at least as strict as what it replaces.
     policy = _floor(policy, claim.max_evidence_age_s, claim.revocation)
-    return AppliedPolicy(required, policy, when, tuple(sources))
+    return AppliedPolicy(required, policy, when, tuple(sources), evidence)
 
 
 def _refuse_weaker_inline(inline: InlinePolicy, admin: Policy) -> None:

@@ -19,6 +19,11 @@ from cc_gpu.dra.claimstatus import DeviceStatus, apply_device_status
 from cc_gpu.kube.api import KubeApi
 
 CONDITION = "Attested"
+HOST_PREFLIGHT = "host, pre-flight"
+"""The label of a host-side verdict: evidence the host driver gave before the GPU went to the VM. It says the GPU's
+firmware and configuration passed policy then; it says nothing about what the guest later talks to."""
+GUEST = "guest"
+"""The label of a guest-side verdict: evidence the GPU gave the driver inside the confidential VM."""
 TOKEN_ENV_PREFIX = "CC_GPU_ATTESTATION_TOKEN_"  # noqa: S105 - a variable name, not a secret
 TOKEN_MOUNT_DIR = "/run/cc-gpu/attestation"  # noqa: S105 - a path, not a secret
 MAX_DATA_BYTES = 10 * 1024
@@ -59,10 +64,11 @@ class GpuResult:
     kid: str | None = None
     jti: str | None = None
     nonce_ours: bool = True  # False: the evidence answers a nonce this prepare did not choose (directory, discovery)
+    evidence: str = HOST_PREFLIGHT  # where the evidence came from: the host before the VM ran, or the guest
 
     def compact(self) -> dict[str, Any]:
         v = self.verdict
-        out: dict[str, Any] = {"bdf": self.bdf, "ok": self.ok, "evidenceSource": self.source,
+        out: dict[str, Any] = {"bdf": self.bdf, "ok": self.ok, "evidence": self.evidence, "evidenceSource": self.source,
                                "nonce": "ours" if self.nonce_ours else "not ours"}
         if v is not None:
             out.update({"ueid": v.identity.ueid, "hwmodel": v.identity.hwmodel, "driverVersion": v.driver_version,
@@ -95,10 +101,11 @@ class DeviceResult:
         if self.ok:
             foreign = " (nonce not ours: evidence age from an unauthenticated timestamp)" if any(
                 not g.nonce_ours for g in self.gpus) else ""
-            message = f"GPU evidence satisfies policy {self.policy!r}{foreign}; verdict token issued to the pod"
+            message = (f"GPU evidence (evidence: {self._evidence()}) satisfies policy {self.policy!r}{foreign}; "
+                       "verdict token issued to the pod")
         else:
             reasons = "; ".join(f"{g.bdf}: {', '.join(g.reasons)}" for g in self.gpus if not g.ok)
-            message = f"GPU evidence fails policy {self.policy!r}: {reasons}"
+            message = f"GPU evidence (evidence: {self._evidence()}) fails policy {self.policy!r}: {reasons}"
         return {
             "type": CONDITION,
             "status": "True" if self.ok else "False",
@@ -107,9 +114,13 @@ class DeviceResult:
             "lastTransitionTime": now,
         }
 
+    def _evidence(self) -> str:
+        return ", ".join(sorted({g.evidence for g in self.gpus})) or HOST_PREFLIGHT
+
     def data(self) -> dict[str, Any]:
         """The compact verdict for `status.devices[].data`, trimmed to stay under the 10 KiB limit."""
-        out: dict[str, Any] = {"attestation": {"ok": self.ok, "required": self.required, "policy": self.policy,
+        out: dict[str, Any] = {"attestation": {"ok": self.ok, "evidence": self._evidence(), "required": self.required,
+                                               "policy": self.policy,
                                                "gpus": [g.compact() for g in self.gpus]}}
         if self.applied is not None:
             out["attestation"]["applied"] = dict(self.applied)

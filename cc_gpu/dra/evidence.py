@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from cc_gpu.attest.ocsp import OcspTransport
 from cc_gpu.attest.sim import Faults, SimulatedCa, SimulatedGpu
 from cc_gpu.attest.trust import TrustStore
+from cc_gpu.host.ccmode import HIDDEN_FROM_HOST
 from cc_gpu.host.gpuevidence import EvidenceUnavailableError, NvmlEvidenceReader
 
 Clock = Callable[[], datetime]
@@ -156,12 +157,18 @@ class SimulatedProvider:
             return self._gpus[bdf]
 
     def collect(self, bdf: str, nonce: bytes) -> Evidence:
+        mode = self.cc_mode_of(bdf) if self.cc_mode_of is not None else None
+        if mode in HIDDEN_FROM_HOST:
+            # As the hardware: a GPU in CC mode answers attestation requests only to the driver inside the VM.
+            raise EvidenceUnavailableError(
+                f"GPU {bdf} is in CC mode {mode!r} and no longer answers the host driver; its evidence can only be "
+                "collected inside the confidential VM (the guest attestation path)")
         knobs = self.knobs(bdf)
         gpu = self.gpu(bdf)
         if knobs.get("revoked"):
             self.ca.revoke(gpu.brom.cert)
         faults = Faults(**{k: v for k, v in knobs.items() if k in _FAULT_FIELDS})
-        if self.cc_mode_of is not None and self.cc_mode_of(bdf) == "devtools":
+        if mode == "devtools":
             faults = replace(faults, devtools=True)
         # The report answers the fresh nonce every time; RIMs are static per driver/VBIOS version (a RIM service
         # hands out the same bytes), so they are minted once per GPU and fault set, which also keeps the verifier's

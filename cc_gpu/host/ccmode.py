@@ -21,6 +21,10 @@ from cc_gpu.host.roots import HostRoots
 log = logging.getLogger(__name__)
 
 CC_MODES = ("on", "off", "devtools", "ppcie", "unknown")
+HIDDEN_FROM_HOST = ("on", "ppcie")
+"""Modes in which the GPU serves only the confidential VM: the host's driver no longer offers it to NVML (`nvidia-smi`
+on the host lists nothing) and it answers attestation requests only to the guest's driver. `devtools` still serves
+the host (a debug mode); `off` is an ordinary GPU."""
 
 
 @dataclass(frozen=True)

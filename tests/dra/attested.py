@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from cc_gpu.host.sim import create_sim_host
 from tests.dra.harness import DRIVER, NODE, REPO, Node, opaque, simulated_node
 
 KEYS_NAMESPACE = "cc-gpu-token-keys"
@@ -33,9 +34,17 @@ def attest_config(source: str = "FromClass", **section: Any) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def attested_node(root: Path, topology: str = "dgx-h100", faults: dict[str, Any] | None = None,
-                  settings: str = "") -> Iterator[Node]:
-    """A node (API-server double, kubelet double) whose plugin will run with the given `[attestation]` settings."""
+                  settings: str = "", cc_mode: str | None = "off") -> Iterator[Node]:
+    """A node (API-server double, kubelet double) whose plugin will run with the given `[attestation]` settings.
+
+    Host-side attestation is a pre-flight check of GPUs the host driver can still query, so by default every GPU is
+    set to CC mode `off` (`cc_mode=None` keeps the topology's modes: a GPU in CC mode `on` answers only its guest)."""
     with simulated_node(root, topology) as node:
+        if cc_mode is not None:
+            create_sim_host(topology, node.sim_root)  # the tree the plugin will reuse, built now to set CC modes
+            for bdf, arch in node.kernel.load()["architecture"].items():
+                if arch in ("hopper", "blackwell"):
+                    node.kernel.set_cc_mode(bdf, cc_mode)
         node.server.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": KEYS_NAMESPACE}})
         config = root / "plugin.toml"
         config.write_text(f'[attestation]\nkeys_namespace = "{KEYS_NAMESPACE}"\n{settings}')

@@ -43,6 +43,8 @@ SECTION_KNOBS: list[tuple[str, dict[str, Any], Any, Any, Any, str, Any]] = [
     ("whenBoundToVfio", {"whenBoundToVfio": "rebind"}, "useDiscoveryEvidence", "rebind", "refuse",
      "whenBoundToVfio", "refuse"),
 ]
+# Knobs with two values: the class at the weaker one (a claim may tighten) and at the stricter one (it may not loosen).
+TWO_VALUE_KNOBS: list[tuple[str, str, str]] = [("evidence", "host", "guest")]
 INLINE_KNOBS: list[tuple[str, dict[str, Any], Any, Any, Any, Any]] = [
     ("minDriverVersion", {"minDriverVersion": "550.90.07"}, "545.00", "550.90.07", "560.35.03", "560.35.03"),
     ("minVbiosVersion", {"minVbiosVersion": "96.00.5E.00.01"}, "96.00.30.00.01", "96.00.5E.00.01", "96.00.9F.00.01",
@@ -55,10 +57,28 @@ INLINE_KNOBS: list[tuple[str, dict[str, Any], Any, Any, Any, Any]] = [
 
 
 def test_every_knob_has_an_order() -> None:
-    configurable = {"required", "revocation", "maxEvidenceAgeSeconds", "whenBoundToVfio"} | {
+    configurable = {"required", "revocation", "maxEvidenceAgeSeconds", "whenBoundToVfio", "evidence"} | {
         k for k, *_ in INLINE_KNOBS}
     assert configurable <= set(strictness.KNOBS)
-    assert {k for k, *_ in SECTION_KNOBS} | {k for k, *_ in INLINE_KNOBS} | {"required"} == configurable
+    assert ({k for k, *_ in SECTION_KNOBS} | {k for k, *_ in INLINE_KNOBS} | {k for k, *_ in TWO_VALUE_KNOBS}
+            | {"required"}) == configurable
+
+
+@pytest.mark.parametrize(("knob", "weak", "strong"), TWO_VALUE_KNOBS, ids=[k[0] for k in TWO_VALUE_KNOBS])
+def test_two_value_knob(knob: str, weak: str, strong: str) -> None:
+    # The class at the stricter value: the claim may repeat it but never loosen it (guest attestation stays on).
+    with pytest.raises(PolicyWeakenedError) as e:
+        applied({"required": True, knob: strong}, {knob: weak})
+    assert f"attestation.{knob}" in str(e.value) and "only tighten" in str(e.value)
+    assert applied({"required": True, knob: strong}, {knob: strong}) == applied({"required": True, knob: strong}, None)
+    # The class at the weaker value: equal changes nothing, stricter is applied.
+    assert applied({"required": True, knob: weak}, {knob: weak})[knob] == weak
+    assert applied({"required": True, knob: weak}, {knob: strong})[knob] == strong
+    # The node floor raises the class silently (both are the admin's) and binds the claim.
+    floor = replace(ALLOW_ALL, minimum=NodeMinimum(**{knob: strong}))
+    assert applied({"required": True, knob: weak}, None, floor)[knob] == strong
+    with pytest.raises(PolicyWeakenedError):
+        applied({"required": True}, {knob: weak}, floor)
 
 
 @pytest.mark.parametrize(("knob", "cls", "weaker", "equal", "stricter", "key", "result"), SECTION_KNOBS,
@@ -131,7 +151,7 @@ def test_node_minimum_is_the_floor() -> None:
                                                   max_evidence_age_s=60, when_bound_to_vfio="refuse"))
     got = applied({"policy": "lenient", "revocation": "off", "maxEvidenceAgeSeconds": 3600}, None, floor)
     assert got == {**got, "required": True, "revocation": "online", "maxEvidenceAgeSeconds": 60.0,
-                   "whenBoundToVfio": "refuse", "minDriverVersion": "550.0",
+                   "whenBoundToVfio": "refuse", "minDriverVersion": "550.0", "evidence": "host",
                    "policies": ["class:lenient", "node:fleet"]}
     for knob, value in (("revocation", "cached"), ("maxEvidenceAgeSeconds", 600), ("whenBoundToVfio", "rebind")):
         with pytest.raises(PolicyWeakenedError, match=rf"attestation\.{knob}"):

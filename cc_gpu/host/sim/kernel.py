@@ -28,6 +28,7 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
+from cc_gpu.host.ccmode import HIDDEN_FROM_HOST
 from cc_gpu.host.fsio import RealHostIO
 from cc_gpu.host.nvml import NvmlDeviceInfo
 from cc_gpu.host.uevents import SubscriptionBase, Uevent, UeventSubscription
@@ -396,6 +397,8 @@ class SimKernel:
         if not state.get("nvml_present") or info is None or self.driver_of(bdf) != "nvidia":
             return None
         cc = state.get("nvml_cc", {}).get(bdf)
+        if cc in HIDDEN_FROM_HOST:
+            return None  # as the hardware: once CC mode is on, the host driver no longer offers the GPU to NVML
         return NvmlDeviceInfo(info["uuid"], int(info["memory"]), info["vbios"], state["driver_version"], cc)
 
 
