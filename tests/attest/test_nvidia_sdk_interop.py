@@ -66,8 +66,8 @@ POLICY = {
 
 @dataclass
 class Front:
-    """A served NVIDIA-compatible API: its GPU endpoint URL, the CA of its certificate, and how an admin registers
-    an interop challenge."""
+    """A served NVIDIA-compatible API: its base URL, the CA of its certificate, the core an admin registers interop
+    challenges with, and a verifier of its tokens."""
 
     url: str
     ca: Path
@@ -94,14 +94,15 @@ def front(tmp_path_factory: pytest.TempPathFactory, nvidia_211: Sample) -> Itera
     with RouteServer(certs.serving.cert, certs.serving.key) as server:
         register_nvidia_routes(server, core, NvidiaTokens(signer))
         verifier = TokenVerifier({"interop-1": key.public_key()})
-        yield Front(f"{server.base_url}/v3/attest/gpu", certs.ca.cert, core, verifier)
+        yield Front(server.base_url, certs.ca.cert, core, verifier)
 
 
-def run_sdk(sdk_python: Path, front: Front, tmp: Path, report: bytes, chain: bytes, nonce: bytes) -> dict:
+def run_sdk(sdk_python: Path, front: Front, tmp: Path, report: bytes, chain: bytes, nonce: bytes,
+            path: str = "/v3/attest/gpu") -> dict:
     out = tmp / "result.json"
     subprocess.run(
         [
-            str(sdk_python), str(CLIENT), "--url", front.url, "--nonce", nonce.hex(),
+            str(sdk_python), str(CLIENT), "--url", front.url + path, "--nonce", nonce.hex(),
             "--evidence", str(write_json(tmp / "evidence.json", sdk_evidence(report, chain))),
             "--policy", str(write_json(tmp / "policy.json", POLICY)),
             "--out", str(out),
@@ -120,11 +121,12 @@ def service_eat(sdk_token: str) -> list:
     return json.loads(sdk_token)[1]["REMOTE_GPU_CLAIMS"]
 
 
+@pytest.mark.parametrize("path", ["/v3/attest/gpu", "/v4/attest/gpu"])
 def test_sdk_accepts_the_sample_and_validates_the_tokens(sdk_python: Path, front: Front, nvidia_211: Sample,
-                                                         tmp_path: Path) -> None:
+                                                         tmp_path: Path, path: str) -> None:
     front.core.register(nvidia_211.nonce)
     result = run_sdk(sdk_python, front, tmp_path, decode_report_text(nvidia_211.report), nvidia_211.chain,
-                     nvidia_211.nonce)
+                     nvidia_211.nonce, path)
     assert result["attest"] is True
     assert result["validate"] is True
     (kind, overall), detached = service_eat(result["token"])
