@@ -481,3 +481,7 @@ def test_attestation_service_uses_the_admins_certificate() -> None:
 
 def test_attestation_service_is_off_by_default() -> None:
     assert not [o for o in render() if "attestation" in o["metadata"]["name"] and o["kind"] != "DeviceClass"]
+    assert "attestationService.enabled=true" in notes()
+    text = notes(VARIANTS["attestation service"])
+    assert "https://cc-gpu-attestation.cc-gpu-system.svc:443" in text
+    assert "get configmap cc-gpu-attestation-ca" in text
