@@ -16,11 +16,18 @@ them without importing each other.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from cc_gpu.attest.verdict import Verdict
+
+SUBMIT_PATH = "/v1/guest/attest"
+"""The guest path's route on the verification service."""
+MAX_GPUS = 16
 
 
 @dataclass(frozen=True)
@@ -85,3 +92,38 @@ class RouteTable(Protocol):
 
     def add_route(self, method: str, path: str, handler: Handler) -> None:
         ...
+
+
+def encode_submission(nonce: bytes, evidence: Sequence[GuestEvidence]) -> bytes:
+    """The body of a submission: `{"nonce": hex, "evidence": [{"report": b64, "certChain": b64, "arch": str}]}`."""
+    return json.dumps({"nonce": nonce.hex(), "evidence": [
+        {"report": base64.b64encode(e.report).decode(), "certChain": base64.b64encode(e.cert_chain_pem).decode(),
+         "arch": e.arch} for e in evidence]}).encode()
+
+
+def decode_submission(body: bytes) -> tuple[bytes, list[GuestEvidence]]:
+    """The nonce and evidence of a submission body; `ValueError` names what is wrong."""
+    try:
+        raw = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"body is not JSON: {e}") from e
+    if not isinstance(raw, dict) or not isinstance(raw.get("nonce"), str) or not isinstance(raw.get("evidence"), list):
+        raise ValueError("body must be an object with a hex `nonce` and an `evidence` list")
+    try:
+        nonce = bytes.fromhex(raw["nonce"])
+    except ValueError as e:
+        raise ValueError("nonce is not hex") from e
+    items = raw["evidence"]
+    if not 1 <= len(items) <= MAX_GPUS:
+        raise ValueError(f"evidence must list 1 to {MAX_GPUS} GPUs")
+    evidence = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise ValueError(f"evidence[{i}] is not an object")
+        try:
+            report = base64.b64decode(str(item.get("report", "")), validate=True)
+            chain = base64.b64decode(str(item.get("certChain", "")), validate=True)
+        except (binascii.Error, ValueError) as e:
+            raise ValueError(f"evidence[{i}]: report and certChain must be base64") from e
+        evidence.append(GuestEvidence(report, chain, str(item.get("arch", ""))[:32]))
+    return nonce, evidence

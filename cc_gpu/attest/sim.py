@@ -11,6 +11,8 @@ bad evidence, and `SimOcspResponder` is an OCSP responder double speaking DER, s
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -19,7 +21,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    PublicFormat,
+    load_pem_private_key,
+)
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import NameOID
 from lxml import etree  # type: ignore[import-untyped]
@@ -35,6 +43,7 @@ FAR_FUTURE = datetime(9999, 12, 31, 23, 59, 59)
 DRIVER_ACTIVE = (7, *range(21, 41))
 VBIOS_ACTIVE = (*range(7), *range(8, 13))
 BLOCKS = 64
+_P384_ORDER = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFC7634D81F4372DDF581A0DB248B0A77AECEC196ACCC52973
 # The measurement the firmware takes of its security configuration: differs in CC devtools (debug) mode, so such a
 # GPU never matches production reference values (as on real GPUs, where that is what `dbgstat` rests on).
 DEVTOOLS_INDEX = 1
@@ -149,6 +158,9 @@ class SimulatedCa:
     rim_signer: _Node
     revoked: dict[int, x509.ReasonFlags] = field(default_factory=dict)
     issued: dict[int, x509.Certificate] = field(default_factory=dict)
+    # GPU keys are derived from this secret and the GPU's identity, so that two processes holding the same CA (the
+    # plugin's simulated node, a simulated guest, the verification service) see the same simulated GPUs.
+    gpu_secret: bytes = field(default_factory=lambda: os.urandom(32))
 
     def __post_init__(self) -> None:
         for node in (self.identity, self.provisioner, self.rim_ca, self.rim_l3, self.rim_signer):
@@ -166,6 +178,34 @@ class SimulatedCa:
         l3 = _issue("SIM Reference Value L3 GH100 001", rim_ca, ca=True, not_before=start, not_after=FAR_FUTURE)
         signer = _issue("SIM RIM L4 Signer", l3, ca=False, not_before=start, not_after=naive + timedelta(days=365))
         return cls(naive, root, identity, prov, rim_root, rim_ca, l3, signer)
+
+    _NODES = ("device_root", "identity", "provisioner", "rim_root", "rim_ca", "rim_l3", "rim_signer")
+
+    def save(self) -> bytes:
+        """The CA as JSON (certificates and private keys in PEM): a test CA's keys, for the other processes of one
+        simulated node. Never a production secret: every certificate carries `SIMULATED_MARKER`."""
+        nodes = {}
+        for name in self._NODES:
+            node: _Node = getattr(self, name)
+            nodes[name] = {"cert": node.cert.public_bytes(Encoding.PEM).decode(),
+                           "key": node.key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()).decode()}
+        return json.dumps({"now": self.now.isoformat(), "gpuSecret": self.gpu_secret.hex(), "nodes": nodes}).encode()
+
+    @classmethod
+    def load(cls, data: bytes) -> SimulatedCa:
+        raw = json.loads(data)
+        nodes = {}
+        for name in cls._NODES:
+            key = load_pem_private_key(raw["nodes"][name]["key"].encode(), password=None)
+            assert isinstance(key, ec.EllipticCurvePrivateKey)
+            nodes[name] = _Node(x509.load_pem_x509_certificate(raw["nodes"][name]["cert"].encode()), key)
+        n = [nodes[name] for name in cls._NODES]
+        return cls(datetime.fromisoformat(raw["now"]), n[0], n[1], n[2], n[3], n[4], n[5], n[6],
+                   gpu_secret=bytes.fromhex(raw["gpuSecret"]))
+
+    def derived_key(self, label: str) -> ec.EllipticCurvePrivateKey:
+        digest = hashlib.sha384(self.gpu_secret + label.encode()).digest()
+        return ec.derive_private_key(int.from_bytes(digest, "big") % (_P384_ORDER - 1) + 1, ec.SECP384R1())
 
     def trust_store(self) -> TrustStore:
         """A store holding this CA's roots; only constructible with `allow_simulated=True`."""
@@ -206,9 +246,10 @@ class SimulatedGpu:
             not_before=start,
             not_after=FAR_FUTURE,
             serial=int.from_bytes(seed[:9], "big") | 1,
+            key=ca.derived_key(f"brom/{identity}"),
         )
         fwid = hashlib.sha384(b"fwid" + seed).digest()
-        leaf_key = _key()
+        leaf_key = ca.derived_key(f"leaf/{identity}")
         leaf = _issue(
             "GH100 A01 GSP FMC LF",
             brom,

@@ -7,6 +7,7 @@
     cc-gpu attest check-token --token FILE (--public-key KID=PEM | --keys-configmap FILE) [...] [--nonce HEX]
                               [--at ISO-8601] [--claim-uid UID] [--pod-uid UID] [--node NODE]
     cc-gpu attest bundle import --bundle DIR --store DIR [--trust-dir DIR] [--at ISO-8601]
+    cc-gpu attest collect ... / cc-gpu attest serve ...   (the guest path: see `attest_guest.py`)
 
 Exit codes: 0 the evidence satisfies the policy (or the token is valid), 1 it was rejected (the failing checks are
 named), 2 usage errors or input that cannot be read. This module is the only place that builds the real network
@@ -73,6 +74,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     check.add_argument("--nonce", help="expected nonce (hex)")
     check.add_argument("--at", help="time to judge expiry at (default: now)")
 
+    from cc_gpu.cli.attest_guest import add_collect_arguments, add_serve_arguments
+
+    add_collect_arguments(sub.add_parser("collect", help="inside the VM: GPU evidence for the claim's challenge, "
+                                         "submitted to the verification service"))
+    add_serve_arguments(sub.add_parser("serve", help="the verification service of the guest attestation path"))
+
     bundle = sub.add_parser("bundle", help="offline bundles for air-gapped clusters")
     bundle_sub = bundle.add_subparsers(dest="bundle_action", required=True)
     imp = bundle_sub.add_parser("import", help="verify and import RIMs and OCSP responses into a local store")
@@ -116,9 +123,11 @@ def _nonce(text: str) -> bytes:
 
 
 def run(args: argparse.Namespace) -> int:
+    from cc_gpu.cli.attest_guest import run_collect, run_serve
     from cc_gpu.errors import CcGpuError
 
-    handlers = {"verify": _verify, "inspect": _inspect, "check-token": _check_token, "bundle": _bundle}
+    handlers = {"verify": _verify, "inspect": _inspect, "check-token": _check_token, "bundle": _bundle,
+                "collect": run_collect, "serve": run_serve}
     try:
         return handlers[args.action](args)
     except CcGpuError as e:

@@ -68,6 +68,10 @@ class _Demo:
         self.proc: subprocess.Popen[bytes] | None = None
         self.n = 0
         self.cc_off: tuple[str, ...] = ()
+        from cc_gpu.cli.demo_guest import free_port  # noqa: PLC0415
+
+        self.guest_port = free_port()  # the verification service of the guest-attestation step
+        self.driver_name, self.snp, self.bdf = DRIVER, SNP, _bdf
 
     def close(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -101,7 +105,10 @@ class _Demo:
         config = self.root / "plugin.toml"
         # The GPUs left in CC mode `off` are for the host pre-flight; the CC-mode part of the gate is waived here so
         # that a confidential pod may receive them in this demonstration.
-        config.write_text("[policy]\nrequire_cc_mode = false\n" if self.cc_off else "")
+        from cc_gpu.cli.demo_guest import plugin_settings  # noqa: PLC0415
+
+        config.write_text(plugin_settings(self.root, self.guest_port)
+                          + ("[policy]\nrequire_cc_mode = false\n" if self.cc_off else ""))
         args = [sys.executable, "-m", "cc_gpu", "plugin", "--node-name", NODE, "--sim", self.topology,
                 "--sim-root", str(self.root / "sim"), "--kubeconfig", str(self.kubeconfig),
                 "--plugin-dir", str(self.root / "plugin"), "--registry-dir", str(self.root / "registry"),
@@ -219,6 +226,9 @@ def _script(demo: _Demo) -> int:
     print(f"wall time for both: {elapsed:.2f}s (a node-wide lock would take at least {2 * demo.bind_delay:.1f}s)")
 
     attested = _attested_claims(demo, devices[4], devices[5])
+    from cc_gpu.cli.demo_guest import guest_attested_claim  # noqa: PLC0415
+
+    attested.append(guest_attested_claim(demo, devices[6], demo.guest_port, _say))
 
     _say("Unprepare everything: every device back on its original driver")
     errors = demo.kubelet.unprepare(DRIVER, [snp, runc, *pair, *attested])

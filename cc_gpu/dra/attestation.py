@@ -40,6 +40,7 @@ from cc_gpu.dra import attestcfg
 from cc_gpu.dra.attestcfg import AttestationRequest, AttestationSettings
 from cc_gpu.dra.attestpolicy import AppliedPolicy, applied_policy
 from cc_gpu.dra.attestresult import (
+    GUEST,
     HOST_PREFLIGHT,
     TOKEN_MOUNT_DIR,
     ClaimAttestation,
@@ -52,6 +53,16 @@ from cc_gpu.dra.attestresult import (
     update_device_status,
 )
 from cc_gpu.dra.cdi import CdiMount
+from cc_gpu.dra.challenge import (
+    ENV_CHALLENGE,
+    ENV_CLAIM_NAME,
+    ENV_CLAIM_NAMESPACE,
+    ENV_CLAIM_UID,
+    ENV_DEVICES,
+    ENV_SERVICE_CA,
+    ENV_SERVICE_URL,
+    Challenge,
+)
 from cc_gpu.dra.claims import ClaimPlan
 from cc_gpu.dra.evidence import Evidence, EvidenceProvider
 from cc_gpu.dra.identity import IdentityMismatchError, IdentityStore
@@ -67,6 +78,7 @@ from cc_gpu.kube.errors import ApiError
 log = logging.getLogger("cc_gpu.dra.attestation")
 audit = logging.getLogger("cc_gpu.audit")
 
+GUEST_EVIDENCE = "guest"
 PUBLISH_BACKOFF_MIN = timedelta(seconds=30)
 PUBLISH_BACKOFF_MAX = timedelta(minutes=10)
 
@@ -180,8 +192,9 @@ class AttestationEngine:
 
     def _discover_one(self, bdf: str, policy: Policy) -> None:
         assert self.provider is not None
-        if self.provider.needs_host_driver and self.host.driver_of(bdf) != "nvidia":
-            return  # keep what was collected while it was on the host driver
+        if self.provider.needs_host_driver and (self.host.driver_of(bdf) != "nvidia"
+                                                or self.host.cc_mode_of(bdf) in HIDDEN_FROM_HOST):
+            return  # keep what was collected while it was on the host driver and still served the host
         if not self.provider.takes_nonce and not self.settings.allow_foreign_nonce:
             return  # evidence with a nonce we did not choose is not judged unless the admin allows it
         try:
@@ -233,13 +246,18 @@ class AttestationEngine:
             return None
         pod_uids = [str(plan.pod.get("uid", ""))] if plan.pod.get("uid") else []
         results = []
+        challenge: Challenge | None = None
         for planned, req in wanted:
             applied = self.applied_for(req)
+            if applied.evidence == GUEST_EVIDENCE:
+                challenge = challenge or self._mint_challenge()
+                results.append(self._guest_pending(planned, applied, challenge))
+                continue
             gpus = tuple(self._attest_gpu(bdf, applied, plan, planned.device.name, pod_uids)
                          for bdf in planned.device.gpus)
             results.append(DeviceResult(planned.pool, planned.device.name, planned.request, applied.required,
                                         applied.label, gpus, applied.describe()))
-        outcome = ClaimAttestation(tuple(results))
+        outcome = ClaimAttestation(tuple(results), challenge)
         for dev in outcome.devices:
             for gpu in dev.gpus:
                 self._audit(plan, pod_uids, dev, gpu)
@@ -250,6 +268,74 @@ class AttestationEngine:
                                 for d in outcome.blocking for g in d.gpus if not g.ok)
             raise AttestationRejectedError(f"GPU attestation rejected: {reasons}")
         return outcome
+
+    # ---- the guest path -------------------------------------------------------------------------------------------
+
+    def _mint_challenge(self) -> Challenge:
+        if not self.settings.service_url:
+            raise AttestationRejectedError(
+                "the claim requires guest attestation and this node names no verification service "
+                "(attestation.service_url)")
+        return Challenge.mint(self.node, self.clock(), timedelta(seconds=self.settings.challenge_ttl_seconds))
+
+    def _guest_pending(self, planned: Any, applied: AppliedPolicy, challenge: Challenge) -> DeviceResult:
+        """The device's record while its evidence is awaited: the challenge (its hash) and the identities the node
+        recorded for its GPUs (from discovery or a pre-flight attestation, before CC mode went on), if any."""
+        expected = []
+        for bdf in planned.device.gpus:
+            known = self.identities.get(bdf)
+            expected.append({"bdf": bdf, "ueid": known.ueid if known else None,
+                             "identity": f"recorded ({known.learned_from} at {known.learned_at})" if known
+                             else "unknown: trust on first use"})
+        record: dict[str, Any] = {**challenge.record(), "gpus": expected}
+        if any(g["ueid"] is None for g in expected):
+            # An identity taken on first use must not be one this node knows for another PCI device.
+            mine = set(planned.device.gpus)
+            record["knownElsewhere"] = sorted(k.ueid for b, k in self.identities.all().items() if b not in mine)
+        gpus = tuple(GpuResult(bdf, False, (), "guest", evidence=GUEST, nonce_ours=True) for bdf in planned.device.gpus)
+        return DeviceResult(planned.pool, planned.device.name, planned.request, applied.required, applied.label, gpus,
+                            applied.describe(), challenge=record)
+
+    def guest_env(self, namespace: str, name: str, uid: str, devices: Sequence[str], challenge: Challenge
+                  ) -> tuple[str, ...]:
+        """What the container needs to attest from inside the VM: the challenge, the claim, the service and its CA.
+
+        The CA file is read at each prepare (an admin may rotate it); its PEM text travels in the env, since no host
+        file is shared into a confidential guest."""
+        ca = ""
+        if self.settings.service_ca is not None:
+            try:
+                ca = self.settings.service_ca.read_text(encoding="ascii").strip()
+            except (OSError, UnicodeDecodeError) as e:
+                raise AttestationRejectedError(
+                    f"cannot read the verification service's CA {self.settings.service_ca}: {e}") from e
+        env = [f"{ENV_CHALLENGE}={challenge.nonce.hex()}", f"{ENV_CLAIM_NAMESPACE}={namespace}",
+               f"{ENV_CLAIM_NAME}={name}", f"{ENV_CLAIM_UID}={uid}", f"{ENV_DEVICES}={','.join(devices)}",
+               f"{ENV_SERVICE_URL}={self.settings.service_url}"]
+        if ca:
+            env.append(f"{ENV_SERVICE_CA}={ca}")
+        return tuple(env)
+
+    def learn_from_guest_verdict(self, entry: Any) -> None:
+        """Record the identities a guest verdict took on first use for this claim's GPUs (read from the claim, best
+        effort: a claim already deleted teaches nothing), so the next challenge for those PCI devices names them."""
+        try:
+            claim = self.kube.get_resource_claim(entry.namespace, entry.name)
+        except ApiError:
+            return
+        if (claim.get("metadata") or {}).get("uid") != entry.uid:
+            return
+        ours = {(d.pool, d.device): d for d in entry.devices}
+        for status in (claim.get("status") or {}).get("devices") or []:
+            device = ours.get((status.get("pool"), status.get("device")))
+            data = ((status.get("data") or {}).get("attestation") or {}) if status.get("driver") == self.driver else {}
+            if device is None or data.get("evidence") != GUEST or data.get("ok") is not True:
+                continue
+            members = set(device.members) | set(device.original_drivers)
+            for gpu in data.get("gpus") or []:
+                bdf, ueid = gpu.get("bdf"), gpu.get("ueid")
+                if bdf in members and ueid and str(gpu.get("identity", "")).startswith("trust on first use"):
+                    self.identities.learn(str(bdf), str(ueid), "guest attestation, trust on first use", self.clock())
 
     def _evidence(self, bdf: str, req: AppliedPolicy) -> tuple[Evidence, str]:
         provider = self.provider
@@ -395,7 +481,8 @@ class AttestationEngine:
 
     def _audit(self, plan: ClaimPlan, pod_uids: list[str], dev: DeviceResult, gpu: GpuResult) -> None:
         fields: dict[str, Any] = {
-            "audit": "gpu-attestation", "result": "accepted" if gpu.ok else "rejected", "required": dev.required,
+            "audit": "gpu-attestation", "required": dev.required, "evidence": gpu.evidence,
+            "result": "awaiting guest evidence" if dev.pending else "accepted" if gpu.ok else "rejected",
             "claim_uid": plan.uid, "claim": f"{plan.namespace}/{plan.name}", "pod_uids": pod_uids, "node": self.node,
             "device": dev.device, "bdf": gpu.bdf, "policy": dev.policy, "evidence_source": gpu.source,
             "failed_checks": list(gpu.reasons),
@@ -410,11 +497,13 @@ class AttestationEngine:
     def _claim_event(self, claim: Mapping[str, Any], outcome: ClaimAttestation) -> None:
         meta = claim.get("metadata") or {}
         namespace = str(meta.get("namespace", "default"))
-        ok = all(d.ok for d in outcome.devices)
+        ok = all(d.ok or d.pending for d in outcome.devices)
         now = now_rfc3339()
         parts = []
         for d in outcome.devices:
-            if d.ok:
+            if d.pending:
+                parts.append(f"{d.device}: awaiting guest evidence (policy {d.policy})")
+            elif d.ok:
                 parts.append(f"{d.device}: accepted (policy {d.policy})")
             else:
                 reasons = "; ".join(f"{g.bdf}: {', '.join(g.reasons)}" for g in d.gpus if not g.ok)

@@ -258,6 +258,11 @@ class AttestationSettings:
     policies: Mapping[str, Path] = field(default_factory=dict)
     minimum: NodeMinimum = field(default_factory=NodeMinimum)
     claim_policies: tuple[str, ...] = ()  # which policies a claim may add to the class's: named, inline
+    # The guest path: where the verification service is (given to the container), the CA that signs its HTTPS
+    # certificate (PEM file, its contents given to the container), and how long a challenge may wait for evidence.
+    service_url: str = ""
+    service_ca: Path | None = None
+    challenge_ttl_seconds: int = 900
 
 
 _MINIMUM_TYPES: dict[str, tuple[str, type]] = {
@@ -288,12 +293,12 @@ def _decode_minimum(value: object, base: NodeMinimum) -> NodeMinimum:
     return out
 
 
-_SETTING_PATHS = frozenset({"evidence_dir", "trust_dir", "rim_dir", "ocsp_dir"})
+_SETTING_PATHS = frozenset({"evidence_dir", "trust_dir", "rim_dir", "ocsp_dir", "service_ca"})
 _SETTING_TYPES: dict[str, type] = {
     "provider": str, "rim_url": str, "ocsp_online": bool, "discovery": bool, "discovery_policy": str,
     "allow_rebind": bool, "token_mount": bool, "ocsp_online_cache_seconds": int, "allow_foreign_nonce": bool,
     "token_ttl_seconds": int, "key_max_age_days": int,
-    "keys_namespace": str, "keys_published": int,
+    "keys_namespace": str, "keys_published": int, "service_url": str, "challenge_ttl_seconds": int,
 }
 
 
@@ -333,7 +338,9 @@ def decode_settings(value: object, base: AttestationSettings) -> AttestationSett
         raise ConfigError(f"config key attestation.provider: must be one of {', '.join(PROVIDERS)}")
     if out.provider == "directory" and out.evidence_dir is None:
         raise ConfigError("config key attestation.evidence_dir: required by the directory provider")
-    for key in ("token_ttl_seconds", "key_max_age_days", "keys_published"):
+    if out.service_url and not out.service_url.startswith("https://"):
+        raise ConfigError("config key attestation.service_url: must be an https:// URL (the challenge is a secret)")
+    for key in ("token_ttl_seconds", "key_max_age_days", "keys_published", "challenge_ttl_seconds"):
         if getattr(out, key) < 1:
             raise ConfigError(f"config key attestation.{key}: must be at least 1")
     if out.ocsp_online_cache_seconds < 0:

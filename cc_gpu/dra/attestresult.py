@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from cc_gpu.attest.verdict import Verdict
+from cc_gpu.dra.challenge import Challenge
 from cc_gpu.dra.claimstatus import DeviceStatus, apply_device_status
 from cc_gpu.kube.api import KubeApi
 
@@ -92,12 +93,23 @@ class DeviceResult:
     policy: str  # the sources of the policy applied, e.g. "class:strict+claim:inline"
     gpus: tuple[GpuResult, ...]
     applied: Mapping[str, Any] | None = None  # every knob of the policy actually applied
+    challenge: Mapping[str, Any] | None = None  # guest path: the challenge record awaiting the guest's evidence
+
+    @property
+    def pending(self) -> bool:
+        """Guest path: the verdict will come from the verification service, on the guest's evidence."""
+        return self.challenge is not None
 
     @property
     def ok(self) -> bool:
-        return all(g.ok for g in self.gpus)
+        return not self.pending and all(g.ok for g in self.gpus)
 
     def condition(self, now: str) -> dict[str, Any]:
+        if self.pending:
+            return {"type": CONDITION, "status": "Unknown", "reason": "AwaitingGuestEvidence",
+                    "message": (f"evidence: guest; a challenge awaits the GPU evidence from inside the VM, to be "
+                                f"verified under policy {self.policy!r} by the verification service")[:1024],
+                    "lastTransitionTime": now}
         if self.ok:
             foreign = " (nonce not ours: evidence age from an unauthenticated timestamp)" if any(
                 not g.nonce_ours for g in self.gpus) else ""
@@ -124,6 +136,8 @@ class DeviceResult:
                                                "gpus": [g.compact() for g in self.gpus]}}
         if self.applied is not None:
             out["attestation"]["applied"] = dict(self.applied)
+        if self.challenge is not None:
+            out["attestation"]["challenge"] = dict(self.challenge)
         while len(json.dumps(out)) > MAX_DATA_BYTES and any(g.get("failed") for g in out["attestation"]["gpus"]):
             for g in out["attestation"]["gpus"]:
                 if g.get("failed"):
@@ -134,13 +148,19 @@ class DeviceResult:
 @dataclass(frozen=True)
 class ClaimAttestation:
     devices: tuple[DeviceResult, ...]
+    guest_challenge: Challenge | None = None  # minted when a device takes the guest path (its nonce is a secret)
 
     def for_device(self, pool: str, device: str) -> DeviceResult | None:
         return next((d for d in self.devices if (d.pool, d.device) == (pool, device)), None)
 
     @property
     def blocking(self) -> tuple[DeviceResult, ...]:
-        return tuple(d for d in self.devices if d.required and not d.ok)
+        return tuple(d for d in self.devices if d.required and not d.ok and not d.pending)
+
+    @property
+    def challenge(self) -> Mapping[str, Any] | None:
+        """The claim's guest challenge record, when a device takes the guest path (one challenge per claim)."""
+        return next((d.challenge for d in self.devices if d.challenge is not None), None)
 
 
 def update_device_status(

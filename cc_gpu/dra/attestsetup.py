@@ -19,7 +19,9 @@ from cc_gpu.attest.sources import ChainedRimSource, DirectoryRimSource, HttpRimS
 from cc_gpu.attest.trust import TrustStore
 from cc_gpu.attest.verifier import Verifier
 from cc_gpu.dra.attestation import AttestationEngine
+from cc_gpu.dra.attestcfg import AttestationSettings
 from cc_gpu.dra.evidence import (
+    SIM_CA_FILE,
     SIM_FAULTS_FILE,
     DirectoryProvider,
     EvidenceProvider,
@@ -72,25 +74,13 @@ def provider_kind(settings: PluginSettings) -> str:
     return kind
 
 
-def build_attestation(settings: PluginSettings, host: Host, kube: KubeApi) -> AttestationEngine:
-    a = settings.attestation
-    kind = provider_kind(settings)
-    provider: EvidenceProvider | None = None
-    transport: OcspTransport | None = None
-    ops = HostEvidenceOps(host)
-    if kind == "simulated":
-        sim_root = settings.sim_root or settings.plugin_path / "sim"
-        sim = SimulatedProvider(faults_file=sim_root / SIM_FAULTS_FILE, cc_mode_of=ops.cc_mode_of)
-        provider, trust, transport = sim, sim.trust_store(), sim.ocsp_transport()
-    else:
-        trust = TrustStore.from_directory(a.trust_dir) if a.trust_dir else TrustStore.default()
-        if kind == "nvml":
-            provider = NvmlProvider(NvmlEvidenceReader())
-        elif kind == "directory":
-            assert a.evidence_dir is not None  # enforced by decode_settings
-            provider = DirectoryProvider(a.evidence_dir)
+def build_verifier(a: AttestationSettings, trust: TrustStore, transport: OcspTransport | None, *,
+                   simulated: bool = False) -> Verifier:
+    """The verifier the node's settings describe: RIMs and OCSP answers from the admin's imported bundles
+    (`rim_dir`, `ocsp_dir`), the network only where the admin allows it (`ocsp_online`, `rim_url`). Shared by the
+    plugin and the verification service, so both judge evidence the same way."""
     http = None
-    if kind != "simulated" and (a.ocsp_online or a.rim_url):
+    if not simulated and (a.ocsp_online or a.rim_url):
         from cc_gpu.attest.transport import UrllibTransport  # noqa: PLC0415 - only nodes that may reach out
 
         http = UrllibTransport()
@@ -102,13 +92,38 @@ def build_attestation(settings: PluginSettings, host: Host, kube: KubeApi) -> At
     if a.rim_url and http is not None:
         sources.append(HttpRimSource(http, a.rim_url))
     store: OcspStore = DirectoryOcspStore(a.ocsp_dir) if a.ocsp_dir else MemoryOcspStore()
-    verifier = Verifier(
+    return Verifier(
         trust,
         rim_source=ChainedRimSource(sources) if sources else None,
         revocation=RevocationChecker(store=store, transport=transport,
                                      online_cache=timedelta(seconds=a.ocsp_online_cache_seconds)),
     )
-    policies: dict[str, Policy] = {name: load_policy(path) for name, path in a.policies.items()}
+
+
+def load_policies(a: AttestationSettings) -> dict[str, Policy]:
+    return {name: load_policy(path) for name, path in a.policies.items()}
+
+
+def build_attestation(settings: PluginSettings, host: Host, kube: KubeApi) -> AttestationEngine:
+    a = settings.attestation
+    kind = provider_kind(settings)
+    provider: EvidenceProvider | None = None
+    transport: OcspTransport | None = None
+    ops = HostEvidenceOps(host)
+    if kind == "simulated":
+        sim_root = settings.sim_root or settings.plugin_path / "sim"
+        sim = SimulatedProvider(faults_file=sim_root / SIM_FAULTS_FILE, cc_mode_of=ops.cc_mode_of,
+                                ca_file=sim_root / SIM_CA_FILE)
+        provider, trust, transport = sim, sim.trust_store(), sim.ocsp_transport()
+    else:
+        trust = TrustStore.from_directory(a.trust_dir) if a.trust_dir else TrustStore.default()
+        if kind == "nvml":
+            provider = NvmlProvider(NvmlEvidenceReader())
+        elif kind == "directory":
+            assert a.evidence_dir is not None  # enforced by decode_settings
+            provider = DirectoryProvider(a.evidence_dir)
+    verifier = build_verifier(a, trust, transport, simulated=kind == "simulated")
+    policies = load_policies(a)
     keys = NodeKeyStore(settings.plugin_path / "token-keys", settings.node_name,
                         timedelta(days=a.key_max_age_days), keep=a.keys_published,
                         overlap=timedelta(seconds=a.token_ttl_seconds))
@@ -123,6 +138,7 @@ def build_attestation(settings: PluginSettings, host: Host, kube: KubeApi) -> At
         node=settings.node_name,
         token_dir=settings.plugin_path / "tokens",
         policies=policies,
-        # Simulated GPUs are minted afresh at every start (a new test CA), so their identities live in memory only.
+        # Simulated GPUs keep their identities while the simulated node's CA file lives; a fresh node gets a fresh CA,
+        # so their identities live in memory only.
         identities=IdentityStore(None if kind == "simulated" else settings.plugin_path / IDENTITY_FILE),
     )

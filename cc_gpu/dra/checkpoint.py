@@ -68,6 +68,7 @@ class ClaimEntry:
     devices: tuple[PreparedDevice, ...] = ()
     pod_uid: str = ""
     pod_cdi_device: str = ""  # the pod-level CDI device (annotation path) this claim contributes to, if any
+    challenge: Mapping[str, str] = field(default_factory=dict)  # the guest path's challenge (`challenge.py`), if any
 
 
 def _device_from(raw: Mapping[str, Any]) -> PreparedDevice:
@@ -96,6 +97,7 @@ def _entry_from(raw: Mapping[str, Any]) -> ClaimEntry:
         devices=tuple(_device_from(d) for d in raw.get("devices", ())),
         pod_uid=str(raw.get("pod_uid", "")),
         pod_cdi_device=str(raw.get("pod_cdi_device", "")),
+        challenge={str(k): str(v) for k, v in (raw.get("challenge") or {}).items()},
     )
 
 

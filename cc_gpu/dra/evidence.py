@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from cc_gpu.attest.ocsp import OcspTransport
 from cc_gpu.attest.sim import Faults, SimulatedCa, SimulatedGpu
 from cc_gpu.attest.trust import TrustStore
+from cc_gpu.files import write_atomic
 from cc_gpu.host.ccmode import HIDDEN_FROM_HOST
 from cc_gpu.host.gpuevidence import EvidenceUnavailableError, NvmlEvidenceReader
 
@@ -113,6 +114,22 @@ class DirectoryProvider:
 
 
 _FAULT_FIELDS = {f.name for f in fields(Faults)}
+SIM_CA_FILE = "attestation-sim-ca.json"
+
+
+def shared_simulated_ca(path: Path, now: datetime) -> SimulatedCa:
+    """The simulated node's test CA, shared by its processes (plugin, simulated guest, verification service): read
+    from `path`, or made and written there (0600) by the first process that needs it."""
+    try:
+        return SimulatedCa.load(path.read_bytes())
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError, KeyError) as e:
+        raise EvidenceUnavailableError(f"simulated CA file {path} is unreadable: {e}") from e
+    ca = SimulatedCa.create(now)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, ca.save(), mode=0o600)
+    return ca
 
 
 class SimulatedProvider:
@@ -123,10 +140,10 @@ class SimulatedProvider:
     needs_host_driver = True
 
     def __init__(self, faults_file: Path | None = None, clock: Clock = _utc_now,
-                 cc_mode_of: Callable[[str], str] | None = None) -> None:
+                 cc_mode_of: Callable[[str], str] | None = None, ca_file: Path | None = None) -> None:
         self.clock = clock
         self.cc_mode_of = cc_mode_of  # the simulated GPU's CC mode: in devtools mode its evidence says so
-        self.ca = SimulatedCa.create(clock())
+        self.ca = shared_simulated_ca(ca_file, clock()) if ca_file is not None else SimulatedCa.create(clock())
         self.faults_file = faults_file
         self._gpus: dict[str, SimulatedGpu] = {}
         self._rims: dict[tuple[str, str], bytes] = {}  # (bdf, rim id) -> RIM, minted once per GPU and fault set

@@ -66,6 +66,10 @@ class IdentityStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(self.path, (json.dumps(body, indent=1) + "\n").encode(), mode=0o600)
 
+    def all(self) -> dict[str, KnownIdentity]:
+        with self._lock:
+            return dict(self._known)
+
     def get(self, bdf: str) -> KnownIdentity | None:
         with self._lock:
             return self._known.get(bdf)

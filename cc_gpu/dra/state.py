@@ -126,7 +126,7 @@ class DeviceState:
                 self._rollback(existing)
             self._gate_cc(claim, plan, decision)
             attested = self._step_attest(claim, plan)  # before anything changes: a rejected GPU stays with the host
-            entry = self._step_started(plan, decision.pod)
+            entry = self._step_started(plan, decision.pod, attested)
             entry = self._step_bind(entry, modes, decision.confidential)
             entry = self._step_cdi(entry, attested)
             self._step_completed(entry)
@@ -207,7 +207,7 @@ class DeviceState:
             raise ClaimError("the claim requires GPU attestation and this node has no attestation configured")
         return None
 
-    def _step_started(self, plan: ClaimPlan, pod: PodView) -> ClaimEntry:
+    def _step_started(self, plan: ClaimPlan, pod: PodView, attested: ClaimAttestation | None = None) -> ClaimEntry:
         pod_device = cdi.pod_device_from_annotation(pod.annotations.get(cdi.POD_ANNOTATION)) or ""
         pod_uid = str(plan.pod.get("uid", ""))
         if pod_device and pod_device != cdi.POD_DEVICE_PREFIX + pod_uid:
@@ -234,6 +234,7 @@ class DeviceState:
             devices=devices,
             pod_uid=pod_uid,
             pod_cdi_device=pod_device,
+            challenge=attested.guest_challenge.checkpoint() if attested and attested.guest_challenge else {},
         )
         self.checkpoint.put(entry)
         crashpoint("prepare-after-started")
@@ -270,7 +271,12 @@ class DeviceState:
                 env: tuple[str, ...] = ()
                 mounts: tuple[cdi.CdiMount, ...] = ()
                 if attested is not None and self.attestation is not None:
-                    env, mounts = self.attestation.write_tokens(entry.uid, attested.for_device(d.pool, d.device))
+                    result = attested.for_device(d.pool, d.device)
+                    env, mounts = self.attestation.write_tokens(entry.uid, result)
+                    if result is not None and result.pending and attested.guest_challenge is not None:
+                        guest = tuple(r.device for r in attested.devices if r.pending)
+                        env += self.attestation.guest_env(entry.namespace, entry.name, entry.uid, guest,
+                                                          attested.guest_challenge)
                 devices.append(cdi.CdiDevice(cdi.device_name(entry.uid, d.device), d.device_nodes, env, mounts))
             self.cdi_writer.write_claim(entry.uid, devices)
         except CcGpuError:
@@ -297,6 +303,8 @@ class DeviceState:
         if entry is None:
             self._release_unrecorded(ref.uid)
             return
+        if entry.challenge and self.attestation is not None:
+            self.attestation.learn_from_guest_verdict(entry)
         with self.locks.hold(d.iommu_group for d in entry.devices):
             entry = self.checkpoint.get(ref.uid)
             if entry is None:

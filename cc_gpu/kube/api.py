@@ -43,6 +43,10 @@ class KubeApi(Protocol):
 
     def get_device_class(self, name: str) -> JsonObject: ...
 
+    def list_resource_claims(self) -> list[JsonObject]:
+        """Every ResourceClaim of every namespace (the verification service finds a challenge's claim this way)."""
+        ...
+
     # ResourceSlices: the driver's published inventory.
     def list_resource_slices(self, driver: str, node_name: str) -> list[JsonObject]:
         """The slices whose `spec.driver` and `spec.nodeName` match (server-side field selectors)."""

@@ -95,6 +95,13 @@ class KubernetesApi:
         _require(namespace, name)
         return self._json(lambda: self._core("GET", _path("namespaces", namespace, "configmaps", name)))
 
+    def list_resource_claims(self) -> list[JsonObject]:
+        reply = self._json(lambda: self._resource.list_resource_claim_for_all_namespaces(**self._opts()))
+        items = reply.get("items") or []
+        if not isinstance(items, list):
+            raise InvalidError("the ResourceClaim list reply has no item list", code=200)
+        return items
+
     # -- ResourceSlices ------------------------------------------------------------------------------------------
 
     def list_resource_slices(self, driver: str, node_name: str) -> list[JsonObject]:

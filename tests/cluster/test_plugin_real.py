@@ -187,11 +187,24 @@ def _entry(claim: dict[str, Any]) -> dict[str, Any]:
     return dict(entry)
 
 
+def test_host_attestation_of_cc_mode_gpus_is_refused_naming_the_guest_path(
+    control_plane: ControlPlane, nodes: dict[str, PluginNode], gate: KubernetesApi
+) -> None:
+    """The chart's attested class asks for host-side attestation; the simulated GPUs are in CC mode `on`, which no
+    longer answer the host: the plugin refuses, names the guest path, and records `Attested=False` on the claim."""
+    node = nodes[HEALTHY]
+    ref = _vm_pod(control_plane, gate, "vm-attested-host", ATTESTED_CLASS, HEALTHY)
+    result = node.kubelet.prepare(DRIVER, [ref])[ref[2]]
+    assert "use the guest attestation path" in result.error, result.error
+    entry = _entry(_claim(control_plane, ref))
+    assert [(c["type"], c["status"]) for c in entry["conditions"]] == [("Attested", "False")]
+    assert entry["data"]["attestation"]["evidence"] == "host, pre-flight"
+
+
 @pytest.mark.parametrize(
     ("device_class", "conditions"),
     [
         pytest.param(VFIO_CLASS, ["Ready"], id="vfio-class"),
-        pytest.param(ATTESTED_CLASS, ["Attested", "Ready"], id="attested-class"),
     ],
 )
 def test_real_allocation_prepared_and_status_recorded(

@@ -33,6 +33,12 @@ def test_demo_runs_and_narrates() -> None:
         "rejected: GPU attestation rejected: gpu-0000-ab-00-0 (0000:ab:00.0): measres (mismatching indexes: [9])",
         "nothing bound: 0000:ab:00.0 is still on nvidia",
         "Warning GpuAttestationRejected",
+        "claim condition Attested=Unknown (AwaitingGuestEvidence)",
+        "in the VM: cc-gpu attest collect -> exit 0, accepted=True",
+        "claim condition Attested=True (GuestEvidenceVerified), evidence: guest, challenge consumed",
+        "other conditions kept: ['Ready']",
+        "token verified: evidence guest",
+        "replay of the same challenge: exit 1, refused: ['x-cc-gpu-challenge-reused']",
     ):
         assert expected in out, expected
     assert out.count(": nvidia") >= 3

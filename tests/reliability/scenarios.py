@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cc_gpu.dra.kubelet import KubeletDouble
+from cc_gpu.host.sim import create_sim_host
 from cc_gpu.kube.apiserver import ApiServerDouble
 from cc_gpu.kube.client import KubernetesApi
 from tests.dra.attested import KEYS_NAMESPACE, attest_config
@@ -88,9 +89,15 @@ class Shared:
             self.seeded = True
         if attested:
             config = root / "plugin.toml"
-            # Token files on (they are off by default): crashes must never leave one behind either.
-            config.write_text(f'[attestation]\nkeys_namespace = "{KEYS_NAMESPACE}"\ntoken_mount = true\n')
+            # Token files on (they are off by default): crashes must never leave one behind either. Host-side
+            # attestation is a pre-flight of GPUs the host can still query: CC mode off (the gate's CC check waived).
+            config.write_text(f'[attestation]\nkeys_namespace = "{KEYS_NAMESPACE}"\ntoken_mount = true\n'
+                              '[policy]\nrequire_cc_mode = false\n')
             node.extra_args = ["--config", str(config)]
+            create_sim_host(topology, node.sim_root)
+            for bdf, arch in node.kernel.load()["architecture"].items():
+                if arch in ("hopper", "blackwell"):
+                    node.kernel.set_cc_mode(bdf, "off")
         # The kubelet deletes its node's slices when it starts: every run publishes from scratch, deterministically.
         for s in self.api.list_resource_slices(DRIVER, NODE):
             meta = s["metadata"]
