@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import ssl
+import subprocess
 import threading
 from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 from cc_gpu.attest.guest import GuestEvidence, Handler, Request, Response, SubmissionResult
 from cc_gpu.attest.policy import Policy
@@ -140,3 +143,29 @@ def sdk_evidence(report: bytes, chain_pem: bytes, arch: str = "HOPPER") -> list[
 def write_json(path: Path, value: object) -> Path:
     path.write_text(json.dumps(value))
     return path
+
+
+CLIENT = Path(__file__).with_name("nvsdk_client.py")
+
+
+def run_sdk(sdk_python: Path, url: str, ca: Path, tmp: Path, evidence: list[dict[str, str]], nonce: bytes,
+            policy: object) -> dict[str, Any]:
+    """NVIDIA's SDK in remote mode (nvsdk_client.py in its own virtualenv) against `url`, trusting `ca`: its
+    `attest()` and `validate_token(policy)` results and its token."""
+    out = tmp / "sdk-result.json"
+    subprocess.run(
+        [
+            str(sdk_python), str(CLIENT), "--url", url, "--nonce", nonce.hex(),
+            "--evidence", str(write_json(tmp / "sdk-evidence.json", evidence)),
+            "--policy", str(write_json(tmp / "sdk-policy.json", policy)),
+            "--out", str(out),
+        ],
+        check=True, cwd=tmp, env={**os.environ, "REQUESTS_CA_BUNDLE": str(ca)}, capture_output=True, timeout=300,
+    )
+    result: dict[str, Any] = json.loads(out.read_text())
+    return result
+
+
+def service_eat(sdk_token: str) -> Any:
+    """The service's detached EAT as the SDK recorded it under its remote GPU verifier."""
+    return json.loads(sdk_token)[1]["REMOTE_GPU_CLAIMS"]

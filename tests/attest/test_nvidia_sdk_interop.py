@@ -11,13 +11,11 @@ say `off`, never `good`.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -30,13 +28,12 @@ from cc_gpu.attest.token import TokenSigner, TokenVerifier
 from cc_gpu.attest.trust import TrustStore
 from cc_gpu.attest.verifier import Verifier
 from tests.attest.conftest import AT_2025, Sample
-from tests.attest.nvsdk_front import InteropCore, RouteServer, sdk_evidence, write_json
+from tests.attest.nvsdk_front import InteropCore, RouteServer, run_sdk, sdk_evidence, service_eat
 from tests.cluster import pki
 from tests.nvidia_vectors import nvidia_sdk_python
 
 SDK_VERSION = "2.7.3"
 RIMS = ("Driver_RIM_test_no_gpu.swidtag", "1010_0200_882_96005E0001_test_no_gpu.swidtag")
-CLIENT = Path(__file__).with_name("nvsdk_client.py")
 _CHAIN_OFF = {"x-nvidia-cert-status": "valid", "x-nvidia-cert-ocsp-status": "off"}
 POLICY = {
     "version": "4.0",
@@ -97,35 +94,16 @@ def front(tmp_path_factory: pytest.TempPathFactory, nvidia_211: Sample) -> Itera
         yield Front(server.base_url, certs.ca.cert, core, verifier)
 
 
-def run_sdk(sdk_python: Path, front: Front, tmp: Path, report: bytes, chain: bytes, nonce: bytes,
-            path: str = "/v3/attest/gpu") -> dict:
-    out = tmp / "result.json"
-    subprocess.run(
-        [
-            str(sdk_python), str(CLIENT), "--url", front.url + path, "--nonce", nonce.hex(),
-            "--evidence", str(write_json(tmp / "evidence.json", sdk_evidence(report, chain))),
-            "--policy", str(write_json(tmp / "policy.json", POLICY)),
-            "--out", str(out),
-        ],
-        check=True,
-        cwd=tmp,
-        env={**os.environ, "REQUESTS_CA_BUNDLE": str(front.ca)},
-        capture_output=True,
-        timeout=300,
-    )
-    return json.loads(out.read_text())
-
-
-def service_eat(sdk_token: str) -> list:
-    """The service's detached EAT as the SDK recorded it under its remote GPU verifier."""
-    return json.loads(sdk_token)[1]["REMOTE_GPU_CLAIMS"]
+def sdk(sdk_python: Path, front: Front, tmp: Path, report: bytes, chain: bytes, nonce: bytes,
+        path: str = "/v3/attest/gpu") -> dict[str, Any]:
+    return run_sdk(sdk_python, front.url + path, front.ca, tmp, sdk_evidence(report, chain), nonce, POLICY)
 
 
 @pytest.mark.parametrize("path", ["/v3/attest/gpu", "/v4/attest/gpu"])
 def test_sdk_accepts_the_sample_and_validates_the_tokens(sdk_python: Path, front: Front, nvidia_211: Sample,
                                                          tmp_path: Path, path: str) -> None:
     front.core.register(nvidia_211.nonce)
-    result = run_sdk(sdk_python, front, tmp_path, decode_report_text(nvidia_211.report), nvidia_211.chain,
+    result = sdk(sdk_python, front, tmp_path, decode_report_text(nvidia_211.report), nvidia_211.chain,
                      nvidia_211.nonce, path)
     assert result["attest"] is True
     assert result["validate"] is True
@@ -142,7 +120,7 @@ def test_sdk_rejects_tampered_evidence(sdk_python: Path, front: Front, nvidia_21
     report = bytearray(decode_report_text(nvidia_211.report))
     report[120] ^= 0x01  # a measurement byte: the report's signature no longer verifies
     front.core.register(nvidia_211.nonce)
-    result = run_sdk(sdk_python, front, tmp_path, bytes(report), nvidia_211.chain, nvidia_211.nonce)
+    result = sdk(sdk_python, front, tmp_path, bytes(report), nvidia_211.chain, nvidia_211.nonce)
     assert result["attest"] is False
     assert result["validate"] is False
     (_, overall), _detached = service_eat(result["token"])
@@ -153,7 +131,7 @@ def test_sdk_rejects_tampered_evidence(sdk_python: Path, front: Front, nvidia_21
 
 def test_sdk_is_refused_an_unregistered_challenge(sdk_python: Path, front: Front, nvidia_211: Sample,
                                                   tmp_path: Path) -> None:
-    result = run_sdk(sdk_python, front, tmp_path, decode_report_text(nvidia_211.report), nvidia_211.chain,
+    result = sdk(sdk_python, front, tmp_path, decode_report_text(nvidia_211.report), nvidia_211.chain,
                      nvidia_211.nonce)
     assert result["attest"] is False
     assert result["validate"] is False
