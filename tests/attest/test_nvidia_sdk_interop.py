@@ -7,11 +7,16 @@ the ES384 signatures with the `x5c` key and applies the appraisal policy. The po
 example (version 4.0) with two differences this evidence calls for: the sample's report has no FWID (the FWID
 claim is false, not asserted), and revocation is off for the replayed sample, so the certificate-chain claims must
 say `off`, never `good`.
+
+Each case runs twice: against a small stand-in (tests/attest/nvsdk_front.py) and against the verification service's
+own HTTPS server and core (`ServiceServer`, `GuestVerificationService`, as `cc-gpu attest serve` wires them) with the
+sample's nonce registered as an interop challenge and the clock pinned to the sample's day. The real service process
+with a claim's challenge is tests/dra/test_guest_nvidia_sdk.py.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,12 +26,17 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from cc_gpu.attest import policy as P
-from cc_gpu.attest.evidence import decode_report_text
+from cc_gpu.attest.evidence import decode_report_text, parse_report
+from cc_gpu.attest.guest import GuestEvidence, SubmissionResult, SubmissionVerifier
 from cc_gpu.attest.nvcompat import NvidiaTokens, register_nvidia_routes
 from cc_gpu.attest.ocsp import RevocationMode
+from cc_gpu.attest.sources import DirectoryRimSource, driver_rim_id, vbios_rim_id
 from cc_gpu.attest.token import TokenSigner, TokenVerifier
 from cc_gpu.attest.trust import TrustStore
 from cc_gpu.attest.verifier import Verifier
+from cc_gpu.dra.attestcfg import AttestationSettings
+from cc_gpu.dra.guestservice import GuestVerificationService, RateLimiter
+from cc_gpu.dra.serviceserver import ServiceServer
 from tests.attest.conftest import AT_2025, Sample
 from tests.attest.nvsdk_front import InteropCore, RouteServer, run_sdk, sdk_evidence, service_eat
 from tests.cluster import pki
@@ -63,13 +73,43 @@ POLICY = {
 
 @dataclass
 class Front:
-    """A served NVIDIA-compatible API: its base URL, the CA of its certificate, the core an admin registers interop
-    challenges with, and a verifier of its tokens."""
+    """A served NVIDIA-compatible API: its base URL, the CA of its certificate, how an admin registers an interop
+    challenge, and a verifier of its tokens."""
 
     url: str
     ca: Path
-    core: InteropCore
+    core: Any  # `register(nonce)` and the core contract (`verify_submission`)
     verifier: TokenVerifier
+
+
+class ServiceCore:
+    """The verification service's own core (`GuestVerificationService`, what `cc-gpu attest serve` runs) with no API
+    server: only admin-registered challenges, which it takes at construction (`--register-challenge`); registering
+    starts a fresh one holding that challenge, as restarting the service with the flag would."""
+
+    def __init__(self, make: Callable[[Sequence[bytes]], SubmissionVerifier]) -> None:
+        self.make = make
+        self.current = make(())
+
+    def register(self, nonce: bytes) -> None:
+        self.current = self.make([nonce])
+
+    def verify_submission(self, nonce: bytes, evidence: Sequence[GuestEvidence], *, client: str) -> SubmissionResult:
+        return self.current.verify_submission(nonce, evidence, client=client)
+
+
+def _service_core(sample: Sample, signer: TokenSigner, rim_dir: Path) -> ServiceCore:
+    """The service's core as `attest serve` builds it from settings: RIMs from the admin's imported directory (by
+    RIM id), NVIDIA's roots, the admin's default policy for interop checks with revocation off (the sample's OCSP
+    answers of its day are not available), its clock pinned to 2025-01-15."""
+    report = parse_report(decode_report_text(sample.report))
+    for name, rim_id in zip(RIMS, (driver_rim_id(report, "GH100"), vbios_rim_id(report)), strict=True):
+        (rim_dir / f"{rim_id}.swidtag").write_bytes(sample.rim(name))
+    verifier = Verifier(TrustStore.default(), rim_source=DirectoryRimSource(rim_dir))
+    policies = {"strict": P.Policy(revocation=RevocationMode.OFF)}
+    return ServiceCore(lambda registered: GuestVerificationService(
+        None, verifier, signer, AttestationSettings(), "gpu.cc-gpu.io", policies, clock=lambda: AT_2025,
+        registered=registered, limiter=RateLimiter(1000, 1000)))
 
 
 @pytest.fixture(scope="module")
@@ -77,21 +117,28 @@ def sdk_python() -> Path:
     return nvidia_sdk_python(SDK_VERSION)
 
 
-@pytest.fixture(scope="module")
-def front(tmp_path_factory: pytest.TempPathFactory, nvidia_211: Sample) -> Iterator[Front]:
+@pytest.fixture(scope="module", params=["stand-in server and core", "attest serve's server and core"])
+def front(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+          nvidia_211: Sample) -> Iterator[Front]:
     certs = pki.make(tmp_path_factory.mktemp("front-pki"))
     key = ec.generate_private_key(ec.SECP384R1())
     signer = TokenSigner(key, kid="interop-1")
-    core = InteropCore(
-        Verifier(TrustStore.default()),
-        P.Policy(revocation=RevocationMode.OFF),
-        at=AT_2025,
-        rims=[nvidia_211.rim(name) for name in RIMS],
-    )
-    with RouteServer(certs.serving.cert, certs.serving.key) as server:
-        register_nvidia_routes(server, core, NvidiaTokens(signer))
-        verifier = TokenVerifier({"interop-1": key.public_key()})
-        yield Front(server.base_url, certs.ca.cert, core, verifier)
+    verifier = TokenVerifier({"interop-1": key.public_key()})
+    if request.param == "stand-in server and core":
+        core = InteropCore(Verifier(TrustStore.default()), P.Policy(revocation=RevocationMode.OFF), at=AT_2025,
+                           rims=[nvidia_211.rim(name) for name in RIMS])
+        with RouteServer(certs.serving.cert, certs.serving.key) as server:
+            register_nvidia_routes(server, core, NvidiaTokens(signer))
+            yield Front(server.base_url, certs.ca.cert, core, verifier)
+        return
+    service = _service_core(nvidia_211, signer, tmp_path_factory.mktemp("rims"))
+    real = ServiceServer(("127.0.0.1", 0), certs.serving.cert, certs.serving.key)
+    register_nvidia_routes(real, service, NvidiaTokens(signer))
+    real.start()
+    try:
+        yield Front(f"https://localhost:{real.port}", certs.ca.cert, service, verifier)
+    finally:
+        real.stop()
 
 
 def sdk(sdk_python: Path, front: Front, tmp: Path, report: bytes, chain: bytes, nonce: bytes,
