@@ -485,3 +485,23 @@ def test_attestation_service_is_off_by_default() -> None:
     text = notes(VARIANTS["attestation service"])
     assert "https://cc-gpu-attestation.cc-gpu-system.svc:443" in text
     assert "get configmap cc-gpu-attestation-ca" in text
+
+
+def test_attestation_service_arguments_are_accepted_by_attest_serve(tmp_path: Path) -> None:
+    """The Deployment's args parse with `cc-gpu attest serve`'s own parser (its mounted files made here)."""
+    from cc_gpu.cli.attest_guest import add_serve_arguments  # noqa: PLC0415 - the command's own parser
+
+    (container,) = one(render(VARIANTS["attestation service"]), "Deployment", "attestation")["spec"]["template"][
+        "spec"]["containers"]
+    assert container["args"][:2] == ["attest", "serve"]
+    args = [a.replace("/etc/cc-gpu/", f"{tmp_path}/") for a in container["args"][2:]]
+    for arg in args:
+        if "=" in arg and arg.split("=", 1)[1].startswith(str(tmp_path)):
+            path = Path(arg.split("=", 1)[1])
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("x")
+    parser = argparse.ArgumentParser(exit_on_error=False)
+    add_serve_arguments(parser)
+    parsed = parser.parse_args(args)
+    assert parsed.listen == ("0.0.0.0", 8443) and parsed.token_kid == "svc-1" and parsed.driver == "gpu.cc-gpu.io"
+    assert parsed.kubeconfig is None, "in-cluster: the pod's ServiceAccount"
