@@ -361,6 +361,10 @@ BAD_VALUES = [
     ("admin certificate without its CA",
      {"attestationService": {"tls": {"secretName": "svc-tls"}}}, "caCertificate"),
     ("service port below 1024", {"attestationService": {"port": 443}}, "port"),
+    ("plain-HTTP guest service", {"attestation": {"guestService": {"url": "http://attest:80", "caConfigMap": "c"}}},
+     "url"),
+    ("external guest service without its CA",
+     {"attestation": {"guestService": {"url": "https://attest.example.com"}}}, "caConfigMap"),
     ("unknown service key", {"attestationService": {"ingress": True}}, "ingress"),
     ("a cluster-wide signing key is gone", {"attestation": {"signingKeySecret": "k"}}, "signingKeySecret"),
     ("no runtime classes", {"admission": {"cdiAnnotation": {"runtimeClassNames": []}}}, "runtimeClassNames"),
@@ -505,3 +509,35 @@ def test_attestation_service_arguments_are_accepted_by_attest_serve(tmp_path: Pa
     parsed = parser.parse_args(args)
     assert parsed.listen == ("0.0.0.0", 8443) and parsed.token_kid == "svc-1" and parsed.driver == "gpu.cc-gpu.io"
     assert parsed.kubeconfig is None, "in-cluster: the pod's ServiceAccount"
+
+
+GUEST_SERVICES = [
+    ("the chart's own service", {"attestationService": SERVICE},
+     "https://cc-gpu-attestation.cc-gpu-system.svc:443", "cc-gpu-attestation-ca"),
+    ("an external service", {"attestation": {"guestService": {"url": "https://attest.example.com:8443",
+                                                              "caConfigMap": "attest-ca"}}},
+     "https://attest.example.com:8443", "attest-ca"),
+]
+
+
+@pytest.mark.parametrize(("values", "url", "config_map"), [c[1:] for c in GUEST_SERVICES],
+                         ids=[c[0] for c in GUEST_SERVICES])
+def test_the_plugin_points_guests_at_the_service(tmp_path: Path, values: dict[str, Any], url: str,
+                                                 config_map: str) -> None:
+    """The plugin's settings name the service's URL and CA file, and the DaemonSet mounts the CA there."""
+    objects = render(values)
+    settings = _plugin_settings(objects, tmp_path).attestation
+    assert (settings.service_url, settings.challenge_ttl_seconds) == (url, 900)
+    assert settings.service_ca is not None
+    pod = one(objects, "DaemonSet")["spec"]["template"]["spec"]
+    (mount,) = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "guest-service-ca"]
+    assert Path(mount["mountPath"]) / "ca.crt" == settings.service_ca and mount["readOnly"] is True
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "guest-service-ca"]
+    assert volume["configMap"]["name"] == config_map
+
+
+def test_no_service_no_service_settings(tmp_path: Path) -> None:
+    objects = render()
+    assert _plugin_settings(objects, tmp_path).attestation.service_url == ""
+    pod = one(objects, "DaemonSet")["spec"]["template"]["spec"]
+    assert not [v for v in pod["volumes"] if v["name"] == "guest-service-ca"]
