@@ -27,10 +27,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cc_gpu.dra.attestsetup import build_attestation
 from cc_gpu.dra.claims import parse_claim
+from cc_gpu.dra.gate import GatePolicy
 from cc_gpu.dra.hostport import build_host
 from cc_gpu.dra.plugin import Plugin
 from cc_gpu.dra.settings import PluginSettings
 from cc_gpu.dra.state import ClaimRef
+from cc_gpu.host.sim import SimKernel
 from cc_gpu.kube.client import KubernetesApi
 
 DRIVER = "gpu.cc-gpu.io"
@@ -103,9 +105,15 @@ def main() -> int:
         root = Path(tmp)
         server, kubeconfig = _start_apiserver(root)
         api = KubernetesApi(kubeconfig)
+        # Host-side attestation is a pre-flight of GPUs the host can still query: CC mode off (a GPU in CC mode on
+        # gives the host no evidence), so the gate's CC-mode check is waived for this measurement.
         settings = PluginSettings(node_name=NODE, sim="dgx-h100", sim_root=root / "sim", plugin_dir=root / "plugin",
-                                  cdi_root=root / "cdi").validate()
+                                  cdi_root=root / "cdi", policy=GatePolicy(require_cc_mode=False)).validate()
         host, _ = build_host(settings, api)
+        kernel = SimKernel(root / "sim")
+        for bdf, arch in kernel.load()["architecture"].items():
+            if arch == "hopper":
+                kernel.set_cc_mode(bdf, "off")
         engine = build_attestation(settings, host.host, api)
         plugin = Plugin(settings, host, api, None, engine)
         state = plugin.state

@@ -22,6 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cc_gpu.dra.kubelet import KubeletDouble
+from cc_gpu.host.sim import create_sim_host
 from cc_gpu.kube.apiserver import ApiServerDouble
 from cc_gpu.kube.client import KubernetesApi
 from tests.dra.attested import KEYS_NAMESPACE, attest_config
@@ -82,7 +83,13 @@ def main() -> int:
         config = None
         if args.attested:
             server.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": KEYS_NAMESPACE}})
-            (root / "plugin.toml").write_text(f'[attestation]\nkeys_namespace = "{KEYS_NAMESPACE}"\n')
+            # Host pre-flight attestation: GPUs in CC mode off (the host can query them), the CC gate waived.
+            (root / "plugin.toml").write_text(f'[attestation]\nkeys_namespace = "{KEYS_NAMESPACE}"\n'
+                                              '[policy]\nrequire_cc_mode = false\n')
+            create_sim_host("dgx-h100", node.sim_root)
+            for bdf, arch in node.kernel.load()["architecture"].items():
+                if arch == "hopper":
+                    node.kernel.set_cc_mode(bdf, "off")
             node.extra_args = ["--config", str(root / "plugin.toml")]
             config = [attest_config(required=True)]
         cn = CrashNode(node, "soak")

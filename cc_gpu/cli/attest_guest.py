@@ -72,7 +72,8 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kubeconfig", type=input_file, help="kubeconfig (default: the in-cluster service account)")
     p.add_argument("--driver", default="gpu.cc-gpu.io", help="the DRA driver name (default: %(default)s)")
     p.add_argument("--register-challenge", type=_hex32, action="append", default=[],
-                   help="accept this challenge without a claim (an interop check; single use)")
+                   help="accept this challenge without a claim (an interop check; single use); also the "
+                        "settings' [attestation] interop_challenges")
     p.add_argument("--rate", type=float, default=5.0, help="submissions per second per client (default: 5)")
     p.add_argument("--burst", type=int, default=20, help="burst per client (default: 20)")
     p.add_argument("--replica", default=os.environ.get("HOSTNAME", ""), help="this replica's name (in the record)")
@@ -198,7 +199,8 @@ def run_serve(args: argparse.Namespace) -> int:
     kube = KubernetesApi(args.kubeconfig, user_agent=f"{args.driver}/attestation-service")
     service = GuestVerificationService(
         kube, verifier, signer, a, args.driver, load_policies(a), collateral=collateral,
-        registered=args.register_challenge, limiter=RateLimiter(args.rate, args.burst), replica=args.replica)
+        registered=[*args.register_challenge, *(bytes.fromhex(h) for h in a.interop_challenges)],
+        limiter=RateLimiter(args.rate, args.burst), replica=args.replica)
     try:
         server = ServiceServer(args.listen, args.tls_cert, args.tls_key)
     except OSError as e:

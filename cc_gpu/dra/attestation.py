@@ -296,6 +296,12 @@ class AttestationEngine:
         return DeviceResult(planned.pool, planned.device.name, planned.request, applied.required, applied.label, gpus,
                             applied.describe(), challenge=record)
 
+    def guest_outcome(self, plan: ClaimPlan, challenge: Challenge) -> ClaimAttestation:
+        """The pending guest records of `plan` for an existing challenge (a repeated prepare re-records them)."""
+        results = [self._guest_pending(planned, self.applied_for(req), challenge)
+                   for planned, req in self._wanted(plan) if self.applied_for(req).evidence == GUEST_EVIDENCE]
+        return ClaimAttestation(tuple(results), challenge)
+
     def guest_env(self, namespace: str, name: str, uid: str, devices: Sequence[str], challenge: Challenge
                   ) -> tuple[str, ...]:
         """What the container needs to attest from inside the VM: the challenge, the claim, the service and its CA.
@@ -334,7 +340,8 @@ class AttestationEngine:
             members = set(device.members) | set(device.original_drivers)
             for gpu in data.get("gpus") or []:
                 bdf, ueid = gpu.get("bdf"), gpu.get("ueid")
-                if bdf in members and ueid and str(gpu.get("identity", "")).startswith("trust on first use"):
+                if bdf in members and ueid and str(gpu.get("identity", "")).startswith(
+                        "trust on first use (no identity was recorded"):  # one GPU: the identity is this device's
                     self.identities.learn(str(bdf), str(ueid), "guest attestation, trust on first use", self.clock())
 
     def _evidence(self, bdf: str, req: AppliedPolicy) -> tuple[Evidence, str]:

@@ -263,6 +263,9 @@ class AttestationSettings:
     service_url: str = ""
     service_ca: Path | None = None
     challenge_ttl_seconds: int = 900
+    # Challenges the verification service accepts without a claim (an interop check with a client's fixed sample
+    # nonce), as 64 hex digits; single use per service process. The plugin ignores them.
+    interop_challenges: tuple[str, ...] = ()
 
 
 _MINIMUM_TYPES: dict[str, tuple[str, type]] = {
@@ -324,6 +327,11 @@ def decode_settings(value: object, base: AttestationSettings) -> AttestationSett
             if not isinstance(v, list) or not all(isinstance(k, str) and k in CLAIM_POLICY_KINDS for k in v):
                 raise ConfigError(f"config key {name}: must be a list of {', '.join(CLAIM_POLICY_KINDS)}")
             changes[key] = tuple(v)
+        elif key == "interop_challenges":
+            if not isinstance(v, list) or not all(isinstance(h, str) and len(h) == 64
+                                                  and all(c in "0123456789abcdefABCDEF" for c in h) for h in v):
+                raise ConfigError(f"config key {name}: must be a list of 32-byte challenges as 64 hex digits")
+            changes[key] = tuple(h.lower() for h in v)
         elif key == "policies":
             if not isinstance(v, Mapping) or not all(isinstance(p, str) and p for p in v.values()):
                 raise ConfigError(f"config key {name}: must be a table of policy name = TOML file path")

@@ -138,6 +138,8 @@ class DeviceResult:
             out["attestation"]["applied"] = dict(self.applied)
         if self.challenge is not None:
             out["attestation"]["challenge"] = dict(self.challenge)
+            out["attestation"]["ok"] = None  # not judged yet: the verdict comes from the guest's evidence
+            out["attestation"]["state"] = "awaiting guest evidence"
         while len(json.dumps(out)) > MAX_DATA_BYTES and any(g.get("failed") for g in out["attestation"]["gpus"]):
             for g in out["attestation"]["gpus"]:
                 if g.get("failed"):

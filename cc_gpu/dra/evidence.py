@@ -117,13 +117,14 @@ _FAULT_FIELDS = {f.name for f in fields(Faults)}
 SIM_CA_FILE = "attestation-sim-ca.json"
 
 
-def shared_simulated_ca(path: Path, now: datetime) -> SimulatedCa:
+def shared_simulated_ca(path: Path, now: datetime, *, create: bool = True) -> SimulatedCa:
     """The simulated node's test CA, shared by its processes (plugin, simulated guest, verification service): read
-    from `path`, or made and written there (0600) by the first process that needs it."""
+    from `path`, or made and written there (0600) by the plugin, the first process that needs it."""
     try:
         return SimulatedCa.load(path.read_bytes())
     except FileNotFoundError:
-        pass
+        if not create:
+            raise EvidenceUnavailableError(f"no simulated node's CA at {path}: start the plugin on it first") from None
     except (OSError, ValueError, KeyError) as e:
         raise EvidenceUnavailableError(f"simulated CA file {path} is unreadable: {e}") from e
     ca = SimulatedCa.create(now)

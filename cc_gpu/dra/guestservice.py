@@ -68,6 +68,8 @@ GPU_COUNT = "x-cc-gpu-gpu-count"
 MALFORMED = "x-cc-gpu-evidence-malformed"
 RATE = "x-cc-gpu-rate-limited"
 UNAVAILABLE = "x-cc-gpu-service-unavailable"
+TOFU_SINGLE = "trust on first use (no identity was recorded for this GPU)"
+TOFU_UNASSIGNED = "trust on first use, unassigned"
 
 
 class RateLimiter:
@@ -144,7 +146,7 @@ class GuestVerificationService:
         policies: Mapping[str, Policy] | None = None,
         *,
         clock: Callable[[], datetime] | None = None,
-        collateral: Callable[[str], tuple[bytes, ...]] | None = None,
+        collateral: Callable[[GuestEvidence], tuple[bytes, ...]] | None = None,
         registered: Iterable[bytes] = (),
         limiter: RateLimiter | None = None,
         replica: str = "",
@@ -156,7 +158,7 @@ class GuestVerificationService:
         self.driver = driver
         self.policies = {**builtin_policies(), **(policies or {})}
         self.clock = clock or (lambda: datetime.now(UTC))
-        self.collateral = collateral  # RIMs for a GPU (a simulated node's); None: the verifier's RIM source
+        self.collateral = collateral  # RIMs for a GPU's evidence (a simulated node's); None: the verifier's source
         self.limiter = limiter or RateLimiter()
         self.replica = replica
         self._registered = {digest(n): n for n in registered}
@@ -234,6 +236,8 @@ class GuestVerificationService:
         try:
             expires = parse_rfc3339(str(record["expiresAt"]))
         except (KeyError, ValueError):
+            expires = None
+        if expires is None or expires.tzinfo is None:
             return _Outcome.refused([EXPIRED], target, "the challenge record has no valid expiry")
         if now >= expires:
             return _Outcome.refused([EXPIRED], target, f"the challenge expired at {record['expiresAt']}")
@@ -255,7 +259,7 @@ class GuestVerificationService:
         policy = _strictest(list(applied.values()))
         verdicts = []
         for item in evidence:
-            verdicts.append(self._verify(item, nonce, policy, now, expected))
+            verdicts.append(self._verify(item, nonce, policy, now))
         failed = [f"{c.name} ({c.detail[:MAX_CHECK_DETAIL]})" if c.detail else c.name
                   for v in verdicts for c in v.failed]
         assignment, identity_failures = match_identities(expected, verdicts, elsewhere)
@@ -282,11 +286,8 @@ class GuestVerificationService:
             out[(str(entry.get("pool")), str(entry.get("device")))] = applied
         return out
 
-    def _verify(self, item: GuestEvidence, nonce: bytes, policy: Policy, now: datetime,
-                expected: Sequence[Mapping[str, Any]]) -> Verdict:
-        rims: tuple[bytes, ...] = ()
-        if self.collateral is not None:
-            rims = tuple(r for g in expected for r in self.collateral(str(g.get("bdf"))))
+    def _verify(self, item: GuestEvidence, nonce: bytes, policy: Policy, now: datetime) -> Verdict:
+        rims = self.collateral(item) if self.collateral is not None else ()
         try:
             return self.verifier.verify(item.report, item.cert_chain_pem, nonce, policy, at=now, collected_at=now,
                                         rims=rims)
@@ -345,7 +346,8 @@ class GuestVerificationService:
             key = (str(entry.get("pool")), str(entry.get("device")))
             applied = outcome.applied.get(key)
             attestation = dict(entry["data"]["attestation"])
-            attestation.update({"ok": outcome.accepted, "evidence": GUEST, "challenge": consumed,
+            attestation.update({"ok": outcome.accepted, "state": "verified" if outcome.accepted else "rejected",
+                                "evidence": GUEST, "challenge": consumed,
                                 "gpus": outcome.gpus_of(entry), "verifiedAt": rfc3339(now)})
             if applied is not None:
                 attestation["policy"] = applied.label
@@ -432,7 +434,13 @@ def match_identities(expected: Sequence[Mapping[str, Any]], verdicts: Sequence[V
             failures.append(f"{IDENTITY} (evidence identity ueid {ueid} belongs to another GPU of this node, not to "
                             f"{bdf})")
             continue
-        assignment[bdf] = (ueid, "trust on first use (no identity was recorded for this GPU)")
+        if len(unrecorded) == 1:
+            assignment[bdf] = (ueid, TOFU_SINGLE)
+        else:
+            # Several GPUs without a recorded identity: the evidence says which GPUs, not which PCI device each one
+            # sits at (the VM's addresses are not the host's), so no identity is tied to a device.
+            assignment[bdf] = (None, f"{TOFU_UNASSIGNED} ({len(unrecorded)} GPUs of this claim had no recorded "
+                                     f"identity; evidence named {ueid}, which PCI device gave it is not known)")
     return assignment, failures
 
 
@@ -482,6 +490,8 @@ class _Outcome:
             bdf = str(gpu.get("bdf"))
             ueid, how = self.assignment.get(bdf, (None, "not matched"))
             verdict = next((v for v in self.verdicts if ueid and v.identity.ueid == ueid), None)
+            if how.startswith(TOFU_UNASSIGNED):
+                ueid = None
             item: dict[str, Any] = {"bdf": bdf, "evidence": GUEST, "ueid": ueid, "identity": how,
                                     "ok": self.accepted}
             if verdict is not None:

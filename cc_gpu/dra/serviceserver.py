@@ -90,7 +90,8 @@ class ServiceServer:
                 except ValueError:
                     length = -1
                 if length < 0 or length > MAX_BODY:
-                    self._send(Response(413, {}, b""))
+                    self.close_connection = True  # the body is never read
+                    self._send(Response(413, {"Connection": "close"}, b""))
                     return
                 body = self.rfile.read(length) if length else b""
                 request = Request(path, {k.lower(): v for k, v in self.headers.items()}, body,

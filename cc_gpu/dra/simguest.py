@@ -18,6 +18,9 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from cryptography import x509
+
+from cc_gpu.attest.guest import GuestEvidence
 from cc_gpu.attest.sim import Faults, SimulatedCa, SimulatedGpu
 from cc_gpu.dra.evidence import SIM_CA_FILE, SIM_FAULTS_FILE, shared_simulated_ca
 
@@ -36,7 +39,7 @@ class SimulatedGuestNvml:
 
     @classmethod
     def of_node(cls, sim_root: Path, gpus: Sequence[str]) -> SimulatedGuestNvml:
-        ca = shared_simulated_ca(sim_root / SIM_CA_FILE, datetime.now(UTC))
+        ca = shared_simulated_ca(sim_root / SIM_CA_FILE, datetime.now(UTC), create=False)
         try:
             faults = json.loads((sim_root / SIM_FAULTS_FILE).read_text())
         except FileNotFoundError:
@@ -93,7 +96,14 @@ class SimulatedGuestNvml:
         chain = self._gpu(bdf)._chain(faults)
         return SimpleNamespace(attestationCertChain=chain, attestationCertChainSize=len(chain))
 
-    def rims(self, bdf: str) -> tuple[bytes, ...]:
-        """The reference values of the simulated GPU at `bdf`, as a RIM service would hand them out."""
-        gpu = self._gpu(bdf)
+    def rims(self, evidence: GuestEvidence) -> tuple[bytes, ...]:
+        """The reference values of the simulated GPU whose device certificate signed `evidence`, as a RIM service
+        would hand them out (a simulated GPU's reference values are its own; none for a GPU this node lacks)."""
+        try:
+            leaf = x509.load_pem_x509_certificates(evidence.cert_chain_pem)[0]
+        except (ValueError, IndexError):
+            return ()
+        gpu = next((g for g in self._made.values() if g.leaf.cert.serial_number == leaf.serial_number), None)
+        if gpu is None:
+            return ()
         return (gpu._rim("driver", Faults()), gpu._rim("vbios", Faults()))

@@ -115,6 +115,7 @@ class DeviceState:
         # are checked before the bind, under the groups' locks; a bound GPU's BAR is never read again.
         decision = self._gate(claim, plan)
         if done is not None and completed:
+            self._ensure_challenge_recorded(ref, claim, plan, done)
             return self._answer(done)
         modes = self._iommu_modes(claim, plan, decision)
         groups = sorted({d.device.iommu_group for d in plan.devices})
@@ -132,6 +133,23 @@ class DeviceState:
             self._step_completed(entry)
         self._record_ready(ref, entry, attested, claim)
         return self._answer(entry)
+
+    def _ensure_challenge_recorded(self, ref: ClaimRef, claim: Mapping[str, Any], plan: ClaimPlan,
+                                   done: ClaimEntry) -> None:
+        """A plugin that crashed after completing a guest-attested prepare but before recording it leaves the claim
+        without its challenge record; the kubelet's retry records it (from the checkpoint), so the guest's
+        submission finds its claim. Nothing is written when the record is there (also when already consumed)."""
+        if not done.challenge or self.attestation is None:
+            return
+        from cc_gpu.dra.challenge import Challenge, matches  # noqa: PLC0415
+
+        challenge = Challenge.from_checkpoint(done.challenge)
+        for status in (claim.get("status") or {}).get("devices") or []:
+            record = ((status.get("data") or {}).get("attestation") or {}).get("challenge")
+            if status.get("driver") == self.driver and isinstance(record, Mapping) and matches(record,
+                                                                                                challenge.nonce):
+                return
+        self._record_ready(ref, done, self.attestation.guest_outcome(plan, challenge), claim)
 
     def _get_claim(self, ref: ClaimRef) -> Mapping[str, Any]:
         try:

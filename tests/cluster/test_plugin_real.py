@@ -221,6 +221,17 @@ def test_host_attestation_of_cc_mode_gpus_is_refused_naming_the_guest_path(
     assert entry["data"]["attestation"]["evidence"] == "host, pre-flight"
 
 
+def test_gpus_in_cc_mode_are_not_host_attested(nodes: dict[str, PluginNode]) -> None:
+    """The simulated GPUs are in CC mode `on`, which no longer answer the host: discovery cannot attest them, so
+    they publish `attested: false` and a host-attested class selecting `attested == true` (`deviceClasses.attested`
+    with `evidence: host`, `selectAttested: true`) never allocates them; such GPUs take the guest path (the chart's
+    default, `tests/cluster/test_guest_real.py`)."""
+    (healthy,) = nodes[HEALTHY].slices()
+    devices = _devices([healthy])
+    assert {d["attributes"]["ccMode"]["string"] for d in devices} == {"on"}
+    assert {d["attributes"]["attested"]["bool"] for d in devices} == {False}
+
+
 @pytest.mark.parametrize(
     ("device_class", "conditions"),
     [

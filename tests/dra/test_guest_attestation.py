@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
 from cc_gpu.attest.token import TokenVerifier
@@ -97,6 +98,7 @@ def test_prepare_mints_a_challenge(node: Node) -> None:
     assert (cond["status"], cond["reason"]) == ("Unknown", "AwaitingGuestEvidence")
     record = data["challenge"]
     assert record["sha256"] == digest(nonce) and record["state"] == "open" and record["node"] == NODE
+    assert (data["ok"], data["state"], data["evidence"]) == (None, "awaiting guest evidence", "guest")
     assert env[ENV_CHALLENGE] not in json.dumps(data), "the claim carries the hash, never the challenge"
     (gpu,) = record["gpus"]
     assert gpu["bdf"] == KNOWN and gpu["ueid"] and gpu["identity"].startswith("recorded (simulated at discovery")
@@ -120,6 +122,7 @@ def test_accepted_then_reused(node: Node, kube: KubernetesApi) -> None:
     cond, data = condition(entry), entry["data"]["attestation"]
     assert (cond["status"], cond["reason"]) == ("True", "GuestEvidenceVerified")
     assert data["evidence"] == "guest" and data["ok"] is True and data["challenge"]["state"] == "consumed"
+    assert data["state"] == "verified"
     assert data["gpus"][0]["identity"].startswith("recorded")
     assert condition(entry, "Ready")["status"] == "True", "the plugin's condition stays"
     # The same challenge again (a replay, or the guest retrying after success): refused, the verdict stands.
@@ -128,6 +131,32 @@ def test_accepted_then_reused(node: Node, kube: KubernetesApi) -> None:
     assert condition(device_status(node, claim, device_of(KNOWN)))["status"] == "True"
     node.wait_for(lambda: any(e["reason"] == "GpuAttestationChallengeReused" for e in events_for(node, claim)))
     _release(node, claim)
+
+
+def test_one_challenge_for_every_gpu_of_a_claim(node: Node, kube: KubernetesApi) -> None:
+    """Two GPUs in one claim (as a protected-PCIe VM gets them): one challenge, evidence of both in any order."""
+    pair = ["0000:ab:00.0", "0000:ba:00.0"]
+    claim = node.vm_pod_claim([device_of(b) for b in pair], config=guest_config())
+    assert node.kubelet.prepare(DRIVER, [claim])[claim[2]].error == ""
+    env = cdi_env(node, claim[2])
+    assert env[ENV_DEVICES].split(",") == [device_of(b) for b in pair]
+    nonce = bytes.fromhex(env[ENV_CHALLENGE])
+    records = {b: _attested(node, claim, b)[1]["challenge"]["sha256"] for b in pair}
+    assert set(records.values()) == {digest(nonce)}
+    result = in_process_service(node, kube).verify_submission(nonce, guest_evidence(node, pair[::-1], nonce),
+                                                              client="c")
+    assert result.accepted and len(result.per_gpu) == 2, result.failed_checks
+    for bdf in pair:
+        cond, data = _attested(node, claim, bdf)
+        assert cond["status"] == "True" and data["gpus"][0]["bdf"] == bdf
+        # Neither had a recorded identity: which PCI device gave which evidence is not known, so none is tied to one.
+        assert data["gpus"][0]["ueid"] is None and data["gpus"][0]["identity"].startswith("trust on first use, "
+                                                                                          "unassigned")
+    _release(node, claim)
+    again = node.vm_pod_claim([device_of(pair[0])], config=guest_config())
+    assert node.kubelet.prepare(DRIVER, [again])[again[2]].error == ""
+    assert _attested(node, again, pair[0])[1]["challenge"]["gpus"][0]["ueid"] is None, "nothing was learned"
+    _release(node, again)
 
 
 def _mutations(node: Node) -> dict[str, Any]:
@@ -238,6 +267,29 @@ def test_identity_taken_on_first_use_is_recorded_for_that_pci_device(node: Node,
     nonce = bytes.fromhex(env[ENV_CHALLENGE])
     other = in_process_service(node, kube).verify_submission(nonce, guest_evidence(node, [SPARE], nonce), client="c")
     assert not other.accepted and IDENTITY in other.failed_checks
+    _release(node, claim)
+
+
+@pytest.mark.parametrize("point", ["prepare-after-started", "prepare-after-cdi", "prepare-after-completed"])
+def test_plugin_crash_between_challenge_and_submission(node: Node, kube: KubernetesApi, point: str) -> None:
+    """The plugin dies after minting a challenge: before completion the prepare is rolled back and the retry mints a
+    new one; after completion the retry records the checkpoint's challenge (the crash came before the claim was
+    written). Either way nothing is recorded wrongly before, and the guest's submission succeeds after."""
+    node.stop_plugin()
+    node.start_plugin(env={"CC_GPU_CRASH_AT": point})
+    claim = node.vm_pod_claim([device_of(SPARE)], config=guest_config())
+    with pytest.raises(grpc.RpcError):
+        node.kubelet.prepare(DRIVER, [claim])
+    assert node.proc is not None and node.proc.wait(timeout=10) == -9
+    node.proc = None
+    assert not (node.api.get_resource_claim(claim[0], claim[1]).get("status") or {}).get("devices")
+    node.start_plugin()
+    assert node.kubelet.prepare(DRIVER, [claim])[claim[2]].error == ""
+    nonce = bytes.fromhex(cdi_env(node, claim[2])[ENV_CHALLENGE])
+    cond, data = _attested(node, claim, SPARE)
+    assert cond["status"] == "Unknown" and data["challenge"]["sha256"] == digest(nonce)
+    result = in_process_service(node, kube).verify_submission(nonce, guest_evidence(node, [SPARE], nonce), client="c")
+    assert result.accepted
     _release(node, claim)
 
 

@@ -3,6 +3,7 @@ limits, typed refusals as HTTP statuses, the per-client rate limit, and admin-re
 
 from __future__ import annotations
 
+import http.client
 import json
 import ssl
 import urllib.error
@@ -20,9 +21,10 @@ from cc_gpu.attest.ocsp import RevocationChecker
 from cc_gpu.attest.sim import Faults, SimulatedCa
 from cc_gpu.attest.token import TokenSigner, TokenVerifier
 from cc_gpu.attest.verifier import Verifier
-from cc_gpu.dra.attestcfg import AttestationSettings
+from cc_gpu.dra.attestcfg import AttestationSettings, decode_settings
 from cc_gpu.dra.guestservice import RATE, UNKNOWN, GuestVerificationService, RateLimiter
 from cc_gpu.dra.serviceserver import MAX_BODY, ServiceServer, submission_handler
+from cc_gpu.errors import ConfigError
 from tests.dra.guest import Pki, make_pki
 
 NONCE = bytes(range(32))
@@ -95,7 +97,14 @@ def test_route_table_is_extensible_and_bounded(server: ServiceServer, pki: Pki) 
     assert _post(server, pki, "/other/front?x=1", b"abc") == (200, {"n": 3})
     assert (seen[0].path, seen[0].query, seen[0].client) == ("/other/front", "x=1", "127.0.0.1")
     assert _post(server, pki, "/nowhere", b"")[0] == 404
-    assert _post(server, pki, "/other/front", b"x" * (MAX_BODY + 1))[0] == 413
+    # A body announced over the limit is refused before it is read.
+    conn = http.client.HTTPSConnection("127.0.0.1", server.port,
+                                       context=ssl.create_default_context(cafile=str(pki.ca)), timeout=10)
+    conn.putrequest("POST", "/other/front")
+    conn.putheader("Content-Length", str(MAX_BODY + 1))
+    conn.endheaders()
+    assert conn.getresponse().status == 413
+    conn.close()
 
 
 def test_rate_limit_per_client() -> None:
@@ -131,3 +140,14 @@ class _Rims:
 
     def fetch(self, rim_id: str) -> bytes | None:
         return self.rims.get(rim_id)
+
+
+@pytest.mark.parametrize(("value", "ok"), [([NONCE.hex()], True), (["00"], False), ([NONCE.hex()[:-1] + "g"], False),
+                                           ("x", False)])
+def test_interop_challenges_in_the_settings(value: Any, ok: bool) -> None:
+    if ok:
+        assert decode_settings({"interop_challenges": value}, AttestationSettings()).interop_challenges == (
+            NONCE.hex(),)
+    else:
+        with pytest.raises(ConfigError, match="interop_challenges"):
+            decode_settings({"interop_challenges": value}, AttestationSettings())

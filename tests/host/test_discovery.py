@@ -109,6 +109,7 @@ def test_sriov_virtual_functions_are_excluded(sim: SimFactory) -> None:
 
 def test_nvml_enrichment_and_its_absence(sim: SimFactory) -> None:
     host, kernel = sim("dgx-h100")
+    kernel.set_cc_mode("0000:18:00.0", "off")  # NVML answers for a GPU that still serves the host
     gpu = discover(host).gpus[0]
     assert gpu.uuid is not None and gpu.uuid.startswith("GPU-")
     assert gpu.memory_bytes == 80 << 30
@@ -116,7 +117,7 @@ def test_nvml_enrichment_and_its_absence(sim: SimFactory) -> None:
     kernel.set_nvml(False)
     gpu = discover(host).gpus[0]
     assert (gpu.uuid, gpu.memory_bytes, gpu.vbios_version, gpu.driver_version) == (None, None, None, None)
-    assert gpu.cc_mode == "on"  # from BAR0 now
+    assert gpu.cc_mode == "off"  # from BAR0 now
 
 
 def test_device_filter_selects_other_devices(sim: SimFactory) -> None:

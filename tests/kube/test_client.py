@@ -31,6 +31,9 @@ def test_reads_return_wire_form_dicts(api: KubernetesApi, seeded: Seeded) -> Non
     assert api.get_node(NODE)["metadata"]["name"] == NODE
     params = api.get_device_class("vfio-gpu")["spec"]["config"][0]["opaque"]["parameters"]
     assert params == {"apiVersion": "cc.example.com/v1", "kind": "GpuConfig"}
+    # Every namespace's claims in one list (the verification service looks a challenge up this way).
+    listed = {(i["metadata"]["namespace"], i["metadata"]["name"]) for i in api.list_resource_claims()}
+    assert ("default", "gpu-claim") in listed
 
 
 @pytest.mark.parametrize(
