@@ -36,7 +36,7 @@ from cc_gpu.attest.ocsp import RevocationMode  # noqa: E402
 from cc_gpu.attest.policy import Policy  # noqa: E402
 from cc_gpu.attest.trust import TrustStore  # noqa: E402
 from cc_gpu.attest.verifier import Verifier  # noqa: E402
-from tests.nvidia_vectors import cache_dir, nvidia_files, nvidia_wheel  # noqa: E402
+from tests.nvidia_vectors import nvidia_files, nvidia_venv, nvidia_wheel  # noqa: E402
 
 NVIDIA_VERSION = "2.7.3"
 SAMPLE_VERSION = "2.1.1"
@@ -46,13 +46,7 @@ RIMS = ("Driver_RIM_test_no_gpu.swidtag", "1010_0200_882_96005E0001_test_no_gpu.
 
 
 def nvidia_python() -> Path:
-    venv = cache_dir() / f"nvidia-verifier-{NVIDIA_VERSION}"
-    python = venv / "bin" / "python"
-    if not (venv / ".complete").exists():
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "--quiet", str(nvidia_wheel(NVIDIA_VERSION))], check=True)
-        (venv / ".complete").write_text("ok\n")
-    return python
+    return nvidia_venv(f"nvidia-verifier-{NVIDIA_VERSION}", str(nvidia_wheel(NVIDIA_VERSION)))
 
 
 def ours(sample_dir: Path, runs: int, *, warm: bool) -> list[float]:

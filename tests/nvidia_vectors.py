@@ -45,3 +45,23 @@ def nvidia_files(version: str) -> Path:
                     wheel.extract(member, target)
         marker.write_text("ok\n")
     return target / "verifier"
+
+
+def nvidia_venv(name: str, requirement: str) -> Path:
+    """The Python of a virtualenv `<cache>/<name>` holding `requirement` (a pinned spec or a wheel path), built once.
+
+    NVIDIA's packages pin their own dependencies (conflicting with ours), so each runs in a virtualenv of its own,
+    as a subprocess; the name carries the version, so a new version gets a new virtualenv.
+    """
+    venv = cache_dir() / name
+    python = venv / "bin" / "python"
+    if not (venv / ".complete").exists():
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "--quiet", requirement], check=True)
+        (venv / ".complete").write_text("ok\n")
+    return python
+
+
+def nvidia_sdk_python(version: str) -> Path:
+    """The Python of a virtualenv holding NVIDIA's attestation SDK `nv-attestation-sdk==<version>` from PyPI."""
+    return nvidia_venv(f"nv-attestation-sdk-{version}", f"nv-attestation-sdk=={version}")

@@ -74,12 +74,21 @@ class TokenSigner:
         clash = _RESERVED & extra.keys()
         if clash:
             raise TokenError(f"extra claims may not override {sorted(clash)}")
-        issued = verdict.verified_at
+        return self.sign_claims({**extra, **verdict.claims()}, verdict.verified_at, expires_at=expires_at)
+
+    def sign_claims(
+        self, claims: Mapping[str, Any], issued: datetime, *, expires_at: datetime | None = None
+    ) -> str:
+        """A token over `claims` as given, plus issuer, issue time, validity and a unique id set here.
+
+        For fronts that shape claims themselves (the NVIDIA-compatible API's overall and per-GPU tokens); the
+        registered claims are always this signer's, whatever `claims` holds.
+        """
         expiry = expires_at or issued + self.ttl
         if expiry <= issued:
             raise TokenError("token expiry must be after the verification time")
-        claims = {**extra, **verdict.claims()}
-        claims.update(
+        body = dict(claims)
+        body.update(
             {
                 "iss": self.issuer,
                 "iat": int(issued.timestamp()),
@@ -88,7 +97,7 @@ class TokenSigner:
                 "jti": str(uuid.uuid4()),
             }
         )
-        return jwt.encode(claims, self.key, algorithm=ALGORITHM, headers={"kid": self.kid, "typ": "JWT"})
+        return jwt.encode(body, self.key, algorithm=ALGORITHM, headers={"kid": self.kid, "typ": "JWT"})
 
 
 class TokenVerifier:

@@ -169,6 +169,7 @@ def _write_token(where: str, token: str) -> None:
 
 def run_serve(args: argparse.Namespace) -> int:
     from cc_gpu.attest.guest import SUBMIT_PATH
+    from cc_gpu.attest.nvcompat import NvidiaTokens, register_nvidia_routes
     from cc_gpu.attest.token import TokenSigner, load_signing_key
     from cc_gpu.attest.trust import TrustStore
     from cc_gpu.dra.attestsetup import build_verifier, load_policies
@@ -205,6 +206,9 @@ def run_serve(args: argparse.Namespace) -> int:
     except OSError as e:
         raise CliError(f"cannot serve on {args.listen[0]}:{args.listen[1]}: {e}") from None
     server.add_route("POST", SUBMIT_PATH, submission_handler(service))
+    # NVIDIA's remote attestation API for GPUs (and its JWKS) over the same core: clients written for NVIDIA's
+    # service (its attestation SDK in remote mode) submit evidence for the same challenges.
+    register_nvidia_routes(server, service, NvidiaTokens(signer))
 
     def stop(signum: int, frame: FrameType | None) -> None:
         import threading

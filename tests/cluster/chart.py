@@ -48,3 +48,11 @@ def stored(plane: ControlPlane, obj: dict[str, Any], namespace: str) -> Any:
     metadata = obj["metadata"]
     located = {**obj, "metadata": {**metadata, "namespace": metadata.get("namespace", namespace)}}
     return plane.admin("GET", object_path(located))
+
+
+def upgrade(plane: ControlPlane, *, release: str = RELEASE, namespace: str = NAMESPACE,
+            values: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """`helm upgrade` of the release to the chart with `values`; returns the objects of the new manifest."""
+    with helm.Config(kubeconfig_path=str(plane.admin_kubeconfig), namespace=namespace) as config:
+        result = config.upgrade(str(CHART), release, values, namespace=namespace, timeout=120)
+    return [doc for doc in yaml.safe_load_all(result["manifest"]) if doc]

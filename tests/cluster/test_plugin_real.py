@@ -26,6 +26,7 @@ from cc_gpu.kube.client import KubernetesApi
 from .chart import NAMESPACE, TENANT_LABEL
 from .controlplane import ControlPlane, write_kubeconfig
 from .plugin_node import (
+    ATTESTED_CLASS,
     DRIVER,
     SNP,
     VFIO_CLASS,
@@ -186,10 +187,45 @@ def _entry(claim: dict[str, Any]) -> dict[str, Any]:
     return dict(entry)
 
 
+def test_guest_attestation_without_a_service_is_refused(
+    control_plane: ControlPlane, nodes: dict[str, PluginNode], gate: KubernetesApi
+) -> None:
+    """The chart's attested class asks for guest attestation (its default, `evidence: guest`); a node whose settings
+    name no verification service refuses the claim and says what is missing, rather than attesting on the host."""
+    ref = _vm_pod(control_plane, gate, "vm-attested-guest", ATTESTED_CLASS, HEALTHY)
+    result = nodes[HEALTHY].kubelet.prepare(DRIVER, [ref])[ref[2]]
+    assert "names no verification service (attestation.service_url)" in result.error, result.error
+
+
+def test_host_attestation_of_cc_mode_gpus_is_refused_naming_the_guest_path(
+    control_plane: ControlPlane, nodes: dict[str, PluginNode], gate: KubernetesApi
+) -> None:
+    """The attested class as `deviceClasses.attested.evidence: host` renders it asks for host-side attestation; the
+    simulated GPUs are in CC mode `on`, which no longer answer the host: the plugin refuses, names the guest path,
+    and records `Attested=False` on the claim."""
+    node = nodes[HEALTHY]
+    host_class = "attested-host-vfio.gpu.cc-gpu.io"
+    chart_class = control_plane.admin.get(f"/apis/resource.k8s.io/v1/deviceclasses/{ATTESTED_CLASS}")
+    spec = json.loads(json.dumps(chart_class["spec"]))
+    spec["config"][0]["opaque"]["parameters"]["attestation"]["evidence"] = "host"
+    # Compact JSON, as Helm and kubectl send it: the server keeps the opaque parameters' bytes, and the plugin's status
+    # write must be able to send them back unchanged.
+    body = {"apiVersion": "resource.k8s.io/v1", "kind": "DeviceClass", "metadata": {"name": host_class}, "spec": spec}
+    control_plane.admin("POST", "/apis/resource.k8s.io/v1/deviceclasses",
+                        json.dumps(body, separators=(",", ":")).encode()).ok()
+    ref = _vm_pod(control_plane, gate, "vm-attested-host", host_class, HEALTHY)
+    result = node.kubelet.prepare(DRIVER, [ref])[ref[2]]
+    assert "use the guest attestation path" in result.error, result.error
+    entry = _entry(_claim(control_plane, ref))
+    assert [(c["type"], c["status"]) for c in entry["conditions"]] == [("Attested", "False")]
+    assert entry["data"]["attestation"]["evidence"] == "host, pre-flight"
+
+
 def test_gpus_in_cc_mode_are_not_host_attested(nodes: dict[str, PluginNode]) -> None:
     """The simulated GPUs are in CC mode `on`, which no longer answer the host: discovery cannot attest them, so
-    they publish `attested: false` and the chart's host-attested class (which selects `attested == true`) never
-    allocates them; such GPUs take the guest path (`tests/cluster/test_guest_real.py`)."""
+    they publish `attested: false` and a host-attested class selecting `attested == true` (`deviceClasses.attested`
+    with `evidence: host`, `selectAttested: true`) never allocates them; such GPUs take the guest path (the chart's
+    default, `tests/cluster/test_guest_real.py`)."""
     (healthy,) = nodes[HEALTHY].slices()
     devices = _devices([healthy])
     assert {d["attributes"]["ccMode"]["string"] for d in devices} == {"on"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import base64
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import helm_python as helm
 import kubernetes_validate
 import pytest
 import yaml
+from cryptography import x509
 
 from cc_gpu.cli import plugin
 from cc_gpu.dra import attestcfg, opaque
@@ -20,6 +22,7 @@ K8S_VERSION = "1.37.0"
 # Kinds from CRDs have no schema in kubernetes-validate; they are checked structurally below instead.
 CRD_KINDS = {"ServiceMonitor"}
 
+SERVICE: dict[str, Any] = {"enabled": True, "tokenKey": {"secretName": "cc-gpu-attestation-token-key", "kid": "svc-1"}}
 VARIANTS: dict[str, dict[str, Any]] = {
     "defaults": {},
     "attested class off": {"deviceClasses": {"attested": {"create": False}}},
@@ -38,6 +41,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "attestation": {"provider": "directory", "evidenceDir": "/var/lib/cc-gpu/evidence",
                         "keys": {"namespace": "gpu-keys", "createNamespace": False, "publicRead": False}},
         "deviceClasses": {"attested": {"policy": "lenient", "selectAttested": False}}},
+    "attestation service": {"attestationService": SERVICE},
+    "attestation service, admin's certificate": {
+        "attestationService": SERVICE | {"tls": {"secretName": "svc-tls", "caCertificate": "-----BEGIN CERTIFICATE-----"
+                                                 "\nMIIB\n-----END CERTIFICATE-----\n"}}},
 }
 
 
@@ -79,6 +86,7 @@ def test_expected_objects_per_variant(variant: tuple[str, list[dict[str, Any]]])
         "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"] * 4 + pod_gate
     keys = ["Namespace", "Role", "RoleBinding", "Role", "RoleBinding"]
     keys_admission = ["ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"]
+    service = ["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "ConfigMap", "Service", "Deployment"]
     expected = {
         "defaults": base + admission + keys + keys_admission,
         "attested class off": [k for k in base if k != "DeviceClass"] + ["DeviceClass"] + admission + keys
@@ -90,6 +98,8 @@ def test_expected_objects_per_variant(variant: tuple[str, list[dict[str, Any]]])
         "admission off": base + keys,
         "attestation off": base + admission,
         "directory evidence, existing key namespace": base + admission + ["Role", "RoleBinding"] + keys_admission,
+        "attestation service": base + admission + keys + keys_admission + service + ["Secret"],
+        "attestation service, admin's certificate": base + admission + keys + keys_admission + service,
     }[name]
     assert kinds == sorted(expected)
 
@@ -107,20 +117,24 @@ def test_custom_driver_name_reaches_every_place() -> None:
     for cls in (o for o in objects if o["kind"] == "DeviceClass"):
         assert cls["spec"]["selectors"][0]["cel"]["expression"].startswith('device.driver == "gpu.example.com"')
         assert cls["spec"]["config"][0]["opaque"]["driver"] == "gpu.example.com"
-    selector = one(objects, "DeviceClass", "attested")["spec"]["selectors"][0]["cel"]["expression"]
-    assert 'device.attributes["gpu.example.com"].attested == true' in selector
+    host = {"deviceClasses": {"attested": {"evidence": "host", "selectAttested": True}}}
+    selector = one(render(VARIANTS["custom driver name"] | host), "DeviceClass", "attested")["spec"]["selectors"][0]
+    assert 'device.attributes["gpu.example.com"].attested == true' in selector["cel"]["expression"]
 
 
 ATTESTED_CLASSES = [
-    ("defaults", {}, "strict", True),
+    ("defaults: guest evidence", {}, "strict", False, "guest"),
+    ("host pre-flight, attested GPUs", {"deviceClasses": {"attested": {"evidence": "host", "selectAttested": True}}},
+     "strict", True, "host"),
     ("lenient, any GPU", {"deviceClasses": {"attested": {"policy": "lenient", "selectAttested": False}}},
-     "lenient", False),
+     "lenient", False, "guest"),
 ]
 
 
-@pytest.mark.parametrize(("values", "policy", "selects_attested"), [c[1:] for c in ATTESTED_CLASSES],
+@pytest.mark.parametrize(("values", "policy", "selects_attested", "evidence"), [c[1:] for c in ATTESTED_CLASSES],
                          ids=[c[0] for c in ATTESTED_CLASSES])
-def test_attested_class_requires_attestation(values: dict[str, Any], policy: str, selects_attested: bool) -> None:
+def test_attested_class_requires_attestation(values: dict[str, Any], policy: str, selects_attested: bool,
+                                             evidence: str) -> None:
     objects = render(values)
     attested = one(objects, "DeviceClass", "attested")["spec"]
     plain = one(objects, "DeviceClass", "vfio.gpu.cc-gpu.io")["spec"]["config"][0]["opaque"]["parameters"]
@@ -129,7 +143,7 @@ def test_attested_class_requires_attestation(values: dict[str, Any], policy: str
     entries = opaque.entries_for_driver([{"source": "FromClass", "opaque": attested["config"][0]["opaque"]}],
                                         "gpu.cc-gpu.io")
     request = attestcfg.request_of(opaque.resolve(entries, "gpu").extra)
-    assert (request.required, request.policy) == (True, policy)
+    assert (request.required, request.policy, request.evidence) == (True, policy, evidence)
     assert ("attested == true" in attested["selectors"][0]["cel"]["expression"]) is selects_attested
 
 
@@ -335,7 +349,23 @@ BAD_VALUES = [
     ("relative NVML library directory", {"nvml": {"libraryDir": "usr/lib64"}}, "libraryDir"),
     ("unknown class policy", {"deviceClasses": {"attested": {"policy": "fleet"}}}, "policy"),
     ("no published keys", {"attestation": {"keys": {"published": 0}}}, "published"),
-    ("selecting attested GPUs that discovery never marks", {"attestation": {"discovery": False}}, "selectAttested"),
+    ("selecting attested GPUs that discovery never marks",
+     {"attestation": {"discovery": False}, "deviceClasses": {"attested": {"evidence": "host", "selectAttested": True}}},
+     "selectAttested"),
+    ("host-attested GPUs for guest evidence", {"deviceClasses": {"attested": {"selectAttested": True}}},
+     "selectAttested"),
+    ("unknown evidence source", {"deviceClasses": {"attested": {"evidence": "tpm"}}}, "evidence"),
+    ("service without a token key", {"attestationService": {"enabled": True}}, "secretName"),
+    ("service without a key id",
+     {"attestationService": {"enabled": True, "tokenKey": {"secretName": "k"}}}, "kid"),
+    ("admin certificate without its CA",
+     {"attestationService": {"tls": {"secretName": "svc-tls"}}}, "caCertificate"),
+    ("service port below 1024", {"attestationService": {"port": 443}}, "port"),
+    ("plain-HTTP guest service", {"attestation": {"guestService": {"url": "http://attest:80", "caConfigMap": "c"}}},
+     "url"),
+    ("external guest service without its CA",
+     {"attestation": {"guestService": {"url": "https://attest.example.com"}}}, "caConfigMap"),
+    ("unknown service key", {"attestationService": {"ingress": True}}, "ingress"),
     ("a cluster-wide signing key is gone", {"attestation": {"signingKeySecret": "k"}}, "signingKeySecret"),
     ("no runtime classes", {"admission": {"cdiAnnotation": {"runtimeClassNames": []}}}, "runtimeClassNames"),
     ("bad digest", {"image": {"digest": "latest"}}, "digest"),
@@ -388,3 +418,126 @@ def test_key_version_pattern_in_the_chart_is_the_codes() -> None:
 
     policy = one(render(), "ValidatingAdmissionPolicy", "token-keys-own-node")
     assert f"}}{KEY_VERSION_PATTERN}[.]pem$" in policy["spec"]["validations"][-1]["expression"]
+
+
+def test_attestation_service_rbac_is_least_privilege() -> None:
+    """Read claims, write their status (this driver's status.devices from any node), create Events: nothing else."""
+    rules = one(render(VARIANTS["attestation service"]), "ClusterRole", "attestation")["rules"]
+    granted = {(g, r, v) for rule in rules for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
+    assert granted == {
+        ("resource.k8s.io", "resourceclaims", "get"), ("resource.k8s.io", "resourceclaims", "list"),
+        ("resource.k8s.io", "resourceclaims", "watch"),
+        ("resource.k8s.io", "resourceclaims/status", "update"), ("resource.k8s.io", "resourceclaims/status", "patch"),
+        ("resource.k8s.io", "resourceclaims/driver", "arbitrary-node:update"),
+        ("resource.k8s.io", "resourceclaims/driver", "arbitrary-node:patch"),
+        ("", "events", "create"),
+    }
+    driver_rule = next(r for r in rules if r["resources"] == ["resourceclaims/driver"])
+    assert driver_rule["resourceNames"] == ["gpu.cc-gpu.io"]
+
+
+def test_attestation_service_runs_attest_serve_with_its_files() -> None:
+    objects = render(VARIANTS["attestation service"])
+    deployment = one(objects, "Deployment", "attestation")
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["args"] == [
+        "attest", "serve", "--listen=0.0.0.0:8443", "--tls-cert=/etc/cc-gpu/tls/tls.crt",
+        "--tls-key=/etc/cc-gpu/tls/tls.key", "--token-key=/etc/cc-gpu/token-key/token.key", "--token-kid=svc-1",
+        "--settings=/etc/cc-gpu/config/plugin.toml", "--driver=gpu.cc-gpu.io",
+    ]
+    assert pod["serviceAccountName"] == "cc-gpu-attestation"
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["token-key"]["secret"]["secretName"] == "cc-gpu-attestation-token-key"
+    assert volumes["tls"]["secret"]["secretName"] == "cc-gpu-attestation-tls"
+    assert volumes["config"]["configMap"]["name"] == one(objects, "ConfigMap", "plugin-config")["metadata"]["name"]
+    service = one(objects, "Service", "attestation")
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    assert service["spec"]["ports"][0]["targetPort"] == "https"
+    assert "PRIVATE KEY" not in yaml.safe_dump_all([o for o in objects if o["kind"] != "Secret"])
+
+
+def test_attestation_service_certificate_is_generated_for_the_service_name() -> None:
+    objects = render(VARIANTS["attestation service"])
+    secret = one(objects, "Secret", "attestation-tls")
+    assert secret["type"] == "kubernetes.io/tls"
+    cert = x509.load_pem_x509_certificate(base64.b64decode(secret["data"]["tls.crt"]))
+    ca = x509.load_pem_x509_certificate(base64.b64decode(secret["data"]["ca.crt"]))
+    cert.verify_directly_issued_by(ca)
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+        x509.DNSName)
+    assert "cc-gpu-attestation.cc-gpu-system.svc" in names
+    published = one(objects, "ConfigMap", "attestation-ca")["data"]
+    assert published["url"] == "https://cc-gpu-attestation.cc-gpu-system.svc:443"
+    assert x509.load_pem_x509_certificate(published["ca.crt"].encode()) == ca
+
+
+def test_attestation_service_uses_the_admins_certificate() -> None:
+    objects = render(VARIANTS["attestation service, admin's certificate"])
+    assert not any(o["kind"] == "Secret" for o in objects)
+    pod = one(objects, "Deployment", "attestation")["spec"]["template"]["spec"]
+    assert next(v for v in pod["volumes"] if v["name"] == "tls")["secret"]["secretName"] == "svc-tls"
+    assert "MIIB" in one(objects, "ConfigMap", "attestation-ca")["data"]["ca.crt"]
+
+
+def test_attestation_service_is_off_by_default() -> None:
+    assert not [o for o in render() if "attestation" in o["metadata"]["name"] and o["kind"] != "DeviceClass"]
+    assert "attestationService.enabled=true" in notes()
+    text = notes(VARIANTS["attestation service"])
+    assert "https://cc-gpu-attestation.cc-gpu-system.svc:443" in text
+    assert "get configmap cc-gpu-attestation-ca" in text
+
+
+def test_attestation_service_arguments_are_accepted_by_attest_serve(tmp_path: Path) -> None:
+    """The Deployment's args parse with `cc-gpu attest serve`'s own parser (its mounted files made here)."""
+    from cc_gpu.cli.attest_guest import add_serve_arguments  # noqa: PLC0415 - the command's own parser
+
+    (container,) = one(render(VARIANTS["attestation service"]), "Deployment", "attestation")["spec"]["template"][
+        "spec"]["containers"]
+    assert container["args"][:2] == ["attest", "serve"]
+    args = [a.replace("/etc/cc-gpu/", f"{tmp_path}/") for a in container["args"][2:]]
+    for arg in args:
+        if "=" in arg and arg.split("=", 1)[1].startswith(str(tmp_path)):
+            path = Path(arg.split("=", 1)[1])
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("x")
+    parser = argparse.ArgumentParser(exit_on_error=False)
+    add_serve_arguments(parser)
+    parsed = parser.parse_args(args)
+    assert parsed.listen == ("0.0.0.0", 8443) and parsed.token_kid == "svc-1" and parsed.driver == "gpu.cc-gpu.io"
+    assert parsed.kubeconfig is None, "in-cluster: the pod's ServiceAccount"
+
+
+GUEST_SERVICES = [
+    ("the chart's own service", {"attestationService": SERVICE},
+     "https://cc-gpu-attestation.cc-gpu-system.svc:443", "cc-gpu-attestation-ca"),
+    ("an external service", {"attestation": {"guestService": {"url": "https://attest.example.com:8443",
+                                                              "caConfigMap": "attest-ca"}}},
+     "https://attest.example.com:8443", "attest-ca"),
+]
+
+
+@pytest.mark.parametrize(("values", "url", "config_map"), [c[1:] for c in GUEST_SERVICES],
+                         ids=[c[0] for c in GUEST_SERVICES])
+def test_the_plugin_points_guests_at_the_service(tmp_path: Path, values: dict[str, Any], url: str,
+                                                 config_map: str) -> None:
+    """The plugin's settings name the service's URL and CA file, and the DaemonSet mounts the CA there."""
+    objects = render(values)
+    settings = _plugin_settings(objects, tmp_path).attestation
+    assert (settings.service_url, settings.challenge_ttl_seconds) == (url, 900)
+    assert settings.service_ca is not None
+    pod = one(objects, "DaemonSet")["spec"]["template"]["spec"]
+    (mount,) = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "guest-service-ca"]
+    assert Path(mount["mountPath"]) / "ca.crt" == settings.service_ca and mount["readOnly"] is True
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "guest-service-ca"]
+    assert volume["configMap"]["name"] == config_map
+
+
+def test_no_service_no_service_settings(tmp_path: Path) -> None:
+    objects = render()
+    assert _plugin_settings(objects, tmp_path).attestation.service_url == ""
+    pod = one(objects, "DaemonSet")["spec"]["template"]["spec"]
+    assert not [v for v in pod["volumes"] if v["name"] == "guest-service-ca"]

@@ -51,3 +51,25 @@ cc_gpu/attest/binding.py (a test renders the chart and compares them).
 {{- define "cc-gpu.keyVersionPattern" -}}
 [1-9][0-9]{0,8}
 {{- end }}
+
+{{/* The guest path's verification service: the chart's own when enabled, else the admin's external one. */}}
+{{- define "cc-gpu.guestServiceUrl" -}}
+{{- if .Values.attestationService.enabled -}}
+{{- printf "https://%s-attestation.%s.svc:%d" (include "cc-gpu.fullname" .) .Release.Namespace (int .Values.attestationService.service.port) -}}
+{{- else -}}
+{{- .Values.attestation.guestService.url -}}
+{{- end -}}
+{{- end }}
+
+{{- define "cc-gpu.guestServiceCaConfigMap" -}}
+{{- if .Values.attestationService.enabled -}}
+{{- printf "%s-attestation-ca" (include "cc-gpu.fullname" .) -}}
+{{- else -}}
+{{- .Values.attestation.guestService.caConfigMap -}}
+{{- end -}}
+{{- end }}
+
+{{/* Where the plugin reads the guest service's CA (a ConfigMap mounted read-only). */}}
+{{- define "cc-gpu.guestServiceCaDir" -}}
+/etc/cc-gpu-service-ca
+{{- end }}
