@@ -106,6 +106,8 @@ ROWS: list[tuple[str, int, str]] = [
     ("attest collect --token-out - --challenge " + "00" * 32 + " --service-url https://127.0.0.1:1"
      " --simulated-node {DIR} --simulated-gpus 0000:18:00.0", USAGE, "no simulated node's CA"),
     ("attest serve --tls-cert {MISSING} --tls-key {BIN} --token-key {BIN} --token-kid k", USAGE, "--tls-cert"),
+    ("attest serve --rate 0 --tls-cert {BIN} --tls-key {BIN} --token-key {BIN} --token-kid k", USAGE, "--rate"),
+    ("attest serve --burst -3 --tls-cert {BIN} --tls-key {BIN} --token-key {BIN} --token-kid k", USAGE, "--burst"),
     ("attest serve --listen nowhere --tls-cert {BIN} --tls-key {BIN} --token-key {BIN} --token-kid k", USAGE,
      "--listen"),
     ("attest serve --tls-cert {BIN} --tls-key {BIN} --token-key {BIN} --token-kid k --simulated-node {DIR}", USAGE,

@@ -64,6 +64,13 @@ def _number(text: str) -> float:
     return value
 
 
+def positive_number(text: str) -> float:
+    value = _number(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
 def positive_seconds(text: str) -> float:
     value = _number(text)
     if value <= 0:

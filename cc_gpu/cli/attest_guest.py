@@ -28,7 +28,16 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from cc_gpu.cli._input import CliError, Refusal, existing_directory, input_file, output_file, url
+from cc_gpu.cli._input import (
+    CliError,
+    Refusal,
+    existing_directory,
+    input_file,
+    output_file,
+    positive_int,
+    positive_number,
+    url,
+)
 
 ENV_PREFIX = "CC_GPU_ATTESTATION_"
 
@@ -58,7 +67,8 @@ def add_collect_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nvml-library", type=Path, help="load NVML from this path (default: the dynamic linker's)")
     p.add_argument("--simulated-node", type=existing_directory,
                    help="collect from a simulated guest NVML of this simulated node (tests, demo)")
-    p.add_argument("--simulated-gpus", help="the simulated node's GPUs passed to this VM (host PCI addresses)")
+    p.add_argument("--simulated-gpus",
+                   help="the simulated node's GPUs passed to this VM (host PCI addresses, comma-separated)")
     p.add_argument("--json", action="store_true", help="print the service's answer as JSON (without the token)")
 
 
@@ -74,12 +84,18 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--register-challenge", type=_hex32, action="append", default=[],
                    help="accept this challenge without a claim (an interop check; single use); also the "
                         "settings' [attestation] interop_challenges")
-    p.add_argument("--rate", type=float, default=5.0, help="submissions per second per client (default: 5)")
-    p.add_argument("--burst", type=int, default=20, help="burst per client (default: 20)")
-    p.add_argument("--replica", default=os.environ.get("HOSTNAME", ""), help="this replica's name (in the record)")
+    p.add_argument("--rate", type=positive_number, default=5.0,
+                   help="submissions per second per client (default: %(default)s)")
+    p.add_argument("--burst", type=positive_int, default=20, help="burst per client (default: %(default)s)")
+    p.add_argument("--replica", help="this replica's name, kept in the claim's record (default: $HOSTNAME)")
     p.add_argument("--simulated-node", type=existing_directory,
                    help="trust only this simulated node's test CA (tests, demo)")
-    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"),
+                   help="log level (default: %(default)s)")
+
+
+def _replica(args: argparse.Namespace) -> str:
+    return str(args.replica) if args.replica is not None else os.environ.get("HOSTNAME", "")
 
 
 # ---- collect --------------------------------------------------------------------------------------------------------
@@ -200,7 +216,7 @@ def run_serve(args: argparse.Namespace) -> int:
     service = GuestVerificationService(
         kube, verifier, signer, a, args.driver, load_policies(a), collateral=collateral,
         registered=[*args.register_challenge, *(bytes.fromhex(h) for h in a.interop_challenges)],
-        limiter=RateLimiter(args.rate, args.burst), replica=args.replica)
+        limiter=RateLimiter(args.rate, args.burst), replica=_replica(args))
     try:
         server = ServiceServer(args.listen, args.tls_cert, args.tls_key)
     except OSError as e:
