@@ -183,7 +183,7 @@ class KubernetesApi:
         query = [("watch", "true"), ("allowWatchBookmarks", "true"), ("resourceVersion", resource_version),
                  ("timeoutSeconds", str(int(timeout_seconds)))]
         timeout = (self._timeout if isinstance(self._timeout, (int, float)) else 30.0, timeout_seconds + 30.0)
-        response = self._call(lambda: self._request("GET", _CLAIMS, query=query, timeout=timeout))
+        response = self._call(lambda: self._request("GET", _CLAIMS, query=query, timeout=timeout, stream=True))
         raw = response.response
         try:
             buffer = b""
@@ -267,8 +267,8 @@ class KubernetesApi:
         return response
 
     def _request(self, method: str, path: str, *, query: list[tuple[str, str]],
-                 timeout: Any = None) -> Any:
-        """A GET of a named-group path through the client's request machinery, its body left unread (streams)."""
+                 timeout: Any = None, stream: bool = False) -> Any:
+        """A request for a named-group path through the client's request machinery; `stream`: body left unread."""
         from kubernetes.client.exceptions import ApiException  # noqa: PLC0415 (lazy: see the module docstring)
 
         request = self._api_client.param_serialize(
@@ -276,8 +276,9 @@ class KubernetesApi:
             auth_settings=["BearerToken"],
         )
         response = self._api_client.call_api(*request, _request_timeout=timeout or self._timeout)
-        if not 200 <= response.status <= 299:
+        if not (stream and 200 <= response.status <= 299):
             response.read()  # type: ignore[no-untyped-call]
+        if not 200 <= response.status <= 299:
             raise ApiException.from_response(http_resp=response, body=None, data=None)
         return response
 
