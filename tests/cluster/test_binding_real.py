@@ -180,6 +180,7 @@ def test_early_bind_before_the_pod_lands_survives_a_crash_and_prepare_writes_not
     cluster.create_pod("early")
 
     def binding() -> dict[str, Any] | None:
+        cluster.pod("early")  # the chart's pod-gate controller releases the pod
         entries = cluster.checkpoint()
         return next(iter(entries.values()), None)
 
@@ -222,7 +223,7 @@ def test_a_scheduler_timeout_releases_the_gpu(cluster: Cluster) -> None:
         cluster.kernel.set_bind_behaviour(bdf, "ok", delay=30.0)
     cluster.create_pod("slow")
     cluster.wait("the scheduler's timeout and the plugin's release",
-                 lambda: "early bind released" in cluster.node.log(), timeout=180)
+                 lambda: cluster.pod("slow") and "early bind released" in cluster.node.log(), timeout=180)
     assert not cluster.pod("slow")["spec"].get("nodeName")
     for bdf in (FIRST, SECOND):
         cluster.kernel.set_bind_behaviour(bdf, "ok")
@@ -274,8 +275,7 @@ def test_without_the_feature_gates_the_plugin_behaves_as_today(gates_off: Cluste
     """The server drops bindingConditions and taints: the plugin sees that, publishes neither, leaves an unhealthy
     (tainted) GPU out of its slice, and binds at NodePrepareResources."""
     cluster = gates_off
-    cluster.wait("the plugin to notice the dropped fields",
-                 lambda: "the API server drops them" in cluster.node.log())
+    cluster.wait("the plugin to notice the dropped fields", lambda: "the API server drops them" in cluster.node.log())
     devices = cluster.devices()
     assert set(devices) == {FIRST, SECOND}
     assert not any("bindingConditions" in d for d in devices.values())
