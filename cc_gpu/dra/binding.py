@@ -39,7 +39,7 @@ from cc_gpu.dra.bindcfg import FAILED_CONDITION, READY_CONDITION, BindingSetting
 from cc_gpu.dra.claimstatus import DeviceStatus, apply_device_status, field_manager
 from cc_gpu.errors import CcGpuError
 from cc_gpu.kube.api import KubeApi
-from cc_gpu.kube.errors import ApiError, ExpiredError
+from cc_gpu.kube.errors import ApiError, ExpiredError, NotFoundError
 
 if TYPE_CHECKING:
     from cc_gpu.dra.state import DeviceState
@@ -269,8 +269,27 @@ class EarlyBinder:
             log.warning("early bind refused", extra={**where, "error": str(e)})
             self._say(claim, FAILED_CONDITION, cause_of(e)[0], str(e))
             return
+        fresh = self._still_allocated(claim)
+        if fresh is None:  # the scheduler timed out (or the pod went) while it bound: give the GPUs back now
+            if self.state.release_early(str(meta.get("uid"))):
+                log.info("early bind released: the claim was deallocated or moved while it bound", extra=where)
+            return
         log.info("early bind done", extra={**where, "seconds": round(time.monotonic() - started, 3)})
-        self._say(claim, READY_CONDITION, "BoundToVfio", "IOMMU group bound to vfio-pci, pre-flight checks passed")
+        self._say(fresh, READY_CONDITION, "BoundToVfio", "IOMMU group bound to vfio-pci, pre-flight checks passed")
+
+    def _still_allocated(self, claim: Mapping[str, Any]) -> Mapping[str, Any] | None:
+        """The claim as stored now, if it still has the allocation that was bound; None when it lost or changed it."""
+        meta = claim.get("metadata") or {}
+        try:
+            fresh = self.kube.get_resource_claim(str(meta.get("namespace")), str(meta.get("name")))
+        except NotFoundError:
+            return None
+        except ApiError:
+            return claim  # unknown: say what was done; a deallocation still reaches the watch
+        def devices(c: Mapping[str, Any]) -> list[tuple[str, str]]:
+            return sorted((str(r.get("request")), str(r.get("device"))) for r in self._ours(c))
+        same = (fresh.get("metadata") or {}).get("uid") == meta.get("uid") and devices(fresh) == devices(claim)
+        return fresh if same else None
 
     def _say(self, claim: Mapping[str, Any], kind: str, reason: str, message: str) -> None:
         meta = claim.get("metadata") or {}

@@ -217,16 +217,32 @@ def test_early_bind_before_the_pod_lands_survives_a_crash_and_prepare_writes_not
 
 
 def test_a_scheduler_timeout_releases_the_gpu(cluster: Cluster) -> None:
-    """A bind slower than the scheduler's bindingTimeout (20 s here): the scheduler deallocates the claim, the plugin
-    gives the GPU back to its host driver; with the pod deleted nothing stays bound."""
-    for bdf in (FIRST, SECOND):
-        cluster.kernel.set_bind_behaviour(bdf, "ok", delay=30.0)
+    """A bind slower than the scheduler's bindingTimeout (20 s here) while an admin quarantines that GPU: the
+    scheduler gives up, deallocates and allocates the other GPU; when the slow bind ends the plugin finds the claim
+    moved and gives the first GPU back to its host driver; the pod starts on the second."""
+    cluster.kernel.set_bind_behaviour(FIRST, "ok", delay=30.0)
     cluster.create_pod("slow")
-    cluster.wait("the scheduler's timeout and the plugin's release",
-                 lambda: cluster.pod("slow") and "early bind released" in cluster.node.log(), timeout=180)
-    assert not cluster.pod("slow")["spec"].get("nodeName")
-    for bdf in (FIRST, SECOND):
-        cluster.kernel.set_bind_behaviour(bdf, "ok")
+
+    def binding() -> bool:
+        cluster.pod("slow")
+        return bool(cluster.checkpoint())
+
+    cluster.wait("the slow early bind to start", binding)
+    path = "/apis/resource.k8s.io/v1/devicetaintrules"
+    cluster.plane.admin.create(path, {
+        "apiVersion": "resource.k8s.io/v1", "kind": "DeviceTaintRule", "metadata": {"name": "slow-first"},
+        "spec": {"deviceSelector": {"driver": DRIVER, "pool": NODE, "device": cluster.devices()[FIRST]["name"]},
+                 "taint": {"key": "cc-gpu.io/quarantine", "value": "manual", "effect": "NoSchedule"}}})
+    try:
+        claim = cluster.scheduled("slow")
+        assert _allocated(claim) == cluster.devices()[SECOND]["name"]
+        cluster.wait("the first GPU given back", lambda: cluster.driver_of(FIRST) == "nvidia"
+                     and "early bind released" in cluster.node.log())
+        (entry,) = cluster.checkpoint().values()
+        assert [d.device for d in entry.devices] == [cluster.devices()[SECOND]["name"]]
+    finally:
+        cluster.plane.admin("DELETE", f"{path}/slow-first")
+        cluster.kernel.set_bind_behaviour(FIRST, "ok")
     cluster.delete_pod("slow")
     cluster.settled()
 
@@ -253,6 +269,24 @@ def test_a_failing_gpu_is_quarantined_and_the_pod_rescheduled_onto_another(clust
     cluster.kernel.set_bind_behaviour(FIRST, "ok")
     cluster.wait("the quarantine taint lifted", lambda: not cluster.devices()[FIRST].get("taints"), timeout=90)
     cluster.settled()
+
+
+def test_an_admins_device_taint_rule_quarantines_a_gpu(cluster: Cluster) -> None:
+    """The DeviceTaintRule of the README's admin guide, on the real server: the scheduler keeps off the GPU."""
+    first = cluster.devices()[FIRST]["name"]
+    rule = {"apiVersion": "resource.k8s.io/v1", "kind": "DeviceTaintRule", "metadata": {"name": "quarantine-first"},
+            "spec": {"deviceSelector": {"driver": DRIVER, "pool": NODE, "device": first},
+                     "taint": {"key": "cc-gpu.io/quarantine", "value": "manual", "effect": "NoSchedule"}}}
+    path = "/apis/resource.k8s.io/v1/devicetaintrules"
+    cluster.plane.admin.create(path, rule)
+    try:
+        cluster.create_pod("ruled")
+        claim = cluster.scheduled("ruled")
+        assert _allocated(claim) == cluster.devices()[SECOND]["name"]
+        cluster.delete_pod("ruled")
+        cluster.settled()
+    finally:
+        cluster.plane.admin("DELETE", f"{path}/quarantine-first")
 
 
 @pytest.fixture(scope="module")
