@@ -15,6 +15,7 @@ total. The scheduler checks binding conditions every 5 s (PreBind's poll), which
 
 from __future__ import annotations
 
+import logging
 import statistics
 import sys
 import tempfile
@@ -81,6 +82,7 @@ def set_conditions(node: PluginNode, on: bool) -> None:
 
 
 def main(argv: list[str]) -> int:
+    logging.getLogger("cc_gpu.dra.podgate").setLevel(logging.ERROR)  # a release pass that lost a race retries
     pods = int(argv[0]) if argv else 5
     bind_s = float(argv[1]) if len(argv) > 1 else 0.5
     with tempfile.TemporaryDirectory() as tmp, ControlPlane.start(Path(tmp) / "plane") as plane:

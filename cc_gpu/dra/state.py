@@ -124,7 +124,7 @@ class DeviceState:
             existing = self.checkpoint.get(ref.uid)
             if existing is not None and existing.state == PREPARE_COMPLETED and existing.boot_id == self.boot_id:
                 return self._answer(existing)
-            adopted = self._adopt_early(existing, plan, modes)
+            adopted = self._adopt_early(existing, plan)
             if adopted is not None:
                 return self._finish_early(ref, claim, adopted)
             if existing is not None:
@@ -323,7 +323,9 @@ class DeviceState:
             try:
                 attested = self._step_attest(claim, plan)
             except CcGpuError as e:
-                if type(e).__name__ == "AttestationRejectedError":
+                from cc_gpu.dra.attestation import AttestationRejectedError  # noqa: PLC0415 (as `_step_attest`)
+
+                if isinstance(e, AttestationRejectedError):  # the GPUs' evidence failed: quarantine them
                     raise EarlyBindFailed(tuple(d.device.name for d in plan.devices), e) from e
                 raise
             entry = self._step_started(plan, decision.pod)
@@ -371,16 +373,13 @@ class DeviceState:
         """The claims bound early and not yet prepared by the kubelet, by UID."""
         return {uid: e for uid, e in self.checkpoint.read().items() if e.state == EARLY_BOUND}
 
-    def _adopt_early(
-        self, existing: ClaimEntry | None, plan: ClaimPlan, modes: Mapping[str, str]
-    ) -> ClaimEntry | None:
+    def _adopt_early(self, existing: ClaimEntry | None, plan: ClaimPlan) -> ClaimEntry | None:
         """The early-bound entry the kubelet's prepare can finish as is: same boot, same devices, groups still ours."""
         if existing is None or existing.state != EARLY_BOUND or not self._bound_as_planned(existing, plan):
             return None  # none, or deallocated and allocated again elsewhere since the early bind
         owners = self.host.bound_groups()
         if any(owners.get(d.iommu_group) != existing.uid for d in existing.devices):
             return None  # something undid the bind meanwhile: bind again the normal way
-        del modes  # chosen again by the caller's gate; the early bind applied the same rules to the same claim
         return existing
 
     def _finish_early(self, ref: ClaimRef, claim: Mapping[str, Any], entry: ClaimEntry) -> list[ResultDevice]:
