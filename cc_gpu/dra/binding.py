@@ -195,7 +195,8 @@ class EarlyBinder:
                 backoff = min(backoff * 2, 30.0)
 
     def _resync(self, claims: Sequence[Mapping[str, Any]]) -> None:
-        self._known |= set(self.state.early_bound())
+        with self._cond:  # bounded: what is bound early now, and what is being bound
+            self._known = set(self.state.early_bound()) | set(self._busy)
         live = set()
         for claim in claims:
             live.add(str((claim.get("metadata") or {}).get("uid", "")))

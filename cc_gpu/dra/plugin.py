@@ -3,8 +3,9 @@
 Start-up order matters: reconcile the checkpoint first (so a half-done prepare is rolled back before anything new
 arrives), publish the slices, then open the DRA socket and only then the registration socket, so the kubelet never
 learns of an endpoint that is not ready. Afterwards a watcher republishes when the hardware changes (kernel uevents,
-plus a periodic rescan as a safety net) and streams device health. SIGTERM stops the servers and removes the sockets;
-it never unbinds a prepared device: only unprepare does that.
+plus a periodic rescan as a safety net) and streams device health; with binding conditions on (and kept by the
+server) an `EarlyBinder` binds allocated GPUs before their pods land (`binding.py`). SIGTERM stops the servers and
+removes the sockets; it never unbinds a prepared device: only unprepare does that.
 """
 
 from __future__ import annotations
