@@ -265,6 +265,7 @@ class EarlyBinder:
             self.republish()  # the taint is published before the scheduler learns of the failure
             log.warning("early bind failed; GPU quarantined", extra={**where, "error": str(e)})
             self._say(claim, FAILED_CONDITION, reason, str(e))
+            self.state.warn(claim, "GpuQuarantined", f"{e} (quarantined: {QUARANTINE_KEY}={taint}:NoSchedule)")
             return
         except CcGpuError as e:
             log.warning("early bind refused", extra={**where, "error": str(e)})

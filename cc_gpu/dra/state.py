@@ -369,6 +369,10 @@ class DeviceState:
         self._early_attested.pop(uid, None)
         return True
 
+    def warn(self, claim: Mapping[str, Any], reason: str, message: str) -> None:
+        """A Warning Event on the claim (for the early binder: a failed early bind, a quarantined GPU)."""
+        self._event(claim, reason, message)
+
     def early_bound(self) -> dict[str, ClaimEntry]:
         """The claims bound early and not yet prepared by the kubelet, by UID."""
         return {uid: e for uid, e in self.checkpoint.read().items() if e.state == EARLY_BOUND}
