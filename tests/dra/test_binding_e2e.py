@@ -117,4 +117,4 @@ def test_a_failing_bind_quarantines_the_gpu_and_says_why(node: Node) -> None:
     (s,) = node.api.list_resource_slices(DRIVER, NODE)
     (taint,) = next(d for d in s["spec"]["devices"] if d["name"] == device)["taints"]
     assert (taint["key"], taint["value"], taint["effect"]) == ("cc-gpu.io/quarantine", "bind-failed", "NoSchedule")
-    assert [e["reason"] for e in node.events_for(ref[1])] == ["GpuQuarantined"]
+    node.wait_for(lambda: [e["reason"] for e in node.events_for(ref[1])] == ["GpuQuarantined"])  # after the condition
