@@ -7,6 +7,7 @@ deallocating on failure or timeout) is in tests/cluster/test_binding_real.py.
 
 from __future__ import annotations
 
+import json
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 import pytest
 
 from cc_gpu.dra.checkpoint import EARLY_BOUND, PREPARE_COMPLETED, Checkpoint
+from tests.dra.attested import attest_config, attested_node, device_of
 from tests.dra.harness import DRIVER, NODE, Node, simulated_node
 
 CONFIG = "[binding]\nconditions = true\nquarantine_seconds = 600\n"
@@ -33,7 +35,7 @@ def node(tmp_path: Path) -> Iterator[Node]:
             n.stop_plugin(signal.SIGKILL)
 
 
-def allocate(node: Node, name: str, device: str) -> tuple[str, str, str]:
+def allocate(node: Node, name: str, device: str, config: list[dict[str, Any]] | None = None) -> tuple[str, str, str]:
     """A claim allocated and reserved for its pod as kube-scheduler writes it, the device's conditions copied."""
     pod = node.pod(f"vm-{name}")
     claim = node.server.create({
@@ -50,6 +52,8 @@ def allocate(node: Node, name: str, device: str) -> tuple[str, str, str]:
         },
         "reservedFor": [{"resource": "pods", "name": pod["metadata"]["name"], "uid": pod["metadata"]["uid"]}],
     }
+    if config:
+        claim["status"]["allocation"]["devices"]["config"] = config
     node.server.store.replace(node.server.store_type("resourceclaims"), "default", name, claim, subresource="status")
     return "default", name, claim["metadata"]["uid"]
 
@@ -118,3 +122,35 @@ def test_a_failing_bind_quarantines_the_gpu_and_says_why(node: Node) -> None:
     (taint,) = next(d for d in s["spec"]["devices"] if d["name"] == device)["taints"]
     assert (taint["key"], taint["value"], taint["effect"]) == ("cc-gpu.io/quarantine", "bind-failed", "NoSchedule")
     node.wait_for(lambda: [e["reason"] for e in node.events_for(ref[1])] == ["GpuQuarantined"])  # after the condition
+
+
+GOOD, NO_VBIOS_RIM = "0000:18:00.0", "0000:3a:00.0"
+
+
+def test_pre_flight_attestation_before_the_pod_a_missing_rim_quarantines(tmp_path: Path) -> None:
+    """Attestation runs in the early bind, before the GPU leaves its host driver: a GPU whose VBIOS RIM is missing
+    (strict policy) is quarantined as attestation-rejected and stays with the host; a good GPU's verdict reaches the
+    claim and its token the CDI spec at NodePrepareResources, which binds nothing."""
+    settings = "[binding]\nconditions = true\n"
+    with attested_node(tmp_path, faults={NO_VBIOS_RIM: {"missing_rim": "vbios"}}, settings=settings) as node:
+        node.start_plugin()
+        node.wait_for(lambda: all("bindingConditions" in d for s in node.api.list_resource_slices(DRIVER, NODE)
+                                  for d in s["spec"]["devices"]), timeout=30)
+        bad = allocate(node, "bad", device_of(NO_VBIOS_RIM), [attest_config(required=True)])
+        node.wait_for(lambda: "VfioFailed" in conditions(node, bad), timeout=30)
+        assert conditions(node, bad)["VfioFailed"]["reason"] == "AttestationRejected"
+        assert node.driver_of(NO_VBIOS_RIM) == "nvidia"
+        (s,) = node.api.list_resource_slices(DRIVER, NODE)
+        (taint,) = next(d for d in s["spec"]["devices"] if d["name"] == device_of(NO_VBIOS_RIM))["taints"]
+        assert (taint["key"], taint["value"]) == ("cc-gpu.io/quarantine", "attestation-rejected")
+
+        good = allocate(node, "good", device_of(GOOD), [attest_config(required=True)])
+        node.wait_for(lambda: conditions(node, good).get("VfioReady", {}).get("status") == "True", timeout=30)
+        before = uevents(node)
+        assert node.kubelet.prepare(DRIVER, [good])[good[2]].error == ""
+        assert uevents(node) == before
+        assert conditions(node, good)["Attested"]["status"] == "True"
+        spec = json.loads((node.cdi_root / f"cc-gpu.io-vfio_{good[2]}.json").read_text())
+        assert any(e.startswith("CC_GPU_ATTESTATION_TOKEN_") for e in spec["devices"][0]["containerEdits"]["env"])
+        assert node.kubelet.unprepare(DRIVER, [good]) == {good[2]: ""}
+        node.stop_plugin(signal.SIGKILL)
