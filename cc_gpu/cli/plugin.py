@@ -2,7 +2,8 @@
 
 Flags follow the command-line contract; every flag has an environment mirror (`CC_GPU_<FLAG>`, and `NODE_NAME` for
 `--node-name`), and `--config FILE` reads a TOML file with the same keys (underscores) plus `[selection]`,
-`[policy]`, `[attestation]` (attested claims: `cc_gpu.dra.attestcfg`) and `[kata_check]` tables. Precedence:
+`[policy]`, `[attestation]` (attested claims: `cc_gpu.dra.attestcfg`), `[kata_check]` and `[binding]` (binding
+conditions and quarantine: `cc_gpu.dra.bindcfg`) tables. Precedence:
 defaults < file < environment < flags. This module is the only place that builds the real adapters: the host under
 the given roots (or a simulated one with `--sim`) and the Kubernetes client.
 """

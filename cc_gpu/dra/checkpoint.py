@@ -39,6 +39,9 @@ VERSION = "v1"
 PREPARE_STARTED = "PrepareStarted"
 PREPARE_COMPLETED = "PrepareCompleted"
 UNPREPARE_STARTED = "UnprepareStarted"  # unprepare began: a restart finishes it instead of keeping the claim
+EARLY_BOUND = "EarlyBound"
+"""Bound before the pod landed (binding conditions): the groups are on vfio-pci, no CDI spec yet. The kubelet's
+prepare adopts it without touching the host; a restart rolls it back (the watcher binds again if still wanted)."""
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,9 @@
 Start-up order matters: reconcile the checkpoint first (so a half-done prepare is rolled back before anything new
 arrives), publish the slices, then open the DRA socket and only then the registration socket, so the kubelet never
 learns of an endpoint that is not ready. Afterwards a watcher republishes when the hardware changes (kernel uevents,
-plus a periodic rescan as a safety net) and streams device health. SIGTERM stops the servers and removes the sockets;
-it never unbinds a prepared device: only unprepare does that.
+plus a periodic rescan as a safety net) and streams device health; with binding conditions on (and kept by the
+server) an `EarlyBinder` binds allocated GPUs before their pods land (`binding.py`). SIGTERM stops the servers and
+removes the sockets; it never unbinds a prepared device: only unprepare does that.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import dataclass, replace
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from cc_gpu.dra.binding import EarlyBinder, Quarantine
 from cc_gpu.dra.cdi import CdiWriter
 from cc_gpu.dra.checkpoint import PREPARE_COMPLETED, Checkpoint
 from cc_gpu.dra.consumers import ConsumerWatch
@@ -80,6 +82,9 @@ class Plugin:
         self.started_at = time.monotonic()
         self.published_at: float | None = None
         self.kata_summary: str | None = None  # the startup Kata check's verdict, published on every device
+        self.quarantine = Quarantine(s.binding.quarantine_seconds)
+        self.binder: EarlyBinder | None = None  # started once the server is seen to keep binding conditions
+        self._refresh_lock = threading.Lock()
 
     def _devices(self) -> list[GpuView]:
         """Discovered devices, marked unhealthy where a prepared GPU was rebound outside the plugin."""
@@ -105,6 +110,26 @@ class Plugin:
 
     def refresh(self) -> int:
         """Rediscover, update the inventory, publish slices and health; return the API writes made."""
+        with self._refresh_lock:
+            return self._refresh()
+
+    def _published(self, devices: list[GpuView]) -> list[GpuView]:
+        """What the slices say: quarantine taints and binding conditions, as far as the server keeps them.
+
+        A server that drops taints (DRADeviceTaints off) would advertise a tainted GPU as allocatable: there the
+        tainted GPUs are left out of the slice instead. One that drops binding conditions gets none (and no early
+        binds: `start`).
+        """
+        assert self.publisher is not None
+        binding = self.settings.binding
+        taints = self.quarantine.taints() if binding.quarantine else {}
+        conditions = binding.conditions and "bindingConditions" not in self.publisher.dropped
+        out = [replace(d, taints=taints.get(d.name, ()), binding_conditions=conditions) for d in devices]
+        if "taints" in self.publisher.dropped:
+            out = [d for d in out if d.healthy and not d.taints]
+        return out
+
+    def _refresh(self) -> int:
         devices = self._devices()
         if self.settings.kata_check.enabled:
             if self.kata_summary is None:  # once, at startup: the most GPUs one pod can get is all of them
@@ -121,7 +146,10 @@ class Plugin:
             self.attestation.publish_keys()  # also rotates a key past its age
         self.state.set_inventory(devices)
         assert self.publisher is not None
-        writes = self.publisher.publish(devices)
+        dropped = set(self.publisher.dropped)
+        writes = self.publisher.publish(self._published(devices))
+        if self.publisher.dropped != dropped:  # the server dropped a feature's fields: publish what it supports
+            writes += self.publisher.publish(self._published(devices))
         if writes:
             self.metrics.slice_writes.inc(writes)
         if self.health:
@@ -144,6 +172,19 @@ class Plugin:
                                           "startup_seconds": round(self.published_at - self.started_at, 3)})
         self._watcher = threading.Thread(target=self._watch, name="hardware-watch", daemon=True)
         self._watcher.start()
+        self._start_binder()
+
+    def _start_binder(self) -> None:
+        """Bind early only where the admin says the cluster has binding conditions and the server kept them."""
+        assert self.publisher is not None
+        if not self.settings.binding.conditions:
+            return
+        if "bindingConditions" in self.publisher.dropped:
+            log.warning("binding conditions are on in the settings but the API server drops them "
+                        "(DRADeviceBindingConditions off): GPUs are bound at NodePrepareResources, as without them")
+            return
+        self.binder = EarlyBinder(self.state, self.kube, self.settings.binding, self.quarantine, self.refresh)
+        self.binder.start()
 
     def _watch(self) -> None:
         last_scan = time.monotonic()
@@ -168,6 +209,8 @@ class Plugin:
     def stop(self) -> None:
         """Stop serving; prepared devices stay bound (only unprepare unbinds)."""
         self._stop.set()
+        if self.binder is not None:
+            self.binder.stop()
         if self.health:
             self.health.close()
         self.servers.stop()

@@ -36,6 +36,8 @@ class GpuView:
     health_message: str = ""
     functions: int = 1  # PCIe functions of the group that go to the VM (bridges stay): each takes a root port in Kata
     attributes: Mapping[str, Any] = field(default_factory=dict)  # extra ResourceSlice attributes (attestation)
+    taints: tuple[tuple[str, str], ...] = ()  # (key, value) of NoSchedule quarantine taints (`binding.Quarantine`)
+    binding_conditions: bool = False  # publish the binding conditions (`bindcfg`): the plugin binds it before the pod
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from cc_gpu.dra.attestcfg import AttestationSettings, decode_settings
+from cc_gpu.dra.bindcfg import BindingSettings, decode_binding
 from cc_gpu.dra.gate import TEE_KINDS, GatePolicy
 from cc_gpu.dra.katacheck import KataCheckSettings
 from cc_gpu.dra.sockets import SocketPaths
@@ -59,6 +60,7 @@ class PluginSettings:
     policy: GatePolicy = field(default_factory=GatePolicy)
     attestation: AttestationSettings = field(default_factory=AttestationSettings)
     kata_check: KataCheckSettings = field(default_factory=KataCheckSettings)
+    binding: BindingSettings = field(default_factory=BindingSettings)
 
     @property
     def plugin_path(self) -> Path:
@@ -138,6 +140,8 @@ def apply_mapping(base: PluginSettings, data: Mapping[str, Any], where: str = ""
             changes[key] = decode_settings(value, base.attestation)
         elif key == "kata_check":
             changes[key] = _kata_check(value, base.kata_check)
+        elif key == "binding":
+            changes[key] = decode_binding(value, base.binding)
         else:
             raise ConfigError(f"config key {name}: unknown")
     return replace(base, **changes)

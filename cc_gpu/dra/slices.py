@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from cc_gpu.dra.bindcfg import FAILED_CONDITION, READY_CONDITION
 from cc_gpu.dra.crashpoints import crashpoint
 from cc_gpu.dra.ports import GpuView
 from cc_gpu.kube.api import KubeApi
@@ -35,6 +36,9 @@ MAX_DEVICES_TAINTED = 64
 MAX_ATTRS = 32
 MAX_STRING = 64
 UNHEALTHY_TAINT_KEY = "cc-gpu.io/unhealthy"
+MAX_TAINT_VALUE = 63  # a label value
+DROPPABLE = ("taints", "bindingConditions")
+"""Device fields a server with the feature gate off drops silently from a stored slice (`dropped`)."""
 
 
 def _s(value: str) -> dict[str, str]:
@@ -69,8 +73,14 @@ def device_json(gpu: GpuView) -> dict[str, Any]:
     out: dict[str, Any] = {"name": gpu.name, "attributes": attrs}
     if capacity:
         out["capacity"] = capacity
-    if not gpu.healthy:
-        out["taints"] = [{"key": UNHEALTHY_TAINT_KEY, "value": "true", "effect": "NoSchedule"}]
+    taints = [{"key": UNHEALTHY_TAINT_KEY, "value": "true", "effect": "NoSchedule"}] if not gpu.healthy else []
+    # Quarantine is NoSchedule, never NoExecute: eviction would kill a confidential VM that runs on the GPU.
+    taints += [{"key": key, "value": value[:MAX_TAINT_VALUE], "effect": "NoSchedule"} for key, value in gpu.taints]
+    if taints:
+        out["taints"] = taints
+    if gpu.binding_conditions:
+        out["bindingConditions"] = [READY_CONDITION]
+        out["bindingFailureConditions"] = [FAILED_CONDITION]
     return out
 
 
@@ -169,7 +179,19 @@ class SlicePublisher:
         self._lock = threading.Lock()
         self.writes = 0
         self._written: dict[str, tuple[str, Any]] = {}
+        self.dropped: set[str] = set()
+        """`DROPPABLE` fields the server was seen to drop (its DRADeviceTaints / DRADeviceBindingConditions off)."""
         """Per slice name: the resourceVersion the server answered to our last write, and what that write asked."""
+
+    def _note_dropped(self, sent: Mapping[str, Any], stored: Mapping[str, Any]) -> None:
+        """Remember which feature fields the server dropped from what was sent: it does not support them."""
+        kept = {d.get("name"): d for d in (stored.get("spec") or {}).get("devices") or []}
+        for device in (sent.get("spec") or {}).get("devices") or []:
+            for key in DROPPABLE:
+                if device.get(key) and not (kept.get(device.get("name")) or {}).get(key) and key not in self.dropped:
+                    self.dropped.add(key)
+                    log.warning("the API server dropped a device field: its feature gate is off there",
+                                extra={"field": key, "device": device.get("name")})
 
     def publish(self, devices: Sequence[GpuView]) -> int:
         """Reconcile; return the number of API writes made."""
@@ -215,6 +237,7 @@ class SlicePublisher:
             else:
                 stored = self.kube.create_resource_slice(s)
             self._written[name] = (str((stored.get("metadata") or {}).get("resourceVersion", "")), _comparable(s))
+            self._note_dropped(s, stored)
             writes += 1
             crashpoint("publish-after-write")
         for name, cur in current.items():

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from cc_gpu.dra import cdi
 from cc_gpu.dra.checkpoint import (
+    EARLY_BOUND,
     PREPARE_COMPLETED,
     PREPARE_STARTED,
     UNPREPARE_STARTED,
@@ -83,6 +84,7 @@ class DeviceState:
     _inventory: dict[str, GpuView] = field(default_factory=dict)
     _inventory_lock: threading.Lock = field(default_factory=threading.Lock)
     _boot_id: str = ""
+    _early_attested: dict[str, ClaimAttestation | None] = field(default_factory=dict)
 
     @property
     def pool(self) -> str:
@@ -123,6 +125,9 @@ class DeviceState:
             existing = self.checkpoint.get(ref.uid)
             if existing is not None and existing.state == PREPARE_COMPLETED and existing.boot_id == self.boot_id:
                 return self._answer(existing)
+            adopted = self._adopt_early(existing, plan)
+            if adopted is not None:
+                return self._finish_early(ref, claim, adopted)
             if existing is not None:
                 self._rollback(existing)
             self._gate_cc(claim, plan, decision)
@@ -313,6 +318,110 @@ class DeviceState:
     def _answer(self, entry: ClaimEntry) -> list[ResultDevice]:
         return [ResultDevice((d.request,), d.pool, d.device, d.cdi_ids) for d in entry.devices]
 
+    # ---- early bind (binding conditions: `binding.py`) ------------------------------------------------------------
+
+    def early_bind(self, claim: Mapping[str, Any]) -> ClaimEntry:
+        """Bind an allocated claim's groups before its pod lands on the node; checkpointed as `EarlyBound`.
+
+        Runs everything of a prepare that needs no pod on the node: the claim checks, the RuntimeClass gate (the pod
+        exists, only unbound), the IOMMU-mode choice, the CC modes, pre-flight attestation, the bind. Raises
+        `EarlyBindFailed` naming the device when a device-specific step failed (its bind, attestation), else the
+        step's own error; nothing stays bound either way. Idempotent: a claim already bound or prepared is left alone.
+        """
+        meta = claim.get("metadata") or {}
+        uid = str(meta.get("uid", ""))
+        plan = parse_claim(claim, uid, self.driver, self.pool, self.inventory())
+        done = self.checkpoint.get(uid)
+        if done is not None and self._bound_as_planned(done, plan):
+            return done
+        decision = self._gate(claim, plan)
+        modes = self._iommu_modes(claim, plan, decision)
+        groups = sorted({d.device.iommu_group for d in plan.devices})
+        with self.locks.hold(groups):
+            existing = self.checkpoint.get(uid)
+            if existing is not None and self._bound_as_planned(existing, plan):
+                return existing
+            if existing is not None:  # a bind of an earlier allocation of this claim, or a half-done one
+                self._rollback(existing)
+            self._gate_cc(claim, plan, decision)
+            try:
+                attested = self._step_attest(claim, plan)
+            except CcGpuError as e:
+                from cc_gpu.dra.attestation import AttestationRejectedError  # noqa: PLC0415 (as `_step_attest`)
+
+                if isinstance(e, AttestationRejectedError):  # the GPUs' evidence failed: quarantine them
+                    raise EarlyBindFailed(tuple(d.device.name for d in plan.devices), e) from e
+                raise
+            entry = self._step_started(plan, decision.pod, attested)
+            entry = self._step_early_bind(entry, modes, decision.confidential)
+            entry = replace(entry, state=EARLY_BOUND)
+            self.checkpoint.put(entry)
+            self._early_attested[uid] = attested  # under the locks: a prepare waiting on them finds it
+        return entry
+
+    def _bound_as_planned(self, entry: ClaimEntry | None, plan: ClaimPlan) -> bool:
+        """Whether `entry` already holds exactly the planned devices, bound early or prepared, in this boot."""
+        return (entry is not None and entry.boot_id == self.boot_id
+                and entry.state in (EARLY_BOUND, PREPARE_COMPLETED)
+                and sorted((d.device, d.request) for d in entry.devices)
+                == sorted((d.device.name, d.request) for d in plan.devices))
+
+    def _step_early_bind(self, entry: ClaimEntry, modes: Mapping[str, str], confidential: bool) -> ClaimEntry:
+        """`_step_bind` device by device, so a failure names the device that failed (for its quarantine)."""
+        bound: list[PreparedDevice] = []
+        for dev in entry.devices:
+            try:
+                bound += self._step_bind(replace(entry, devices=(dev,)), modes, confidential).devices
+            except CcGpuError as e:
+                if bound:
+                    self._rollback(replace(entry, devices=tuple(bound)))
+                else:
+                    self.checkpoint.drop(entry.uid)
+                raise EarlyBindFailed((dev.device,), e) from e
+        return replace(entry, devices=tuple(bound))
+
+    def release_early(self, uid: str) -> bool:
+        """Give an `EarlyBound` claim's groups back to their host drivers (its pod never came); True if it was one."""
+        entry = self.checkpoint.get(uid)
+        if entry is None or entry.state != EARLY_BOUND:
+            return False
+        with self.locks.hold(d.iommu_group for d in entry.devices):
+            entry = self.checkpoint.get(uid)
+            if entry is None or entry.state != EARLY_BOUND:
+                return False
+            self._rollback(entry)
+        self._early_attested.pop(uid, None)
+        return True
+
+    def warn(self, claim: Mapping[str, Any], reason: str, message: str) -> None:
+        """A Warning Event on the claim (for the early binder: a failed early bind, a quarantined GPU)."""
+        self._event(claim, reason, message)
+
+    def early_bound(self) -> dict[str, ClaimEntry]:
+        """The claims bound early and not yet prepared by the kubelet, by UID."""
+        return {uid: e for uid, e in self.checkpoint.read().items() if e.state == EARLY_BOUND}
+
+    def _adopt_early(self, existing: ClaimEntry | None, plan: ClaimPlan) -> ClaimEntry | None:
+        """The early-bound entry the kubelet's prepare can finish as is: same boot, same devices, groups still ours."""
+        if existing is None or existing.state != EARLY_BOUND or not self._bound_as_planned(existing, plan):
+            return None  # none, or deallocated and allocated again elsewhere since the early bind
+        if existing.uid not in self._early_attested:
+            # Bound early by another process (a rolling update's other pod): its attestation verdict (token, guest
+            # challenge) lives there, not in the checkpoint, so finishing here would hand out an unattested GPU.
+            return None
+        owners = self.host.bound_groups()
+        if any(owners.get(d.iommu_group) != existing.uid for d in existing.devices):
+            return None  # something undid the bind meanwhile: bind again the normal way
+        return existing
+
+    def _finish_early(self, ref: ClaimRef, claim: Mapping[str, Any], entry: ClaimEntry) -> list[ResultDevice]:
+        """The rest of a prepare for an early-bound claim (caller holds the locks): CDI spec, completed, status."""
+        attested = self._early_attested.pop(entry.uid, None)
+        entry = self._step_cdi(replace(entry, state=PREPARE_STARTED), attested)
+        self._step_completed(entry)
+        self._record_ready(ref, entry, attested, claim)
+        return self._answer(entry)
+
     # ---- unprepare -----------------------------------------------------------------------------------------------
 
     def unprepare(self, ref: ClaimRef) -> None:
@@ -498,6 +607,15 @@ class DeviceState:
             self.kube.create_event(namespace, body)
         except ApiError as e:
             log.warning("could not emit event", extra={"claim_uid": meta.get("uid"), "error": str(e)})
+
+
+class EarlyBindFailed(CcGpuError):
+    """An early bind or pre-flight check failed because of these devices (they are quarantined): `cause` says why."""
+
+    def __init__(self, devices: tuple[str, ...], cause: CcGpuError) -> None:
+        super().__init__(f"{', '.join(devices)}: {cause}")
+        self.devices = devices
+        self.cause = cause
 
 
 def _now() -> str:

@@ -13,6 +13,7 @@ Every method raises the types of `cc_gpu.kube.errors` and nothing else.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any, Protocol
 
 JsonObject = dict[str, Any]
@@ -62,6 +63,16 @@ class KubeApi(Protocol):
 
     def delete_resource_slice(self, name: str, *, uid: str, resource_version: str) -> None:
         """Delete a slice only if it still has this UID and resourceVersion (ConflictError otherwise)."""
+        ...
+
+    # ResourceClaims of every namespace: the binding-condition watcher (`cc_gpu.dra.binding`), only when it is on.
+    def watchable_resource_claims(self) -> tuple[list[JsonObject], str]:
+        """Every claim (from the server's watch cache) and the list's resourceVersion to watch from."""
+        ...
+
+    def watch_resource_claims(self, resource_version: str, timeout_seconds: int) -> Iterator[JsonObject]:
+        """Watch events (`{"type": ADDED|MODIFIED|DELETED|BOOKMARK, "object": ...}`) after `resource_version`,
+        ending after about `timeout_seconds`; ExpiredError when that version is too old (relist)."""
         ...
 
     # ResourceClaim status: the per-device conditions the driver records.

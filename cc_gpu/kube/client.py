@@ -26,6 +26,7 @@ from cc_gpu.kube.errors import (
     ApiError,
     ApiUnavailableError,
     ConflictError,
+    ExpiredError,
     FieldCause,
     ForbiddenError,
     InvalidError,
@@ -175,6 +176,34 @@ class KubernetesApi:
             )
         )
 
+    # -- ResourceClaims of every namespace (the binding-condition watcher) ----------------------------------------
+
+    def watchable_resource_claims(self) -> tuple[list[JsonObject], str]:
+        reply = self._json(lambda: self._request("GET", _CLAIMS, query=[("resourceVersionMatch", "NotOlderThan"),
+                                                                         ("resourceVersion", "0")]))
+        items = reply.get("items") or []
+        if not isinstance(items, list):
+            raise InvalidError("the ResourceClaim list reply has no item list", code=200)
+        return items, str((reply.get("metadata") or {}).get("resourceVersion", ""))
+
+    def watch_resource_claims(self, resource_version: str, timeout_seconds: int) -> Iterator[JsonObject]:
+        query = [("watch", "true"), ("allowWatchBookmarks", "true"), ("resourceVersion", resource_version),
+                 ("timeoutSeconds", str(int(timeout_seconds)))]
+        timeout = (self._timeout if isinstance(self._timeout, (int, float)) else 30.0, timeout_seconds + 30.0)
+        response = self._call(lambda: self._request("GET", _CLAIMS, query=query, timeout=timeout, stream=True))
+        raw = response.response
+        try:
+            buffer = b""
+            with _translated_errors():
+                for chunk in raw.stream(65536, decode_content=True):
+                    buffer += chunk
+                    while b"\n" in buffer:
+                        line, buffer = buffer.split(b"\n", 1)
+                        if line.strip():
+                            yield _watch_event(line)
+        finally:
+            raw.release_conn()
+
     # -- Events and ConfigMaps -----------------------------------------------------------------------------------
 
     def create_event(self, namespace: str, body: JsonObject) -> JsonObject:
@@ -244,6 +273,22 @@ class KubernetesApi:
             raise ApiException.from_response(http_resp=response, body=None, data=None)
         return response
 
+    def _request(self, method: str, path: str, *, query: list[tuple[str, str]],
+                 timeout: Any = None, stream: bool = False) -> Any:
+        """A request for a named-group path through the client's request machinery; `stream`: body left unread."""
+        from kubernetes.client.exceptions import ApiException  # noqa: PLC0415 (lazy: see the module docstring)
+
+        request = self._api_client.param_serialize(
+            method=method, resource_path=path, query_params=query, header_params={"Accept": "application/json"},
+            auth_settings=["BearerToken"],
+        )
+        response = self._api_client.call_api(*request, _request_timeout=timeout or self._timeout)
+        if not (stream and 200 <= response.status <= 299):
+            response.read()  # type: ignore[no-untyped-call]
+        if not 200 <= response.status <= 299:
+            raise ApiException.from_response(http_resp=response, body=None, data=None)
+        return response
+
     def _opts(self) -> dict[str, Any]:
         return {"_preload_content": False, "_request_timeout": self._timeout}
 
@@ -260,6 +305,23 @@ class KubernetesApi:
     def _call(self, call: Callable[[], T]) -> T:
         with _translated_errors():
             return call()
+
+
+_CLAIMS = "/apis/resource.k8s.io/v1/resourceclaims"
+
+
+def _watch_event(line: bytes) -> JsonObject:
+    """One watch event (`{"type", "object"}`); an ERROR event is raised as its typed error (410: ExpiredError)."""
+    try:
+        event = json.loads(line)
+    except ValueError as e:
+        raise ApiUnavailableError(f"the API server sent a watch event that is not JSON: {e}") from e
+    if not isinstance(event, dict) or not isinstance(event.get("object"), dict):
+        raise ApiUnavailableError("the API server sent a watch event without an object")
+    if event.get("type") == "ERROR":
+        status = event["object"]
+        raise error_from_status(int(status.get("code") or 0), json.dumps(status))
+    return event
 
 
 def _safe(error: Exception) -> str:
@@ -332,6 +394,8 @@ def error_from_status(code: int, body: object, headers: Any = None) -> ApiError:
     )
     if code == 404:
         return NotFoundError(message, code=code, reason=reason or "NotFound")
+    if code == 410:
+        return ExpiredError(message, code=code, reason=reason or "Expired")
     if code == 409:
         if reason == "AlreadyExists":
             return AlreadyExistsError(message, code=code, reason=reason)

@@ -44,6 +44,10 @@ class ConflictError(ApiError):
     """409 Conflict: a stale resourceVersion or a failed delete precondition; re-read the object and retry."""
 
 
+class ExpiredError(ApiError):
+    """410 Gone: a list or watch asked for a resourceVersion the server no longer keeps; relist."""
+
+
 class InvalidError(ApiError, PermanentError):
     """422 Invalid (or 400 BadRequest): the server refused the body; `causes` name the offending fields."""
 

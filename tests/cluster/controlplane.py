@@ -119,11 +119,16 @@ class ControlPlane:
     admin_kubeconfig: Path
     logs_dir: Path
     processes: list[Process] = field(default_factory=list)
+    gates: list[str] = field(default_factory=list)  # the --feature-gates flag of every component, when set
 
     # -- lifecycle -------------------------------------------------------------------------------------------------
 
     @classmethod
-    def start(cls, workdir: Path, *, scheduler: bool = True, controller_manager: bool = True) -> ControlPlane:
+    def start(cls, workdir: Path, *, scheduler: bool = True, controller_manager: bool = True,
+              feature_gates: Mapping[str, bool] | None = None,
+              dynamic_resources_args: Mapping[str, Any] | None = None) -> ControlPlane:
+        """`feature_gates`: set on every component (the default: 1.37's defaults). `dynamic_resources_args`: the
+        scheduler's DynamicResources plugin arguments (`bindingTimeout`, ...), through a scheduler config file."""
         binaries = build()
         workdir.mkdir(parents=True, exist_ok=True)
         logs = workdir / "logs"
@@ -131,6 +136,9 @@ class ControlPlane:
         pki = pki_module.make(workdir / "pki")
         port = _free_port()
         plane = cls(workdir, binaries, pki, port, workdir / "admin.kubeconfig", logs)
+        gates = ([f"--feature-gates={','.join(f'{k}={str(v).lower()}' for k, v in sorted(feature_gates.items()))}"]
+                 if feature_gates else [])
+        plane.gates = gates
         write_kubeconfig(plane.admin_kubeconfig, plane.url, pki.ca.cert, cert=pki.admin)
         atexit.register(plane.stop)
         try:
@@ -138,10 +146,23 @@ class ControlPlane:
             if scheduler:
                 kubeconfig = workdir / "scheduler.kubeconfig"
                 write_kubeconfig(kubeconfig, plane.url, pki.ca.cert, cert=pki.scheduler)
+                config: list[str] = []
+                if dynamic_resources_args:
+                    config_file = workdir / "scheduler-config.yaml"
+                    config_file.write_text(yaml.safe_dump({
+                        "apiVersion": "kubescheduler.config.k8s.io/v1", "kind": "KubeSchedulerConfiguration",
+                        "clientConnection": {"kubeconfig": str(kubeconfig)}, "leaderElection": {"leaderElect": False},
+                        "profiles": [{"schedulerName": "default-scheduler", "pluginConfig": [{
+                            "name": "DynamicResources",
+                            "args": {"apiVersion": "kubescheduler.config.k8s.io/v1", "kind": "DynamicResourcesArgs",
+                                     **dynamic_resources_args}}]}],
+                    }))
+                    config = [f"--config={config_file}"]
                 plane._spawn("kube-scheduler", [
-                    str(binaries.path("kube-scheduler")), f"--kubeconfig={kubeconfig}",
+                    str(binaries.path("kube-scheduler")), *(config or [f"--kubeconfig={kubeconfig}",
+                                                                        "--leader-elect=false"]),
                     f"--authentication-kubeconfig={kubeconfig}", f"--authorization-kubeconfig={kubeconfig}",
-                    "--leader-elect=false", "--bind-address=127.0.0.1", f"--secure-port={_free_port()}", "--v=2",
+                    "--bind-address=127.0.0.1", f"--secure-port={_free_port()}", "--v=2", *gates,
                 ])
             if controller_manager:
                 kubeconfig = workdir / "controller-manager.kubeconfig"
@@ -151,7 +172,7 @@ class ControlPlane:
                     f"--authentication-kubeconfig={kubeconfig}", f"--authorization-kubeconfig={kubeconfig}",
                     "--leader-elect=false", "--bind-address=127.0.0.1", f"--secure-port={_free_port()}",
                     f"--controllers={CONTROLLERS}", "--use-service-account-credentials=true",
-                    f"--root-ca-file={pki.ca.cert}", "--v=2",
+                    f"--root-ca-file={pki.ca.cert}", "--v=2", *gates,
                 ])
         except BaseException:
             plane.stop()
@@ -305,7 +326,7 @@ class ControlPlane:
             f"--service-account-signing-key-file={pki.service_account_key}",
             "--service-cluster-ip-range=10.96.0.0/16", "--endpoint-reconciler-type=none",
             "--authorization-mode=Node,RBAC", "--allow-privileged=true",
-            "--enable-admission-plugins=NodeRestriction", "--profiling=false", "--v=1",
+            "--enable-admission-plugins=NodeRestriction", "--profiling=false", "--v=1", *self.gates,
         ])
         admin = self.admin
         self._wait_ready("kube-apiserver", lambda: _safe_code(admin, "/readyz") == 200)

@@ -15,6 +15,7 @@ from cryptography import x509
 
 from cc_gpu.cli import plugin
 from cc_gpu.dra import attestcfg, opaque
+from cc_gpu.dra.bindcfg import BindingSettings
 from cc_gpu.dra.settings import PluginSettings, load_toml
 from tests.deploy.chart import CHART, NAMESPACE, REPO, notes, one, render
 
@@ -226,6 +227,18 @@ def test_attestation_values_reach_the_plugin(tmp_path: Path) -> None:
     assert one(objects, "Role", "token-keys-writer")["metadata"]["namespace"] == "gpu-keys"
 
 
+def test_binding_values_reach_the_plugin_and_only_then_widen_rbac(tmp_path: Path) -> None:
+    """Binding conditions are off unless the admin says the cluster has them; on, the plugin may list and watch
+    claims (the only way to learn of a claim allocated to its GPUs before its pod is bound), and nothing more."""
+    assert _plugin_settings(render(), tmp_path).binding == BindingSettings()
+    objects = render({"binding": {"conditions": True, "quarantine": False, "quarantineSeconds": 60}})
+    assert _plugin_settings(objects, tmp_path).binding == BindingSettings(
+        conditions=True, quarantine=False, quarantine_seconds=60.0)
+    rules = one(objects, "ClusterRole", "kubelet-plugin")["rules"]
+    claims = {v for rule in rules if "resourceclaims" in rule["resources"] for v in rule["verbs"]}
+    assert claims == {"get", "list", "watch"}
+
+
 NVML_LIBRARY = [
     ("driver container", "/run/nvidia/driver/usr/lib/x86_64-linux-gnu", True),
     ("no NVML", "", False),
@@ -370,6 +383,8 @@ BAD_VALUES = [
     ("no runtime classes", {"admission": {"cdiAnnotation": {"runtimeClassNames": []}}}, "runtimeClassNames"),
     ("bad digest", {"image": {"digest": "latest"}}, "digest"),
     ("flag as string", {"rollingUpdate": {"surge": "yes"}}, "surge"),
+    ("binding conditions as string", {"binding": {"conditions": "on"}}, "conditions"),
+    ("no quarantine time", {"binding": {"quarantineSeconds": 0}}, "quarantineSeconds"),
 ]
 
 

@@ -56,6 +56,9 @@ def test_precedence_file_env_flag(tmp_path: Path) -> None:
         ("kata check switch as string", '[kata_check]\nenabled = "no"\n', "kata_check.enabled: must be bool"),
         ("containerd configs not a list", '[kata_check]\ncontainerd_configs = "/etc"\n',
          "kata_check.containerd_configs"),
+        ("unknown binding key", "[binding]\nbind_early = true\n", "binding.bind_early: unknown"),
+        ("binding switch as string", '[binding]\nconditions = "on"\n', "binding.conditions: must be bool"),
+        ("no quarantine time", "[binding]\nquarantine_seconds = 0\n", "binding.quarantine_seconds: must be positive"),
     ],
 )
 def test_bad_config_files(tmp_path: Path, name: str, toml: str, message: str) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from cc_gpu.dra.bindcfg import FAILED_CONDITION, READY_CONDITION
 from cc_gpu.dra.ports import GpuView
 from cc_gpu.dra.slices import MAX_ATTRS, NodeRef, SlicePublisher, desired_device_lists, device_json
 from cc_gpu.kube.apiserver import ApiServerDouble
@@ -49,6 +50,18 @@ def test_device_entry_respects_limits() -> None:
 )
 def test_slice_split(name: str, devices: list[GpuView], sizes: list[int]) -> None:
     assert [len(s) for s in desired_device_lists(devices)] == sizes, name
+
+
+def test_binding_conditions_and_quarantine_taints() -> None:
+    """Both condition lists or neither (failure conditions count only beside binding conditions, at most 4 each);
+    quarantine is NoSchedule, never NoExecute, which would evict a running confidential VM."""
+    assert "bindingConditions" not in device_json(gpu(1))
+    entry = device_json(gpu(1, binding_conditions=True, taints=(("cc-gpu.io/quarantine", "bind-failed"),)))
+    assert entry["bindingConditions"] == [READY_CONDITION]
+    assert entry["bindingFailureConditions"] == [FAILED_CONDITION]
+    assert entry["taints"] == [{"key": "cc-gpu.io/quarantine", "value": "bind-failed", "effect": "NoSchedule"}]
+    both = device_json(gpu(1, healthy=False, taints=(("cc-gpu.io/quarantine", "in-use"),)))
+    assert [t["effect"] for t in both["taints"]] == ["NoSchedule", "NoSchedule"]
 
 
 @pytest.fixture()

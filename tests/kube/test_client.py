@@ -344,3 +344,32 @@ def test_in_cluster_configuration_from_the_service_account(tmp_path: Path, monke
     assert api.host == "https://10.96.0.1:443"
     assert "s3cr3t" not in repr(vars(api))
     api.close()
+
+
+def test_claims_of_every_namespace_are_listed_and_watched_from_the_lists_version(
+    api: KubernetesApi, double: ApiServerDouble
+) -> None:
+    """The binding-condition watcher's calls: a list, then a watch resumed from the list's resourceVersion that
+    streams each change once; a version the server no longer keeps is an ExpiredError (relist)."""
+    double.create(c.device_class("vfio-gpu", DRIVER))
+    double.create(c.resource_claim("default", "before", device_class_name="vfio-gpu"))
+    items, version = api.watchable_resource_claims()
+    assert [i["metadata"]["name"] for i in items] == ["before"] and version
+    later = threading.Timer(0.3, lambda: double.create(c.resource_claim("default", "after",
+                                                                        device_class_name="vfio-gpu")))
+    later.start()
+    events = [(e["type"], e["object"]["metadata"]["name"]) for e in api.watch_resource_claims(version, 1)]
+    later.join()
+    assert events == [("ADDED", "after")]
+
+
+def test_a_claim_watch_from_a_forgotten_version_says_relist(tmp_path: Path) -> None:
+    with ApiServerDouble(watch_history=4) as double:
+        api = KubernetesApi(double.write_kubeconfig(tmp_path / "kubeconfig"))
+        double.create(c.device_class("vfio-gpu", DRIVER))
+        _, version = api.watchable_resource_claims()
+        for i in range(10):
+            double.create(c.resource_claim("default", f"claim-{i}", device_class_name="vfio-gpu"))
+        with pytest.raises(errors.ExpiredError):
+            list(api.watch_resource_claims(version, 1))
+        api.close()
