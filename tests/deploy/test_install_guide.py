@@ -9,6 +9,7 @@ for the digest file `deploy/build-image.sh` writes, replaced by a well-formed di
 
 from __future__ import annotations
 
+import copy
 import re
 import shlex
 from typing import Any
@@ -48,7 +49,13 @@ def _merge(into: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
 
 
 def values_of(argv: list[str]) -> dict[str, Any]:
+    """The values a line gives; with `--reuse-values`, on top of those of the guide's line before it (as Helm)."""
     values: dict[str, Any] = {}
+    if "--reuse-values" in argv:
+        where = next(i for i, (_, a) in enumerate(LINES) if a is argv)
+        assert where > 0 and LINES[where - 1][0].split(":")[0] == LINES[where][0].split(":")[0], \
+            "--reuse-values with no earlier install in the same guide"
+        values = copy.deepcopy(values_of(LINES[where - 1][1]))
     for i, arg in enumerate(argv):
         if arg == "--set":
             _merge(values, helm.parse_set_string(argv[i + 1]))

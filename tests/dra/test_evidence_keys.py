@@ -138,10 +138,10 @@ def test_directory_provider(sim: SimulatedProvider, tmp_path: Path) -> None:
         (base / "rims" / f"{i}.swidtag").write_bytes(rim)
     got = DirectoryProvider(tmp_path).collect(BDF, os.urandom(32))
     assert got.nonce == nonce and got.source == "directory" and len(got.rims) == 2
-    verdict = _verifier(sim).verify(got.report, got.cert_chain, got.nonce, Policy(), collected_at=got.collected_at,
-                                    rims=got.rims)
+    verdict = _verifier(sim).verify(got.report, got.cert_chain, got.nonce, Policy(), at=NOW,
+                                    collected_at=got.collected_at, rims=got.rims)
     assert verdict.ok, verdict.failed
-    stale = _verifier(sim).verify(got.report, got.cert_chain, got.nonce, Policy(max_evidence_age_s=10),
+    stale = _verifier(sim).verify(got.report, got.cert_chain, got.nonce, Policy(max_evidence_age_s=10), at=NOW,
                                   collected_at=got.collected_at, rims=got.rims)
     assert [c.name for c in stale.failed] == ["x-cc-gpu-evidence-age"]
     with pytest.raises(EvidenceUnavailableError):
@@ -218,9 +218,9 @@ CLAIMS = {"x-cc-gpu-node": "node-a", "x-cc-gpu-claim-uid": "c1", "x-cc-gpu-pod-u
     [
         ("all match", "node-a.k1", {"claim_uid": "c1", "pod_uid": "p1", "node": "node-a"}, None),
         ("node key signs for another node", "node-b.k1", {}, "signed by the key of node 'node-b'"),
-        ("other claim", "node-a.k1", {"claim_uid": "c2"}, "expected 'c2'"),
+        ("other claim", "node-a.k1", {"claim_uid": "c2"}, "expected claim 'c2'"),
         ("other pod", "node-a.k1", {"pod_uid": "p2"}, "not issued for pod"),
-        ("other node expected", "node-a.k1", {"node": "node-c"}, "expected 'node-c'"),
+        ("other node expected", "node-a.k1", {"node": "node-c"}, "expected node 'node-c'"),
     ],
 )
 def test_token_binding(name: str, kid: str, expect: dict[str, str], message: str | None) -> None:
