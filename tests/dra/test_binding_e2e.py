@@ -131,7 +131,9 @@ def test_pre_flight_attestation_before_the_pod_a_missing_rim_quarantines(tmp_pat
     """Attestation runs in the early bind, before the GPU leaves its host driver: a GPU whose VBIOS RIM is missing
     (strict policy) is quarantined as attestation-rejected and stays with the host; a good GPU's verdict reaches the
     claim and its token the CDI spec at NodePrepareResources, which binds nothing."""
-    settings = "[binding]\nconditions = true\n"
+    # Host pre-flight attestation needs GPUs in CC mode off (`attested_node`), which the gate would refuse a
+    # confidential pod: the admin waives that check on this node.
+    settings = "[binding]\nconditions = true\n[policy]\nrequire_cc_mode = false\n"
     with attested_node(tmp_path, faults={NO_VBIOS_RIM: {"missing_rim": "vbios"}}, settings=settings) as node:
         node.start_plugin()
         node.wait_for(lambda: all("bindingConditions" in d for s in node.api.list_resource_slices(DRIVER, NODE)
