@@ -22,9 +22,35 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from cc_gpu.attest import policy as P
 from cc_gpu.attest.guest import GuestEvidence, Handler, Request, Response, SubmissionResult
 from cc_gpu.attest.policy import Policy
 from cc_gpu.attest.verifier import Verifier
+
+_CHAIN_GOOD = {"x-nvidia-cert-status": "valid", "x-nvidia-cert-ocsp-status": "good"}
+# NVIDIA's remote GPU policy example, version 4.0 (nvtrust, attestation_sdk/tests/policies/remote/v4), as data.
+NVIDIA_POLICY = {
+    "version": "4.0",
+    "authorization-rules": {
+        "type": "JWT",
+        "overall-claims": {"x-nvidia-overall-att-result": True, "x-nvidia-ver": "3.0"},
+        "detached-claims": {
+            "measres": "success",
+            "x-nvidia-gpu-arch-check": True,
+            "x-nvidia-gpu-attestation-report-parsed": True,
+            "x-nvidia-gpu-attestation-report-nonce-match": True,
+            "x-nvidia-gpu-attestation-report-signature-verified": True,
+            "x-nvidia-gpu-attestation-report-cert-chain": _CHAIN_GOOD,
+            "x-nvidia-gpu-attestation-report-cert-chain-fwid-match": True,
+            **{f"x-nvidia-gpu-{kind}-rim-{what}": True for kind in P.RIM_KINDS
+               for what in ("fetched", "schema-validated", "signature-verified", "version-match",
+                            "measurements-available")},
+            "x-nvidia-gpu-driver-rim-cert-chain": _CHAIN_GOOD,
+            "x-nvidia-gpu-vbios-rim-cert-chain": _CHAIN_GOOD,
+            "x-nvidia-gpu-vbios-index-no-conflict": True,
+        },
+    },
+}
 
 MAX_BODY = 2 << 20
 

@@ -38,37 +38,25 @@ from cc_gpu.dra.attestcfg import AttestationSettings
 from cc_gpu.dra.guestservice import GuestVerificationService, RateLimiter
 from cc_gpu.dra.serviceserver import ServiceServer
 from tests.attest.conftest import AT_2025, Sample
-from tests.attest.nvsdk_front import InteropCore, RouteServer, run_sdk, sdk_evidence, service_eat
+from tests.attest.nvsdk_front import (
+    NVIDIA_POLICY,
+    InteropCore,
+    RouteServer,
+    run_sdk,
+    sdk_evidence,
+    service_eat,
+)
 from tests.cluster import pki
 from tests.nvidia_vectors import nvidia_sdk_python
 
 SDK_VERSION = "2.7.3"
 RIMS = ("Driver_RIM_test_no_gpu.swidtag", "1010_0200_882_96005E0001_test_no_gpu.swidtag")
 _CHAIN_OFF = {"x-nvidia-cert-status": "valid", "x-nvidia-cert-ocsp-status": "off"}
-POLICY = {
-    "version": "4.0",
-    "authorization-rules": {
-        "type": "JWT",
-        "overall-claims": {"x-nvidia-overall-att-result": True, "x-nvidia-ver": "3.0"},
-        "detached-claims": {
-            "measres": "success",
-            "x-nvidia-gpu-arch-check": True,
-            "x-nvidia-gpu-attestation-report-parsed": True,
-            "x-nvidia-gpu-attestation-report-nonce-match": True,
-            "x-nvidia-gpu-attestation-report-signature-verified": True,
-            "x-nvidia-gpu-attestation-report-cert-chain": _CHAIN_OFF,
-            **{
-                f"x-nvidia-gpu-{kind}-rim-{what}": True
-                for kind in P.RIM_KINDS
-                for what in ("fetched", "schema-validated", "signature-verified", "version-match",
-                             "measurements-available")
-            },
-            "x-nvidia-gpu-driver-rim-cert-chain": _CHAIN_OFF,
-            "x-nvidia-gpu-vbios-rim-cert-chain": _CHAIN_OFF,
-            "x-nvidia-gpu-vbios-index-no-conflict": True,
-        },
-    },
-}
+# NVIDIA's v4 policy with the two changes the 2.1.1 sample forces: it has no FWID, and revocation is off offline.
+_DETACHED = {k: v for k, v in NVIDIA_POLICY["authorization-rules"]["detached-claims"].items()
+             if k != "x-nvidia-gpu-attestation-report-cert-chain-fwid-match"}
+POLICY = {**NVIDIA_POLICY, "authorization-rules": {**NVIDIA_POLICY["authorization-rules"], "detached-claims": {
+    **_DETACHED, **{k: _CHAIN_OFF for k, v in _DETACHED.items() if isinstance(v, dict)}}}}
 
 
 @dataclass

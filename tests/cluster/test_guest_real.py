@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import threading
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +23,7 @@ import tomli_w
 from cc_gpu.dra.challenge import ENV_CHALLENGE
 from cc_gpu.dra.guestservice import REUSED, UNAVAILABLE
 from cc_gpu.kube.client import KubernetesApi
-from tests.dra.guest import cdi_env, guest_config, guest_evidence, in_process_service, make_pki
+from tests.dra.guest import cdi_env, guest_config, guest_evidence, in_process_service, make_pki, race
 
 from .chart import NAMESPACE, TENANT_LABEL
 from .controlplane import ControlPlane, write_kubeconfig
@@ -129,18 +128,7 @@ def test_challenge_consumed_once_under_real_rbac(control_plane: ControlPlane, gu
         assert _entry(_claim(control_plane, ref))["data"]["attestation"]["challenge"]["state"] == "open"
         # Two replicas race on the challenge: the resourceVersion precondition lets one consume it.
         replicas = [in_process_service(guest_node, strong, replica=f"r{i}") for i in range(2)]  # type: ignore[arg-type]
-        results: list[Any] = []
-        barrier = threading.Barrier(2)
-
-        def submit(service: Any) -> None:
-            barrier.wait()
-            results.append(service.verify_submission(nonce, evidence, client="c"))
-
-        threads = [threading.Thread(target=submit, args=(r,)) for r in replicas]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        results = race(replicas, nonce, evidence)
     assert sorted(r.accepted for r in results) == [False, True]
     assert [r.failed_checks for r in results if not r.accepted] == [(REUSED,)]
     entry = _entry(_claim(control_plane, ref))

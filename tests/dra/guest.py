@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -147,3 +148,20 @@ def collect(env: dict[str, str], node: Node, gpus: Sequence[str], token_out: Pat
         [sys.executable, "-m", "cc_gpu", "attest", "collect", "--token-out", str(token_out), "--simulated-node",
          str(node.sim_root), "--simulated-gpus", ",".join(gpus), *extra],
         env={**os.environ, **env, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=120, check=False)
+
+
+def race(services: Sequence[Any], nonce: bytes, evidence: Sequence[Any]) -> list[Any]:
+    """Every service submits the same evidence at once (a barrier lines them up); their results."""
+    results: list[Any] = []
+    barrier = threading.Barrier(len(services))
+
+    def submit(service: Any) -> None:
+        barrier.wait()
+        results.append(service.verify_submission(nonce, evidence, client="c"))
+
+    threads = [threading.Thread(target=submit, args=(s,)) for s in services]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results

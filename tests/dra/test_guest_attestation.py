@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import stat
-import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -37,6 +36,7 @@ from tests.dra.guest import (
     guest_settings,
     in_process_service,
     make_pki,
+    race,
     service_process,
 )
 from tests.dra.harness import DRIVER, NODE, Node
@@ -324,18 +324,7 @@ def test_two_replicas_never_both_accept_one_challenge(node: Node, kube: Kubernet
     nonce = bytes.fromhex(env[ENV_CHALLENGE])
     evidence = guest_evidence(node, [SPARE], nonce)
     replicas = [in_process_service(node, kube, replica=f"r{i}") for i in range(2)]
-    results: list[Any] = []
-    barrier = threading.Barrier(2)
-
-    def submit(service: Any) -> None:
-        barrier.wait()
-        results.append(service.verify_submission(nonce, evidence, client="c"))
-
-    threads = [threading.Thread(target=submit, args=(r,)) for r in replicas]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    results = race(replicas, nonce, evidence)
     assert sorted(r.accepted for r in results) == [False, True]
     assert [r.failed_checks for r in results if not r.accepted] == [(REUSED,)]
     _release(node, claim)

@@ -16,40 +16,15 @@ from typing import Any
 
 import pytest
 
-from cc_gpu.attest import policy as P
 from cc_gpu.dra.challenge import ENV_CHALLENGE
 from cc_gpu.dra.guestservice import REUSED
-from tests.attest.nvsdk_front import run_sdk, service_eat
+from tests.attest.nvsdk_front import NVIDIA_POLICY, run_sdk, service_eat
 from tests.dra.attested import attested_node, condition, device_of, device_status
 from tests.dra.guest import Pki, cdi_env, guest_config, guest_evidence, guest_settings, make_pki, service_process
 from tests.dra.harness import DRIVER, Node
 from tests.nvidia_vectors import nvidia_sdk_python
 
 GOOD, TAMPERED, SPARE = "0000:5d:00.0", "0000:3a:00.0", "0000:9a:00.0"
-_CHAIN = {"x-nvidia-cert-status": "valid", "x-nvidia-cert-ocsp-status": "good"}
-# NVIDIA's remote GPU policy example, version 4.0 (nvtrust, attestation_sdk/tests/policies/remote/v4), as data.
-NVIDIA_POLICY = {
-    "version": "4.0",
-    "authorization-rules": {
-        "type": "JWT",
-        "overall-claims": {"x-nvidia-overall-att-result": True, "x-nvidia-ver": "3.0"},
-        "detached-claims": {
-            "measres": "success",
-            "x-nvidia-gpu-arch-check": True,
-            "x-nvidia-gpu-attestation-report-parsed": True,
-            "x-nvidia-gpu-attestation-report-nonce-match": True,
-            "x-nvidia-gpu-attestation-report-signature-verified": True,
-            "x-nvidia-gpu-attestation-report-cert-chain": _CHAIN,
-            "x-nvidia-gpu-attestation-report-cert-chain-fwid-match": True,
-            **{f"x-nvidia-gpu-{kind}-rim-{what}": True for kind in P.RIM_KINDS
-               for what in ("fetched", "schema-validated", "signature-verified", "version-match",
-                            "measurements-available")},
-            "x-nvidia-gpu-driver-rim-cert-chain": _CHAIN,
-            "x-nvidia-gpu-vbios-rim-cert-chain": _CHAIN,
-            "x-nvidia-gpu-vbios-index-no-conflict": True,
-        },
-    },
-}
 
 
 @pytest.fixture(scope="module")
