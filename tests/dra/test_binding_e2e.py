@@ -18,7 +18,7 @@ import pytest
 
 from cc_gpu.dra.bindlabel import LABEL, ClaimLabeler
 from cc_gpu.dra.checkpoint import EARLY_BOUND, PREPARE_COMPLETED, Checkpoint
-from tests.dra.attested import attest_config, attested_node, device_of
+from tests.dra.attested import FAULTS_FILE, attest_config, attested_node, device_of
 from tests.dra.harness import DRIVER, NODE, Node, simulated_node
 from tests.dra.test_kata_startup import install
 
@@ -157,7 +157,7 @@ def test_pre_flight_attestation_before_the_pod_a_missing_rim_quarantines(tmp_pat
     """Attestation runs in the early bind, before the GPU leaves its host driver: a GPU whose VBIOS RIM is missing
     (strict policy) is quarantined as attestation-rejected and stays with the host; a good GPU's verdict reaches the
     claim and its token the CDI spec at NodePrepareResources, which binds nothing."""
-    settings = "[binding]\nconditions = true\n"
+    settings = "[policy]\nrequire_cc_mode = false\n[binding]\nconditions = true\n"
     with attested_node(tmp_path, faults={NO_VBIOS_RIM: {"missing_rim": "vbios"}}, settings=settings) as node:
         node.start_plugin()
         node.wait_for(lambda: all("bindingConditions" in d for s in node.api.list_resource_slices(DRIVER, NODE)
@@ -179,6 +179,26 @@ def test_pre_flight_attestation_before_the_pod_a_missing_rim_quarantines(tmp_pat
         spec = json.loads((node.cdi_root / f"cc-gpu.io-vfio_{good[2]}.json").read_text())
         assert any(e.startswith("CC_GPU_ATTESTATION_TOKEN_") for e in spec["devices"][0]["containerEdits"]["env"])
         assert node.kubelet.unprepare(DRIVER, [good]) == {good[2]: ""}
+        node.stop_plugin(signal.SIGKILL)
+
+
+def test_a_rejected_attestation_quarantine_lifts_when_the_gpu_attests_again(tmp_path: Path) -> None:
+    """A GPU quarantined for a missing VBIOS RIM stays quarantined while re-attestation after the period still finds
+    none; once the RIM is there (the fault gone), the next re-attestation passes and the taint goes."""
+    settings = "[policy]\nrequire_cc_mode = false\n[binding]\nconditions = true\nquarantine_seconds = 1\n"
+    with attested_node(tmp_path, faults={NO_VBIOS_RIM: {"missing_rim": "vbios"}}, settings=settings) as node:
+        node.extra_args += ["--rescan-seconds", "1"]  # the quarantine's checks run on each republish
+        node.start_plugin()
+        bad = allocate(node, "bad", device_of(NO_VBIOS_RIM), [attest_config(required=True)])
+        node.wait_for(lambda: "VfioFailed" in conditions(node, bad), timeout=30)
+        device = device_of(NO_VBIOS_RIM)
+        assert taints_of(node, device) == [("cc-gpu.io/quarantine", "attestation-rejected")]
+        node.wait_for(lambda: "GPU stays quarantined: its cause persists" in node.log_path.read_text(), timeout=30)
+        assert taints_of(node, device) == [("cc-gpu.io/quarantine", "attestation-rejected")]
+        (node.sim_root / FAULTS_FILE).write_text("{}")
+        node.wait_for(lambda: not taints_of(node, device), timeout=30)
+        assert "its check passed" in node.log_path.read_text()
+        assert node.driver_of(NO_VBIOS_RIM) == "nvidia"
         node.stop_plugin(signal.SIGKILL)
 
 
