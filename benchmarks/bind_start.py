@@ -19,6 +19,7 @@ import logging
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -26,6 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from cc_gpu.dra import podgate  # noqa: E402
+from cc_gpu.dra.bindlabel import ClaimLabeler  # noqa: E402
 from cc_gpu.host.sim.kernel import SimKernel  # noqa: E402
 from cc_gpu.kube.client import KubernetesApi  # noqa: E402
 from tests.cluster import chart  # noqa: E402
@@ -93,6 +95,9 @@ def main(argv: list[str]) -> int:
             {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {"expirationSeconds": 3600}})
         write_kubeconfig(Path(tmp) / "gate", plane.url, plane.ca_file, token=token["status"]["token"])
         gate = KubernetesApi(Path(tmp) / "gate")
+        stop = threading.Event()  # the chart's pod-gate Deployment's claim labeler, run inline with its token
+        labeler = threading.Thread(target=ClaimLabeler(gate, DRIVER).run, args=(stop,), daemon=True)
+        labeler.start()
         rows: dict[bool, list[dict[str, float]]] = {}
         with plugin_node(plane, release, Path(tmp) / NODE, NODE) as node:
             for on in (False, True):
@@ -103,6 +108,8 @@ def main(argv: list[str]) -> int:
                 SimKernel(node.sim_root).set_default_bind_delay(bind_s)
                 rows[on] = [pod_start(plane, node, gate, f"p{int(on)}-{i}") for i in range(pods)]
                 node.stop()
+        stop.set()
+        labeler.join(timeout=15)
         gate.close()
 
     def med(on: bool, key: str) -> float:

@@ -1,4 +1,5 @@
-"""What it costs that every node's plugin watches every ResourceClaim (binding conditions), on the real kube-apiserver.
+"""What the binding-condition claim watch costs the real kube-apiserver: every node watching every ResourceClaim, or
+each node watching only the claims the cluster's labeler marked with its node.
 
 Run from the repository root: `python benchmarks/bind_watch.py [N] [CLAIMS]` (default: the scale benchmark's largest
 N, 200 nodes, and 200 claims). ResourceClaims have no field selector for the node a claim is allocated on, so with
@@ -7,11 +8,14 @@ plane of the test tier (etcd and kube-apiserver built from their Go modules, cac
 with the plugin's own client call (`KubernetesApi.watch_resource_claims`, one client and connection per watcher, as
 one per node), and drives CLAIMS claims through a lifecycle like the scheduler's (create; allocation with binding
 conditions and reservation written to status; a device condition; delete: four events each) while it measures the
-kube-apiserver's and etcd's CPU seconds and the watch events delivered, for W = 0 (no watcher), W = 1 (the peer: one
-cluster-level watcher that would fan work out per node) and W = N (every node watching).
+kube-apiserver's and etcd's CPU seconds and the watch events delivered, for: no watcher; one unfiltered watcher (the
+cluster-level labeler alone); every node watching every claim (`watch_all`, the design this replaced); and the
+design in use: the labeler's one unfiltered watch plus N watches with the label selector
+`cc-gpu.io/binding-node=<node>`, where the churn also writes the labeler's label patch (one more write per claim).
 
-It prints per W: API server CPU for the churn, events delivered, and the decoding CPU the watchers spent per node
-(this process's CPU over N, the part each node's plugin pays), and the ratios of W = N to W = 1.
+It prints per row: API server CPU for the churn beyond the no-watcher baseline, events delivered, and the decoding CPU
+the watchers spent per node (this process's CPU over the watchers, the part each node's plugin pays), and the ratio of
+the labelled design's API server cost to every node watching.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from cc_gpu.dra.bindlabel import LABEL  # noqa: E402
 from cc_gpu.kube.client import KubernetesApi  # noqa: E402
 from tests.cluster.controlplane import ControlPlane  # noqa: E402
 
@@ -46,8 +51,9 @@ def claim(name: str) -> dict[str, Any]:
             "spec": {"devices": {"requests": [{"name": "gpu", "exactly": {"deviceClassName": "vfio.gpu.cc-gpu.io"}}]}}}
 
 
-def churn(plane: ControlPlane, prefix: str, count: int, nodes: int) -> None:
-    """Each claim as the scheduler and a plugin would write it: create, allocate + reserve, condition, delete."""
+def churn(plane: ControlPlane, prefix: str, count: int, nodes: int, label: bool = False) -> None:
+    """Each claim as the scheduler and a plugin would write it: create, allocate + reserve, (the labeler's label,)
+    condition, delete."""
     admin = plane.admin
     for i in range(count):
         node = f"node-{i % nodes:04d}"
@@ -64,6 +70,9 @@ def churn(plane: ControlPlane, prefix: str, count: int, nodes: int) -> None:
             "reservedFor": [{"resource": "pods", "name": f"pod-{i}", "uid": f"00000000-0000-0000-0000-{i:012d}"}],
         }
         stored = admin("PUT", f"{CLAIMS}/{prefix}-{i}/status", created).ok()
+        if label:
+            stored["metadata"].setdefault("labels", {})[LABEL] = node
+            stored = admin("PUT", f"{CLAIMS}/{prefix}-{i}", stored).ok()
         stored["status"]["devices"] = [{"driver": DRIVER, "pool": node, "device": "gpu-0", "conditions": [
             {"type": "VfioReady", "status": "True", "reason": "BoundToVfio", "message": "",
              "lastTransitionTime": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}]}]
@@ -72,9 +81,12 @@ def churn(plane: ControlPlane, prefix: str, count: int, nodes: int) -> None:
 
 
 class Watchers:
-    """W watchers of all claims, each as one node's plugin: its own client, list, then watch from the version."""
+    """Watchers of claims, each as one node's plugin (or the labeler): its own client, list, then watch from the
+    version; `selectors[i]` is watcher i's label selector ("" for all claims)."""
 
-    def __init__(self, plane: ControlPlane, count: int) -> None:
+    def __init__(self, plane: ControlPlane, selectors: list[str]) -> None:
+        count = len(selectors)
+        self.selectors = selectors
         self.apis = [KubernetesApi(plane.admin_kubeconfig, user_agent=f"cc-gpu-bench-{i}") for i in range(count)]
         self.events = 0
         self.lock = threading.Lock()
@@ -88,12 +100,13 @@ class Watchers:
             self.ready.wait()
 
     def _run(self, api: KubernetesApi, index: int) -> None:
-        _, version = api.watchable_resource_claims()
+        selector = self.selectors[index]
+        _, version = api.watchable_resource_claims(selector)
         assert self.ready is not None
         self.ready.wait()
         pool = f"node-{index:04d}"
         while not self.stop.is_set():
-            for event in api.watch_resource_claims(version, 5):
+            for event in api.watch_resource_claims(version, 5, selector):
                 obj = event["object"]
                 version = obj["metadata"]["resourceVersion"]
                 results = (((obj.get("status") or {}).get("allocation") or {}).get("devices") or {}).get("results")
@@ -114,16 +127,21 @@ class Watchers:
             api.close()
 
 
-def measure(plane: ControlPlane, watchers: int, claims: int, nodes: int, prefix: str) -> dict[str, float]:
+def measure(plane: ControlPlane, mode: str, claims: int, nodes: int, prefix: str) -> dict[str, Any]:
+    """mode: none | one (the labeler alone) | all (every node unfiltered) | labelled (labeler + N selected)."""
     api_pid = next(p.popen.pid for p in plane.processes if p.name == "kube-apiserver")
     etcd_pid = next(p.popen.pid for p in plane.processes if p.name == "etcd")
-    group = Watchers(plane, watchers)
+    selectors = {"none": [], "one": [""], "all": [""] * nodes,
+                 "labelled": [""] + [f"{LABEL}=node-{i:04d}" for i in range(nodes)]}[mode]
+    group = Watchers(plane, selectors)
     time.sleep(1)
     api0, etcd0, me0, t0 = cpu(api_pid), cpu(etcd_pid), time.process_time(), time.perf_counter()
-    churn(plane, prefix, claims, nodes)
-    group.wait_for(4 * claims * watchers)
+    labelled = mode == "labelled"
+    churn(plane, prefix, claims, nodes, label=labelled)
+    # unfiltered: 4 events per claim (5 with the label); a node's selected watch: label (ADDED), condition, delete
+    group.wait_for(claims * (5 + 3) if labelled else 4 * claims * len(selectors))
     seconds = time.perf_counter() - t0
-    row = {"w": watchers, "api_cpu": cpu(api_pid) - api0, "etcd_cpu": cpu(etcd_pid) - etcd0,
+    row = {"mode": mode, "w": len(selectors), "api_cpu": cpu(api_pid) - api0, "etcd_cpu": cpu(etcd_pid) - etcd0,
            "events": group.events, "client_cpu": time.process_time() - me0, "seconds": seconds}
     group.close()
     return row
@@ -136,22 +154,27 @@ def main(argv: list[str]) -> int:
         tempfile.TemporaryDirectory() as tmp,
         ControlPlane.start(Path(tmp), scheduler=False, controller_manager=False) as plane,
     ):
-        rows = [measure(plane, w, claims, nodes, f"w{w}") for w in (0, 1, nodes)]
+        rows = [measure(plane, mode, claims, nodes, mode) for mode in ("none", "one", "all", "labelled")]
     base = rows[0]
-    print(f"{claims} claims, 4 events each, N = {nodes} nodes; CPU seconds on {os.cpu_count()} cores")
-    print(f"{'watchers':>8} {'api CPU':>8} {'+ over none':>11} {'etcd CPU':>8} {'events':>8} "
-          f"{'decode CPU/node':>15} {'wall':>7}")
-    for r in rows:  # this process's CPU beyond the churn's own (W = 0), per watcher
-        per_node = (r["client_cpu"] - base["client_cpu"]) / r["w"] if r["w"] else 0.0
-        print(f"{r['w']:>8} {r['api_cpu']:>7.2f}s {r['api_cpu'] - base['api_cpu']:>10.2f}s {r['etcd_cpu']:>7.2f}s "
-              f"{r['events']:>8.0f} {1000 * per_node:>13.1f}ms {r['seconds']:>6.1f}s")
-    one, every = rows[1], rows[2]
-    extra_one = one["api_cpu"] - base["api_cpu"]
-    extra_all = every["api_cpu"] - base["api_cpu"]
-    print(f"API server CPU added by the watches, per claim: one watcher {1000 * extra_one / claims:+.1f} ms, "
-          f"every node {1000 * extra_all / claims:+.1f} ms ({1000 * extra_all / claims / nodes:.2f} ms per claim "
-          f"per watching node); the churn's own writes cost {1000 * base['api_cpu'] / claims:.1f} ms per claim; "
-          f"events delivered {every['events'] / max(1, one['events']):.0f}x")
+    print(f"{claims} claims, 4 events each (5 with the label), N = {nodes} nodes; "
+          f"CPU seconds on {os.cpu_count()} cores")
+    print(f"{'watches':>24} {'api CPU':>8} {'+ over none':>11} {'etcd CPU':>8} {'events':>8} "
+          f"{'decode CPU/watch':>16} {'wall':>7}")
+    names = {"none": "none", "one": "1 unfiltered (labeler)", "all": f"{nodes} unfiltered (nodes)",
+             "labelled": f"1 + {nodes} label-selected"}
+    for r in rows:  # this process's CPU beyond the churn's own (no watcher), per watch
+        per_watch = (r["client_cpu"] - base["client_cpu"]) / r["w"] if r["w"] else 0.0
+        print(f"{names[r['mode']]:>24} {r['api_cpu']:>7.2f}s {r['api_cpu'] - base['api_cpu']:>10.2f}s "
+              f"{r['etcd_cpu']:>7.2f}s {r['events']:>8.0f} {1000 * per_watch:>14.1f}ms {r['seconds']:>6.1f}s")
+    one, every, labelled = rows[1], rows[2], rows[3]
+    extra = {k: 1000 * (r["api_cpu"] - base["api_cpu"]) / claims for k, r in
+             (("one", one), ("all", every), ("labelled", labelled))}
+    print(f"API server CPU added per claim: one unfiltered watch {extra['one']:+.1f} ms; every node unfiltered "
+          f"{extra['all']:+.1f} ms; labeler + per-node label-selected watches {extra['labelled']:+.1f} ms (this "
+          f"includes the label patch, one write); every node / labelled = "
+          f"{extra['all'] / extra['labelled'] if extra['labelled'] > 0 else float('inf'):.1f}x; the churn's own "
+          f"writes cost {1000 * base['api_cpu'] / claims:.1f} ms per claim; events delivered: every node "
+          f"{every['events']:.0f}, labelled {labelled['events']:.0f}")
     return 0
 
 

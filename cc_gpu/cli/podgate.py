@@ -2,6 +2,10 @@
 
 The chart runs it as a small Deployment with the in-cluster configuration; `--kubeconfig` points it elsewhere.
 `--once` releases the pods held now and exits (0), for scripts and troubleshooting.
+
+`--binding-labels DRIVER` also runs the binding-node labeler (`cc_gpu/dra/bindlabel.py`) in this process: the one
+cluster-level watch of claims that lets each node's plugin watch only its own (binding conditions).
+`--no-pod-release` runs the labeler alone (a chart without the CDI-annotation path).
 """
 
 from __future__ import annotations
@@ -18,6 +22,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--interval", type=positive_seconds, default=1.0,
                         help="seconds between passes over the held pods (default: %(default)s)")
     parser.add_argument("--once", action="store_true", help="release the pods held now, then exit")
+    parser.add_argument("--binding-labels", metavar="DRIVER", default="",
+                        help="also label claims allocated to DRIVER's devices with binding conditions with their node "
+                             "(cc-gpu.io/binding-node), so each node's plugin watches only its own claims")
+    parser.add_argument("--no-pod-release", action="store_true",
+                        help="do not release held pods (run only the binding-node labeler)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -38,7 +47,22 @@ def run(args: argparse.Namespace) -> int:
             print(f"released {counts['released']} pod(s), {counts['retry']} to retry")
             return 0 if counts["retry"] == 0 else 1
         stop = StopSignals()
-        podgate.run(api, stop.event, interval_s=args.interval)
+        labeler = None
+        if args.binding_labels:
+            import threading  # noqa: PLC0415
+
+            from cc_gpu.dra.bindlabel import ClaimLabeler  # noqa: PLC0415
+
+            labeler = threading.Thread(target=ClaimLabeler(api, args.binding_labels).run, args=(stop.event,),
+                                       name="binding-labels", daemon=True)
+            labeler.start()
+        if args.no_pod_release:
+            while not stop.event.wait(1.0):
+                pass
+        else:
+            podgate.run(api, stop.event, interval_s=args.interval)
+        if labeler is not None:
+            labeler.join(timeout=5)
         return stop.exit_code()
     except ApiError as e:
         print(f"cc-gpu pod-gate: {e}", file=sys.stderr)

@@ -239,6 +239,18 @@ class AttestationEngine:
         return [(d, attestcfg.request_of(d.config.extra)) for d in plan.devices
                 if plain or attestcfg.SECTION in d.config.extra]
 
+    def recheck(self, plan: ClaimPlan) -> bool:
+        """Attest `plan`'s GPUs again, without events or records (a quarantine's check): True unless a required one
+        fails. Guest-evidence devices are not attested on the host: they pass here."""
+        for planned, req in self._wanted(plan):
+            applied = self.applied_for(req)
+            if applied.evidence == GUEST_EVIDENCE or not applied.required:
+                continue
+            for bdf in planned.device.gpus:
+                if not self._attest_gpu(bdf, applied, plan, planned.device.name, []).ok:
+                    return False
+        return True
+
     def attest_claim(self, claim: Mapping[str, Any], plan: ClaimPlan) -> ClaimAttestation | None:
         """Attest every device of `plan` whose config has an attestation section; raise when a required one fails."""
         wanted = self._wanted(plan)

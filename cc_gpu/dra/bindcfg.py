@@ -35,11 +35,14 @@ class BindingSettings:
     workers: int = 4  # early binds run at once (each on its own IOMMU groups)
     queue_limit: int = 1024  # claims waiting for an early bind; beyond it the oldest wait for the next resync
     resync_seconds: float = 60.0  # a full relist of the claims, also after a watch ends cleanly
+    # Watch every claim of the cluster instead of only those the labeler (`bindlabel.py`, in the pod-gate
+    # Deployment) labelled with this node: for a cluster without that controller; costs the API server per node.
+    watch_all: bool = False
 
 
 _KEYS: dict[str, type] = {
     "conditions": bool, "quarantine": bool, "quarantine_seconds": float, "workers": int, "queue_limit": int,
-    "resync_seconds": float,
+    "resync_seconds": float, "watch_all": bool,
 }
 
 

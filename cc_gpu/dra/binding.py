@@ -5,8 +5,9 @@ With `[binding] conditions = true` every published VFIO device names `bindingCon
 PreBind (polling every 5 s, up to its `bindingTimeout`, 600 s by default) until the claim's `status.devices` say
 `VfioReady` is True, or gives up on a True `VfioFailed`: it deallocates the claim and schedules the pod again.
 
-`EarlyBinder` learns of such claims through one watch of the ResourceClaims of every namespace (resumable from its
-resourceVersion, relisted on 410 and every `resync_seconds`), keeps those allocated from this node's pool with its
+`EarlyBinder` learns of such claims through one watch of the ResourceClaims labelled
+`cc-gpu.io/binding-node=<this node>` by the cluster's labeler (`bindlabel.py`; resumable from its resourceVersion,
+relisted on 410 and every `resync_seconds`), keeps those allocated from this node's pool with its
 conditions pending, and hands them to a bounded pool of workers (`workers` at once; at most `queue_limit` waiting,
 newest state per claim). Each runs `DeviceState.early_bind` (claim checks, RuntimeClass gate, IOMMU mode, CC mode,
 pre-flight attestation, the bind: everything that needs no pod on the node) and then applies `VfioReady` True, or
@@ -19,9 +20,10 @@ Cleanup: a claim that loses its allocation (the scheduler's timeout or a failure
 its pod landed is released (its groups back to their host drivers); a relist also releases early binds whose claim
 is gone. A restart rolls every early bind back (startup reconciliation) and the relist binds again what still waits.
 
-Why one watch of every claim per node: ResourceClaims have no field selector for the allocated node, so each node
-receives every claim's events; `benchmarks/bind_watch.py` measures what that costs the API server at the scale
-benchmark's N and the README reports it, with the design that replaces it when it does not scale.
+Why a label: ResourceClaims have no field selector for the allocated node, so a watch of every claim by every node
+makes the API server send each claim's events N times; `benchmarks/bind_watch.py` measured that it does not scale
+(README "Binding conditions"). One cluster-level watcher labels the claims instead, and each node's watch is
+filtered by the server. `[binding] watch_all = true` keeps the unfiltered watch for a cluster without the labeler.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from cc_gpu.dra import bindlabel
 from cc_gpu.dra.bindcfg import FAILED_CONDITION, READY_CONDITION, BindingSettings
 from cc_gpu.dra.claimstatus import DeviceStatus, apply_device_status, field_manager
 from cc_gpu.errors import CcGpuError
@@ -42,6 +45,7 @@ from cc_gpu.kube.api import KubeApi
 from cc_gpu.kube.errors import ApiError, ExpiredError, NotFoundError
 
 if TYPE_CHECKING:
+    from cc_gpu.dra.ports import GpuView
     from cc_gpu.dra.state import DeviceState
 
 log = logging.getLogger("cc_gpu.dra.binding")
@@ -58,6 +62,7 @@ CAUSES = {
     "GpuInUseError": ("InUse", "in-use"),
     "GroupInUseError": ("InUse", "in-use"),
     "AttestationRejectedError": ("AttestationRejected", "attestation-rejected"),
+    "KataCheckFailedError": ("KataCheckFailed", "kata-check-failed"),  # the node's, not the GPU's: no quarantine
 }
 """Error type -> (condition reason, taint value). Anything else fails the claim without quarantining the GPU."""
 
@@ -66,32 +71,80 @@ def cause_of(error: BaseException) -> tuple[str, str]:
     return CAUSES.get(type(error).__name__, ("PreflightFailed", "preflight-failed"))
 
 
-class Quarantine:
-    """GPUs held back after a failed early bind or pre-flight check, each until `seconds` after its last failure.
+@dataclass
+class _Held:
+    cause: str  # the taint value
+    until: float  # when the cause is checked again (`recheck`), or the quarantine ends (no recheck)
+    recheck: Callable[[], bool] | None = None  # after `until`: True lifts it, False holds it another period
+    members: frozenset[str] = frozenset()  # foreign device: the group's functions at the failure; lifts when one left
 
-    The cause of a failed bind shows only by trying again, so a quarantine ends by time and the next allocation
-    retries the GPU; a cause that persists quarantines it again. An unhealthy GPU is tainted by discovery itself.
+
+class Quarantine:
+    """GPUs held back after a failed early bind or pre-flight check, until their cause is gone.
+
+    Each cause is checked its own way (`review`, on every republish): a group that gained a foreign device is
+    released when discovery no longer sees that device in the group (a function present at the failure is gone); a
+    failed bind (also a group found not viable, or a GPU a host process held) by a probe bind and unbind of the idle
+    group once `seconds` have passed; a rejected pre-flight attestation (a missing RIM among its reasons) by attesting
+    the GPU again after `seconds`. A check that fails holds the GPU another period. A cause with no check ends after
+    `seconds`. An unhealthy GPU is not held here: discovery taints it itself and the taint goes when health recovers.
     """
 
     def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.seconds = seconds
         self._clock = clock
         self._lock = threading.Lock()
-        self._held: dict[str, tuple[str, float]] = {}
+        self._held: dict[str, _Held] = {}
 
-    def add(self, device: str, cause: str) -> None:
+    def add(self, device: str, cause: str, recheck: Callable[[], bool] | None = None,
+            members: Sequence[str] = ()) -> None:
         with self._lock:
-            self._held[device] = (cause, self._clock() + self.seconds)
+            self._held[device] = _Held(cause, self._clock() + self.seconds, recheck, frozenset(members))
         log.warning("GPU quarantined", extra={"device": device, "cause": cause, "seconds": self.seconds})
 
+    def review(self, devices: Sequence[GpuView]) -> None:
+        """Lift what no longer applies: a foreign device gone from the group, a due check that passes."""
+        now = self._clock()
+        found = {d.name: d for d in devices}
+        with self._lock:
+            held = dict(self._held)
+        for device, entry in held.items():
+            if entry.members:
+                view = found.get(device)
+                if view is not None and not entry.members <= set(view.members):
+                    self._lift(device, entry, "the foreign device left the group")
+                continue
+            if entry.recheck is None or entry.until > now:
+                continue
+            try:
+                passed = entry.recheck()
+            except CcGpuError as e:
+                log.warning("quarantine check failed", extra={"device": device, "error": str(e)})
+                passed = False
+            if passed:
+                self._lift(device, entry, "its check passed")
+            else:
+                with self._lock:
+                    if self._held.get(device) is entry:
+                        entry.until = self._clock() + self.seconds
+                log.warning("GPU stays quarantined: its cause persists",
+                            extra={"device": device, "cause": entry.cause, "seconds": self.seconds})
+
+    def _lift(self, device: str, entry: _Held, why: str) -> None:
+        with self._lock:
+            if self._held.get(device) is not entry:
+                return
+            del self._held[device]
+        log.info("GPU quarantine lifted", extra={"device": device, "cause": entry.cause, "why": why})
+
     def taints(self) -> dict[str, tuple[tuple[str, str], ...]]:
-        """Device -> its quarantine taints (key, value), expired ones dropped."""
+        """Device -> its quarantine taints (key, value); those without a check end by time here."""
         now = self._clock()
         with self._lock:
-            for device in [d for d, (_, until) in self._held.items() if until <= now]:
+            for device in [d for d, e in self._held.items() if e.recheck is None and not e.members and e.until <= now]:
                 del self._held[device]
                 log.info("GPU quarantine ended", extra={"device": device})
-            return {d: ((QUARANTINE_KEY, cause),) for d, (cause, _) in self._held.items()}
+            return {d: ((QUARANTINE_KEY, e.cause),) for d, e in self._held.items()}
 
 
 @dataclass(frozen=True)
@@ -117,6 +170,7 @@ class EarlyBinder:
         self._threads: list[threading.Thread] = []
         self.dropped = 0  # claims pushed out of a full queue (picked up again by the next relist)
         self._known: set[str] = set()
+        self.label_selector = "" if settings.watch_all else bindlabel.selector(state.pool)
 
     # ---- lifecycle -----------------------------------------------------------------------------------------------
 
@@ -174,12 +228,12 @@ class EarlyBinder:
         backoff = 1.0
         while not self._stop.is_set():
             try:
-                items, version = self.kube.watchable_resource_claims()
+                items, version = self.kube.watchable_resource_claims(self.label_selector)
                 self._resync(items)
                 deadline = time.monotonic() + self.settings.resync_seconds
                 while not self._stop.is_set() and time.monotonic() < deadline:
                     remaining = max(1, int(deadline - time.monotonic()))
-                    for event in self.kube.watch_resource_claims(version, remaining):
+                    for event in self.kube.watch_resource_claims(version, remaining, self.label_selector):
                         obj = event["object"]
                         version = str((obj.get("metadata") or {}).get("resourceVersion") or version)
                         if event.get("type") != "BOOKMARK":
@@ -260,8 +314,16 @@ class EarlyBinder:
             self.state.early_bind(claim)
         except EarlyBindFailed as e:
             reason, taint = cause_of(e.cause)
+            inventory = self.state.inventory()
             for device in e.devices:
-                self.quarantine.add(device, taint)
+                if taint == "foreign-device" and device in inventory:
+                    self.quarantine.add(device, taint, members=inventory[device].members)
+                elif taint == "attestation-rejected":
+                    self.quarantine.add(device, taint, recheck=self._reattest(claim, device))
+                elif taint in ("bind-failed", "group-not-viable", "in-use"):
+                    self.quarantine.add(device, taint, recheck=self._probe(device))
+                else:
+                    self.quarantine.add(device, taint)
             self.republish()  # the taint is published before the scheduler learns of the failure
             log.warning("early bind failed; GPU quarantined", extra={**where, "error": str(e)})
             self._say(claim, FAILED_CONDITION, reason, str(e))
@@ -278,6 +340,12 @@ class EarlyBinder:
             return
         log.info("early bind done", extra={**where, "seconds": round(time.monotonic() - started, 3)})
         self._say(fresh, READY_CONDITION, "BoundToVfio", "IOMMU group bound to vfio-pci, pre-flight checks passed")
+
+    def _probe(self, device: str) -> Callable[[], bool]:
+        return lambda: self.state.probe_bind(device)
+
+    def _reattest(self, claim: Mapping[str, Any], device: str) -> Callable[[], bool]:
+        return lambda: self.state.reattest(claim, device)
 
     def _still_allocated(self, claim: Mapping[str, Any]) -> Mapping[str, Any] | None:
         """The claim as stored now, if it still has the allocation that was bound; None when it lost or changed it."""

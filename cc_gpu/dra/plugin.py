@@ -25,7 +25,7 @@ from cc_gpu.dra.checkpoint import PREPARE_COMPLETED, Checkpoint
 from cc_gpu.dra.consumers import ConsumerWatch
 from cc_gpu.dra.iommu import parse_kata_version, version_text
 from cc_gpu.dra.katacheck import ATTRIBUTE as KATA_CHECK_ATTRIBUTE
-from cc_gpu.dra.katacheck import run_kata_check
+from cc_gpu.dra.katacheck import check_handler, run_kata_check
 from cc_gpu.dra.locks import GroupLocks
 from cc_gpu.dra.observe import Metrics
 from cc_gpu.dra.ports import GpuView, HostPort
@@ -70,6 +70,8 @@ class Plugin:
             kata_version=parse_kata_version(s.kata_check.kata_version or read_kata_version(s.kata_root)),
         )
         log.info("kata version", extra={"kata_version": version_text(self.state.kata_version)})
+        if s.kata_check.enabled:
+            self.state.kata_check = self._kata_check_handler
         self.consumers = ConsumerWatch(self.state)
         self.health = HealthBroadcaster(s.node_name) if s.health_service else None
         self.service = DraService(self.state, self.metrics)
@@ -85,6 +87,15 @@ class Plugin:
         self.quarantine = Quarantine(s.binding.quarantine_seconds)
         self.binder: EarlyBinder | None = None  # started once the server is seen to keep binding conditions
         self._refresh_lock = threading.Lock()
+
+    def _kata_check_handler(self, handler: str, gpus: int, functions: int) -> str | None:
+        """The early bind's Kata check (`katacheck.check_handler`) with this node's settings."""
+        kata = self.settings.kata_check
+        devices = list(self.state.inventory().values())
+        return check_handler(self.settings.kata_root, handler, gpus, kata.containerd_configs, functions=functions,
+                             kata_version=kata.kata_version,
+                             node_iommufd=all(d.iommufd for d in devices) if devices else None,
+                             kubelet_root=self.settings.registry_dir.parent)
 
     def _devices(self) -> list[GpuView]:
         """Discovered devices, marked unhealthy where a prepared GPU was rebound outside the plugin."""
@@ -145,6 +156,8 @@ class Plugin:
             devices = self.attestation.annotate(devices)
             self.attestation.publish_keys()  # also rotates a key past its age
         self.state.set_inventory(devices)
+        if self.settings.binding.quarantine:
+            self.quarantine.review(devices)  # causes that went: lifted before this publish
         assert self.publisher is not None
         dropped = set(self.publisher.dropped)
         writes = self.publisher.publish(self._published(devices))

@@ -16,7 +16,7 @@ from __future__ import annotations
 import datetime
 import logging
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -81,6 +81,9 @@ class DeviceState:
     policy: GatePolicy = field(default_factory=GatePolicy)
     attestation: AttestationEngine | None = None  # None: claims that require attestation are refused
     kata_version: tuple[int, int, int] | None = None  # the node's Kata release, read at startup; None: unknown
+    # The Kata check of one handler for (gpus, functions): the failing verdict, or None (`katacheck.check_handler`);
+    # None: the check is off. Run by the early bind only (a prepare's pod is already on the node).
+    kata_check: Callable[[str, int, int], str | None] | None = None
     _inventory: dict[str, GpuView] = field(default_factory=dict)
     _inventory_lock: threading.Lock = field(default_factory=threading.Lock)
     _boot_id: str = ""
@@ -335,6 +338,7 @@ class DeviceState:
         if done is not None and self._bound_as_planned(done, plan):
             return done
         decision = self._gate(claim, plan)
+        self._early_kata_check(claim, plan, decision)
         modes = self._iommu_modes(claim, plan, decision)
         groups = sorted({d.device.iommu_group for d in plan.devices})
         with self.locks.hold(groups):
@@ -359,6 +363,19 @@ class DeviceState:
             self._early_attested[uid] = attested  # under the locks: a prepare waiting on them finds it
         return entry
 
+    def _early_kata_check(self, claim: Mapping[str, Any], plan: ClaimPlan, decision: GateDecision) -> None:
+        """The node's Kata check for the pod's handler and this claim's GPUs; refuses the claim when it fails."""
+        if self.kata_check is None:
+            return
+        from cc_gpu.dra.katacheck import KataCheckFailedError  # noqa: PLC0415 (kata checks load only when used)
+
+        verdict = self.kata_check(decision.handler, len(plan.devices), sum(d.device.functions for d in plan.devices))
+        if verdict is not None:
+            message = (f"the node's Kata configuration for handler {decision.handler!r} cannot carry this claim's "
+                       f"GPUs into the VM: {verdict}")
+            self._event(claim, "PrepareRefused", message)
+            raise KataCheckFailedError(message)
+
     def _bound_as_planned(self, entry: ClaimEntry | None, plan: ClaimPlan) -> bool:
         """Whether `entry` already holds exactly the planned devices, bound early or prepared, in this boot."""
         return (entry is not None and entry.boot_id == self.boot_id
@@ -379,6 +396,39 @@ class DeviceState:
                     self.checkpoint.drop(entry.uid)
                 raise EarlyBindFailed((dev.device,), e) from e
         return replace(entry, devices=tuple(bound))
+
+    def probe_bind(self, device: str) -> bool:
+        """A quarantine's check of a failed bind: bind the idle group to vfio-pci and give it back at once.
+
+        True when both worked. Nothing is probed while any claim holds the group (the lock, and the host's bind
+        records): that is not a pass, the GPU stays held for another period.
+        """
+        view = self.inventory().get(device)
+        if view is None:
+            return False
+        group = view.iommu_group
+        owner = f"quarantine-probe-{device}"
+        with self.locks.hold([group]):
+            if group in self.host.bound_groups():
+                return False
+            try:
+                self.host.bind(group, owner, "iommufd" if view.iommufd else "legacy")
+            except CcGpuError as e:
+                log.info("quarantine probe bind failed", extra={"device": device, "error": str(e)})
+                self.host.restore(group, owner, reset=False)
+                return False
+            self.host.restore(group, owner, reset=False)
+        return True
+
+    def reattest(self, claim: Mapping[str, Any], device: str) -> bool:
+        """A quarantine's check of a rejected pre-flight attestation: attest the GPU again as the claim asked (no
+        claim event, no checkpoint); True when the verdict passes now (a RIM published since, for one)."""
+        if self.attestation is None:
+            return True  # attestation was turned off since: nothing left to check
+        uid = str((claim.get("metadata") or {}).get("uid", ""))
+        plan = parse_claim(claim, uid, self.driver, self.pool, self.inventory())
+        plan = replace(plan, devices=tuple(d for d in plan.devices if d.device.name == device))
+        return self.attestation.recheck(plan)
 
     def release_early(self, uid: str) -> bool:
         """Give an `EarlyBound` claim's groups back to their host drivers (its pod never came); True if it was one."""

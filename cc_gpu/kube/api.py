@@ -66,13 +66,21 @@ class KubeApi(Protocol):
         ...
 
     # ResourceClaims of every namespace: the binding-condition watcher (`cc_gpu.dra.binding`), only when it is on.
-    def watchable_resource_claims(self) -> tuple[list[JsonObject], str]:
-        """Every claim (from the server's watch cache) and the list's resourceVersion to watch from."""
+    def watchable_resource_claims(self, label_selector: str = "") -> tuple[list[JsonObject], str]:
+        """Every claim (from the server's watch cache), or those matching `label_selector` (server-side), and the
+        list's resourceVersion to watch from."""
         ...
 
-    def watch_resource_claims(self, resource_version: str, timeout_seconds: int) -> Iterator[JsonObject]:
+    def watch_resource_claims(self, resource_version: str, timeout_seconds: int,
+                              label_selector: str = "") -> Iterator[JsonObject]:
         """Watch events (`{"type": ADDED|MODIFIED|DELETED|BOOKMARK, "object": ...}`) after `resource_version`,
-        ending after about `timeout_seconds`; ExpiredError when that version is too old (relist)."""
+        ending after about `timeout_seconds`; ExpiredError when that version is too old (relist). With a
+        `label_selector` a claim that stops matching arrives as DELETED."""
+        ...
+
+    def patch_resource_claim(self, namespace: str, name: str, operations: list[JsonObject]) -> JsonObject:
+        """An RFC 6902 JSON patch of a claim's metadata (the binding-node labeler); `test` operations make it
+        conditional (InvalidError when one fails)."""
         ...
 
     # ResourceClaim status: the per-device conditions the driver records.

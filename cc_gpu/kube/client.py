@@ -178,17 +178,22 @@ class KubernetesApi:
 
     # -- ResourceClaims of every namespace (the binding-condition watcher) ----------------------------------------
 
-    def watchable_resource_claims(self) -> tuple[list[JsonObject], str]:
-        reply = self._json(lambda: self._request("GET", _CLAIMS, query=[("resourceVersionMatch", "NotOlderThan"),
-                                                                         ("resourceVersion", "0")]))
+    def watchable_resource_claims(self, label_selector: str = "") -> tuple[list[JsonObject], str]:
+        query = [("resourceVersionMatch", "NotOlderThan"), ("resourceVersion", "0")]
+        if label_selector:
+            query.append(("labelSelector", label_selector))
+        reply = self._json(lambda: self._request("GET", _CLAIMS, query=query))
         items = reply.get("items") or []
         if not isinstance(items, list):
             raise InvalidError("the ResourceClaim list reply has no item list", code=200)
         return items, str((reply.get("metadata") or {}).get("resourceVersion", ""))
 
-    def watch_resource_claims(self, resource_version: str, timeout_seconds: int) -> Iterator[JsonObject]:
+    def watch_resource_claims(self, resource_version: str, timeout_seconds: int,
+                              label_selector: str = "") -> Iterator[JsonObject]:
         query = [("watch", "true"), ("allowWatchBookmarks", "true"), ("resourceVersion", resource_version),
                  ("timeoutSeconds", str(int(timeout_seconds)))]
+        if label_selector:
+            query.append(("labelSelector", label_selector))
         timeout = (self._timeout if isinstance(self._timeout, (int, float)) else 30.0, timeout_seconds + 30.0)
         response = self._call(lambda: self._request("GET", _CLAIMS, query=query, timeout=timeout, stream=True))
         raw = response.response
@@ -203,6 +208,14 @@ class KubernetesApi:
                             yield _watch_event(line)
         finally:
             raw.release_conn()
+
+    def patch_resource_claim(self, namespace: str, name: str, operations: list[JsonObject]) -> JsonObject:
+        _require(namespace, name)
+        return self._json(
+            lambda: self._resource.patch_namespaced_resource_claim(
+                name, namespace, operations, field_validation=STRICT, _content_type=JSON_PATCH, **self._opts()
+            )
+        )
 
     # -- Events and ConfigMaps -----------------------------------------------------------------------------------
 

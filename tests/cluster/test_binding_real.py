@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import signal
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,9 +21,11 @@ from typing import Any
 import pytest
 
 from cc_gpu.dra import podgate
+from cc_gpu.dra.bindlabel import LABEL, ClaimLabeler
 from cc_gpu.dra.checkpoint import EARLY_BOUND, PREPARE_COMPLETED, PREPARE_STARTED, Checkpoint
 from cc_gpu.host.sim.kernel import SimKernel
 from cc_gpu.kube.client import KubernetesApi
+from cc_gpu.kube.errors import ApiError
 
 from . import chart
 from .build import BuildError
@@ -155,10 +158,18 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         release = chart.install(plane, values=BINDING_VALUES)
         plane.ensure_namespace(TENANT, {TENANT_LABEL: "true"})
         gate = _gate_api(plane, tmp)
-        with plugin_node(plane, release, tmp / NODE, NODE, toml_extra=SELECT) as node:
-            node.start()
-            node.wait_published(lambda s: sum(len(x["spec"].get("devices") or []) for x in s) == 2)
-            yield Cluster(plane, node, gate)
+        stop = threading.Event()  # the chart's pod-gate Deployment's labeler, with its token (real RBAC and policy)
+        labeler = threading.Thread(target=ClaimLabeler(gate, DRIVER, resync_seconds=10).run, args=(stop,),
+                                   daemon=True)
+        labeler.start()
+        try:
+            with plugin_node(plane, release, tmp / NODE, NODE, toml_extra=SELECT) as node:
+                node.start()
+                node.wait_published(lambda s: sum(len(x["spec"].get("devices") or []) for x in s) == 2)
+                yield Cluster(plane, node, gate)
+        finally:
+            stop.set()
+            labeler.join(timeout=15)
         gate.close()
     finally:
         plane.stop()
@@ -216,6 +227,22 @@ def test_early_bind_before_the_pod_lands_survives_a_crash_and_prepare_writes_not
     cluster.settled()
 
 
+def test_the_labeler_may_set_only_the_binding_node_label(cluster: Cluster) -> None:
+    """The pod-gate token labels an allocated claim with its node (the claims the plugin watches); the chart's
+    pod-gate-claims policy refuses anything else: another label, or a node outside the claim's allocation."""
+    cluster.create_pod("labelled")
+    claim = cluster.scheduled("labelled")
+    assert claim["metadata"]["labels"][LABEL] == NODE
+    namespace, name, _ = _ref(claim)
+    for ops in ([{"op": "add", "path": "/metadata/labels/other", "value": "x"}],
+                [{"op": "replace", "path": "/metadata/labels/cc-gpu.io~1binding-node", "value": "elsewhere"}],
+                [{"op": "add", "path": "/metadata/annotations", "value": {"x": "y"}}]):
+        with pytest.raises(ApiError):
+            cluster.gate.patch_resource_claim(namespace, name, ops)
+    cluster.delete_pod("labelled")
+    cluster.settled()
+
+
 def test_a_scheduler_timeout_releases_the_gpu(cluster: Cluster) -> None:
     """A bind slower than the scheduler's bindingTimeout (20 s here) while an admin quarantines that GPU: the
     scheduler gives up, deallocates and allocates the other GPU; when the slow bind ends the plugin finds the claim
@@ -250,7 +277,7 @@ def test_a_scheduler_timeout_releases_the_gpu(cluster: Cluster) -> None:
 def test_a_failing_gpu_is_quarantined_and_the_pod_rescheduled_onto_another(cluster: Cluster) -> None:
     """The first GPU's bind fails: the plugin taints it (NoSchedule, cc-gpu.io/quarantine=bind-failed) and says
     VfioFailed; the real scheduler deallocates, allocates the second GPU and binds the pod there. The taint goes
-    when the quarantine ends and the cause is gone."""
+    once the cause is gone: after the quarantine period a probe bind and unbind of the idle GPU works."""
     cluster.kernel.set_bind_behaviour(FIRST, "fail")
     cluster.create_pod("failing")
     claim = cluster.scheduled("failing")
@@ -268,6 +295,7 @@ def test_a_failing_gpu_is_quarantined_and_the_pod_rescheduled_onto_another(clust
     cluster.delete_pod("failing")
     cluster.kernel.set_bind_behaviour(FIRST, "ok")
     cluster.wait("the quarantine taint lifted", lambda: not cluster.devices()[FIRST].get("taints"), timeout=90)
+    assert "its check passed" in cluster.node.log(), "the taint went without the probe bind that proves the cause gone"
     cluster.settled()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import json
 from pathlib import Path
 from typing import Any
 
@@ -237,6 +238,26 @@ def test_binding_values_reach_the_plugin_and_only_then_widen_rbac(tmp_path: Path
     rules = one(objects, "ClusterRole", "kubelet-plugin")["rules"]
     claims = {v for rule in rules if "resourceclaims" in rule["resources"] for v in rule["verbs"]}
     assert claims == {"get", "list", "watch"}
+
+
+def test_binding_conditions_run_the_claim_labeler_in_the_pod_gate_deployment() -> None:
+    """The one cluster-level watch of claims: the pod-gate Deployment runs the labeler, may list, watch and patch
+    claims, and its claims policy limits the patch to the binding-node label; without the cdi-annotation path it runs
+    the labeler alone and gets no right on pods."""
+    objects = render({"binding": {"conditions": True}})
+    args = one(objects, "Deployment", "pod-gate")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args == ["pod-gate", "--binding-labels=gpu.cc-gpu.io"]
+    rules = one(objects, "ClusterRole", "pod-gate")["rules"]
+    assert {(r["resources"][0], tuple(r["verbs"])) for r in rules} == {
+        ("pods", ("list", "watch", "patch")), ("resourceclaims", ("list", "watch", "patch"))}
+    policy = one(objects, "ValidatingAdmissionPolicy", "pod-gate-claims")
+    assert "cc-gpu.io/binding-node" in json.dumps(policy["spec"]["validations"])
+    alone = render({"binding": {"conditions": True}, "admission": {"cdiAnnotation": {"enabled": False}}})
+    args = one(alone, "Deployment", "pod-gate")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args == ["pod-gate", "--binding-labels=gpu.cc-gpu.io", "--no-pod-release"]
+    assert [r["resources"] for r in one(alone, "ClusterRole", "pod-gate")["rules"]] == [["resourceclaims"]]
+    assert not [o for o in alone if o["metadata"]["name"].endswith("pod-gate-scope")]
+    assert not [o for o in render() if o["metadata"]["name"].endswith("pod-gate-claims")]
 
 
 NVML_LIBRARY = [

@@ -363,6 +363,32 @@ def test_claims_of_every_namespace_are_listed_and_watched_from_the_lists_version
     assert events == [("ADDED", "after")]
 
 
+def test_a_node_lists_and_watches_only_claims_labelled_with_it_and_the_label_patch_is_conditional(
+    api: KubernetesApi, double: ApiServerDouble
+) -> None:
+    """The plugin's label-selected list and watch (binding conditions): a claim labelled for another node is not
+    listed; a claim the labeler labels for this node enters the watch as ADDED; the labeler's patch tests the
+    resourceVersion it read, so a stale one is refused (InvalidError) and changes nothing."""
+    double.create(c.device_class("vfio-gpu", DRIVER))
+    double.create(c.resource_claim("default", "other", device_class_name="vfio-gpu"))
+    mine = double.create(c.resource_claim("default", "mine", device_class_name="vfio-gpu"))
+    api.patch_resource_claim("default", "other", [{"op": "add", "path": "/metadata/labels",
+                                                   "value": {"cc-gpu.io/binding-node": "node-b"}}])
+    selector = "cc-gpu.io/binding-node=node-a"
+    label = {"op": "add", "path": "/metadata/labels", "value": {"cc-gpu.io/binding-node": "node-a"}}
+    with pytest.raises(errors.InvalidError):  # a version that is not the stored one: refused, nothing changed
+        api.patch_resource_claim("default", "mine", [{"op": "test", "path": "/metadata/resourceVersion",
+                                                      "value": "1"}, label])
+    items, version = api.watchable_resource_claims(selector)
+    assert items == [] and version
+    patch = [{"op": "test", "path": "/metadata/resourceVersion", "value": mine["metadata"]["resourceVersion"]}, label]
+    later = threading.Timer(0.3, lambda: api.patch_resource_claim("default", "mine", patch))
+    later.start()
+    events = [(e["type"], e["object"]["metadata"]["name"]) for e in api.watch_resource_claims(version, 1, selector)]
+    later.join()
+    assert events == [("ADDED", "mine")]
+
+
 def test_a_claim_watch_from_a_forgotten_version_says_relist(tmp_path: Path) -> None:
     with ApiServerDouble(watch_history=4) as double:
         api = KubernetesApi(double.write_kubeconfig(tmp_path / "kubeconfig"))
