@@ -274,6 +274,15 @@ def _ref(claim: Claim) -> str:
     return f"{claim[0]}/{claim[1]}"
 
 
+def _refusal(demo: _Demo, claim: Claim, device: str, what: str) -> str:
+    """Prepare a claim the node must refuse; the refusal, or the demo ends with status 1 when it was prepared."""
+    error = demo.prepare(claim, device)
+    if not error:
+        print(f"unexpected: claim {_ref(claim)} {what} was prepared")
+        raise End(1)
+    return error
+
+
 def _cc_off_gpus(topo: SimTopology) -> tuple[str, ...]:
     """On a node with at least four GPU groups, the last two GPUs go to CC mode off for the host pre-flight step.
 
@@ -389,11 +398,7 @@ def _step_runc_refusal(demo: _Demo) -> None:
     (device,) = demo.free(1)
     bdf = demo.devices[device]
     claim = demo.claim_for("runc", device)
-    error = demo.prepare(claim, device)
-    if not error:
-        print(f"unexpected: claim {_ref(claim)} for a runc pod was prepared")
-        raise End(1)
-    print(f"refused: claim {_ref(claim)}: {error}")
+    print(f"refused: claim {_ref(claim)}: {_refusal(demo, claim, device, 'for a runc pod')}")
     print(f"nothing bound: {bdf} is still on {demo.driver_of(bdf)}")
     demo.print_events(claim, wait=5)
 
@@ -452,11 +457,7 @@ def _step_attestation(demo: _Demo) -> None:
     demo.tamper_evidence(bdf)
     print(f"measurement {TAMPERED_INDEX} of {tampered}'s simulated evidence tampered to show a rejection")
     bad = demo.claim_for(demo.expect.handler, tampered, ATTESTED)
-    error = demo.prepare(bad, tampered)
-    if not error:
-        print(f"unexpected: claim {_ref(bad)} with tampered evidence was prepared")
-        raise End(1)
-    print(f"rejected: claim {_ref(bad)}: {error}")
+    print(f"rejected: claim {_ref(bad)}: {_refusal(demo, bad, tampered, 'with tampered evidence')}")
     print(f"nothing bound: {bdf} is still on {demo.driver_of(bdf)}")
     for claim in (ok, bad):
         demo.print_events(claim, wait=5)
@@ -488,11 +489,7 @@ def _host_refuses_cc_mode(demo: _Demo) -> None:
     """On a node whose GPUs are all in CC mode on, the host path refuses and names the guest path."""
     (device,) = demo.free(1)
     claim = demo.claim_for(demo.expect.handler, device, ATTESTED)
-    error = demo.prepare(claim, device)
-    if not error:
-        print(f"unexpected: claim {_ref(claim)} was attested by the host although its GPU is in CC mode on")
-        raise End(1)
-    print(f"refused: claim {_ref(claim)}: {error}")
+    print(f"refused: claim {_ref(claim)}: {_refusal(demo, claim, device, 'attested by the host in CC mode on')}")
     print("expected: every GPU of this node is in CC mode on, which the host driver cannot query; such GPUs are "
           "attested from inside the VM (next step)")
 

@@ -49,6 +49,11 @@ class KataCheckResult:
     findings: int  # errors and warnings logged
 
 
+def _under(root: Path, paths: tuple[Path, ...]) -> tuple[Path, ...]:
+    """The node's containerd configuration paths as seen under `root` (the host's filesystem in the plugin's pod)."""
+    return tuple(root / p.relative_to(p.anchor) if p.is_absolute() else root / p for p in paths)
+
+
 def run_kata_check(
     root: Path,
     gpus: int,
@@ -64,7 +69,7 @@ def run_kata_check(
     `functions` counts ports as Kata does: every PCIe function of the node's GPU groups can be cold-plugged into one
     pod's VM, and Kata creates max(functions, pcie_root_port) root ports, refusing more than 16 functions.
     """
-    configs = tuple(root / p.relative_to(p.anchor) if p.is_absolute() else root / p for p in containerd_configs)
+    configs = _under(root, containerd_configs)
     try:
         reports = check_node(gpus=max(1, gpus), root=root, containerd_configs=configs, functions=functions,
                              kata_version=kata_version or None, node_iommufd=node_iommufd, kubelet_root=kubelet_root)
@@ -113,7 +118,7 @@ def check_handler(
     kind = next((k for k in RuntimeClassKind if k.handler == handler), None)
     if kind is None:
         return None
-    configs = tuple(root / p.relative_to(p.anchor) if p.is_absolute() else root / p for p in containerd_configs)
+    configs = _under(root, containerd_configs)
     try:
         reports = check_node(gpus=max(1, gpus), root=root, containerd_configs=configs, runtime_class=kind,
                              handler=handler, functions=functions, kata_version=kata_version or None,
